@@ -1,0 +1,268 @@
+"""Sites: the one mechanism for reading, differentiating, masking and replacing intermediate values.
+
+Model code marks a point of its forward pass::
+
+    h = site("layer3.1", h, axes=("batch", "height", "width", "channel"))
+
+With no active :func:`run`, ``site`` returns ``h`` unchanged: the cost is one Python check at trace time and
+nothing at run time. A caller runs any function under capture patterns and edits::
+
+    out, captured = run(fn, x, capture=["layer*"], edits={"layer3.1": Scale(mask)})
+
+Everything happens at trace time on a thread-local stack of frames, so ``run`` composes with ``jax.jit``,
+``jax.vmap``, ``jax.grad`` and with itself. Nested runs apply their edits from the outermost frame to the
+innermost; each frame captures the value *after* its own edits (the value that flows on). Site names and
+patterns follow :mod:`fnmatch`; a pattern that matches no site of the model raises :class:`UnknownSiteError`
+listing the sites that exist.
+
+The model must call ``site`` in the same trace as ``run`` (do not ``jit``/``scan`` inside the model body).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "site",
+    "run",
+    "Add",
+    "Scale",
+    "Replace",
+    "SiteInfo",
+    "list_sites",
+    "match",
+    "UnknownSiteError",
+    "SPATIAL_AXES",
+]
+
+# Axis names a model may declare for a site. Reductions sum over the spatial ones.
+SPATIAL_AXES = frozenset({"height", "width", "length", "token", "query", "key"})
+
+
+class UnknownSiteError(KeyError):
+    """A site name or pattern matched no site of the model."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+    """What is known about a site without running real data: shape, dtype and axis names."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    axes: tuple[str, ...]
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Indices of the axes that a spatial reduction sums over (e.g. height/width, tokens)."""
+        return tuple(i for i, a in enumerate(self.axes) if a in SPATIAL_AXES)
+
+    @property
+    def channels(self) -> int:
+        """Number of units left after summing the batch and spatial axes."""
+        n = 1
+        for size, a in zip(self.shape, self.axes):
+            if a != "batch" and a not in SPATIAL_AXES:
+                n *= size
+        return n
+
+
+def default_axes(ndim: int) -> tuple[str, ...]:
+    """Axis names assumed when a model does not declare them: batch first, channel last, positions between."""
+    if ndim == 0:
+        return ()
+    if ndim == 1:
+        return ("batch",)
+    return ("batch",) + ("length",) * (ndim - 2) + ("channel",)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Edits: functions value -> value. Their fields are arrays, so they may be traced, vmapped and differentiated.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Add:
+    """``value + delta``. A zero ``delta`` leaves the forward pass unchanged and exposes d(out)/d(site)."""
+
+    delta: Any
+
+    def __call__(self, value):
+        return value + jnp.asarray(self.delta, value.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """``value * mask`` (broadcast). A 0/1 mask over channels or heads ablates them."""
+
+    mask: Any
+
+    def __call__(self, value):
+        return value * jnp.asarray(self.mask, value.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    """Swap in ``value`` (broadcast), e.g. activations from another input; ``where`` limits it to a mask."""
+
+    value: Any
+    where: Any = None
+
+    def __call__(self, value):
+        new = jnp.broadcast_to(jnp.asarray(self.value, value.dtype), value.shape)
+        if self.where is None:
+            return new
+        return jnp.where(jnp.asarray(self.where, bool), new, value)
+
+
+Edit = Callable[[jax.Array], jax.Array]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trace-time stack.
+
+
+class _Frame:
+    def __init__(self, capture: tuple[str, ...], edits: Mapping[str, Edit]):
+        self.capture = capture
+        self.edits = dict(edits)
+        self.captured: dict[str, jax.Array] = {}
+        self.seen: dict[str, SiteInfo] = {}
+        self.used: set[str] = set()  # patterns (capture or edit keys) that matched at least one site
+
+    def visit(self, name: str, value, axes: tuple[str, ...]):
+        if name in self.seen:
+            raise ValueError(f"site {name!r} was marked twice in one forward pass; site names must be unique")
+        self.seen[name] = SiteInfo(tuple(value.shape), value.dtype, axes)
+        for pattern, edit in self.edits.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                self.used.add(pattern)
+                value = edit(value)
+        for pattern in self.capture:
+            if fnmatch.fnmatchcase(name, pattern):
+                self.used.add(pattern)
+                self.captured[name] = value
+                break
+        return value
+
+    def check(self) -> None:
+        missing = [p for p in (*self.capture, *self.edits) if p not in self.used]
+        if missing:
+            raise UnknownSiteError(
+                f"no site matches {missing}; this model's sites are: {sorted(self.seen) or 'none'}. "
+                "Use jaxequiv.sites.list_sites(fn, *args) to list them with their shapes."
+            )
+
+
+_STATE = threading.local()
+
+
+def _stack() -> list[_Frame]:
+    if not hasattr(_STATE, "stack"):
+        _STATE.stack = []
+    return _STATE.stack
+
+
+def site(name: str, value: jax.Array, axes: Iterable[str] | None = None) -> jax.Array:
+    """Mark a named point of a forward pass; returns ``value`` as edited by the active :func:`run` frames.
+
+    Args:
+      name: unique dotted name, after the PyTorch module name where one exists (``"layer3.1"``, ``"h.5.attn"``).
+      value: the array at that point, batch axis first.
+      axes: one name per axis, e.g. ``("batch", "height", "width", "channel")`` or
+        ``("batch", "token", "head", "channel")``. Defaults to batch, positions..., channel.
+    """
+    stack = _stack()
+    if not stack:
+        return value
+    axes = tuple(axes) if axes is not None else default_axes(value.ndim)
+    if len(axes) != value.ndim:
+        raise ValueError(f"site {name!r}: {len(axes)} axis names {axes} for an array of shape {value.shape}")
+    for frame in stack:
+        value = frame.visit(name, value, axes)
+    return value
+
+
+def _as_patterns(capture: str | Iterable[str] | None) -> tuple[str, ...]:
+    if capture is None:
+        return ()
+    if isinstance(capture, str):
+        return (capture,)
+    return tuple(capture)
+
+
+def run(
+    fn: Callable[..., Any],
+    *args,
+    capture: str | Iterable[str] | None = None,
+    edits: Mapping[str, Edit] | None = None,
+    **kwargs,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Call ``fn(*args, **kwargs)`` with ``edits`` applied at matching sites; return ``(out, captured)``.
+
+    Args:
+      fn: any function whose forward pass marks sites (a model, ``Network.apply``, a loss).
+      capture: site names or fnmatch patterns whose (edited) values to return.
+      edits: ``{name_or_pattern: edit}``; an edit is ``Add``, ``Scale``, ``Replace`` or any ``value -> value``
+        function. Several matching edits apply in the mapping's order.
+
+    Returns:
+      ``out`` of ``fn`` and ``{site_name: value}`` for every captured site, in forward-pass order.
+
+    Raises:
+      UnknownSiteError: a capture pattern or edit key matched no site.
+    """
+    frame = _Frame(_as_patterns(capture), edits or {})
+    stack = _stack()
+    stack.append(frame)
+    try:
+        out = fn(*args, **kwargs)
+    finally:
+        stack.pop()
+    frame.check()
+    return out, frame.captured
+
+
+def list_sites(fn: Callable[..., Any], *args, **kwargs) -> dict[str, SiteInfo]:
+    """Every site ``fn(*args, **kwargs)`` marks, with shape, dtype and axes, without computing anything.
+
+    Arguments may be arrays or ``jax.ShapeDtypeStruct``; the function is traced with ``jax.eval_shape``.
+    """
+    frame = _Frame((), {})
+
+    def traced(*a, **k):
+        stack = _stack()
+        stack.append(frame)
+        try:
+            return fn(*a, **k)
+        finally:
+            stack.pop()
+
+    jax.eval_shape(traced, *args, **kwargs)
+    return dict(frame.seen)
+
+
+def match(patterns: str | Iterable[str], names: Iterable[str]) -> list[str]:
+    """Names (in order) matching any of the fnmatch ``patterns``; raises if a pattern matches none."""
+    names = list(names)
+    patterns = _as_patterns(patterns)
+    out, missing = [], []
+    for p in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            missing.append(p)
+        out.extend(h for h in hits if h not in out)
+    if missing:
+        raise UnknownSiteError(f"no site matches {missing}; available sites are: {names}")
+    return [n for n in names if n in out]
