@@ -99,11 +99,12 @@ class Network:
             e is not None and e != g for e, g in zip(self.input_shape, shape[1:])
         ):
             raise ValueError(f"input of shape {shape} does not fit this network: expected {expected}")
-        kind = np.dtype(getattr(x, "dtype", np.asarray(x).dtype)).kind
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        kind = np.dtype(dtype).kind
         if self.input_dtype == "int" and kind not in "iu":
-            raise ValueError(f"this network takes integer token ids, got dtype {x.dtype}")
+            raise ValueError(f"this network takes integer token ids, got dtype {dtype}")
         if self.input_dtype == "float" and kind not in "f":
-            raise ValueError(f"this network takes floating-point inputs, got dtype {x.dtype}; cast with x.astype('float32')")
+            raise ValueError(f"this network takes floating-point inputs, got dtype {dtype}; cast with x.astype('float32')")
 
     def example_input(self, batch: int = 1, **sizes) -> jax.ShapeDtypeStruct:
         """A ``ShapeDtypeStruct`` for a batch of inputs; free sizes (``None``) default to 8."""
