@@ -29,6 +29,7 @@ __all__ = [
     "KINDS",
     "check_percentages",
     "channel_masks",
+    "top_channels",
     "concept_atom",
     "masked_hits",
     "TrialDraw",
@@ -90,6 +91,14 @@ def _channel_masks(atoms, n_top, preserve: bool):
     rank = jnp.argsort(order, axis=-1)  # rank[c] = position of channel c in the descending order
     selected = rank[..., None, :] < n_top[:, None]  # (..., P, C)
     return (selected if preserve else ~selected).astype(jnp.float32)
+
+
+def top_channels(atoms, n: int) -> jax.Array:
+    """0/1 mask of the ``n`` channels with the largest signed atom value: (..., C) -> (..., C) float32."""
+    atoms = jnp.asarray(atoms, jnp.float32)
+    if not 0 <= n <= atoms.shape[-1]:
+        raise ValueError(f"n must be between 0 and the {atoms.shape[-1]} channels, got {n}")
+    return _channel_masks(atoms, jnp.asarray([n], jnp.int32), True)[..., 0, :]
 
 
 def concept_atom(atoms, concept_corr, threshold: float = 0.2) -> jax.Array:
