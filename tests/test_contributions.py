@@ -345,7 +345,7 @@ def test_bad_input_errors(mlp, xs):
         contributions(net, xs[:, :3], "h1")
     with pytest.raises(ValueError, match="one scalar per example"):
         contributions(net, xs, "h1", target=lambda y: y)
-    with pytest.raises(ValueError, match="unknown reduction"):
+    with pytest.raises(ValueError, match="unknown or no reduction"):
         reduce_site(jnp.zeros((1, 2)), SiteInfo((1, 2), np.float32, ("batch", "channel")), ["max"])
     with pytest.raises(TypeError, match="class indices"):
         T.given_class(1.5)

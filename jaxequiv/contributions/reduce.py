@@ -17,10 +17,19 @@ import numpy as np
 
 from jaxequiv.sites import SiteInfo
 
-__all__ = ["VARIANTS", "reduce_site", "spatial_sum", "global_std", "normalise_global_std"]
+__all__ = ["VARIANTS", "check_variants", "reduce_site", "spatial_sum", "global_std", "normalise_global_std"]
 
 #: "concat" is [positive | negative] (2C values), as in CODEC §1.4 (3).
 VARIANTS = ("positive", "negative", "sum", "concat")
+
+
+def check_variants(variants: Iterable[str]) -> tuple[str, ...]:
+    """The variants as a tuple; ``ValueError`` naming the valid ones if any is unknown or none is given."""
+    variants = (variants,) if isinstance(variants, str) else tuple(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown or no reduction variant(s) {unknown}; expected a subset of {VARIANTS}")
+    return variants
 
 
 def _spatial(info: SiteInfo, ndim: int) -> tuple[int, ...]:
@@ -56,10 +65,7 @@ def reduce_site(c: jax.Array, info: SiteInfo, variants: Iterable[str] = VARIANTS
     Returns:
       ``{variant: [B, (K,) C]}``; ``concat`` is ``[B, (K,) 2C]`` = [positive | negative].
     """
-    variants = tuple(variants)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown reduction variant(s) {unknown}; expected a subset of {VARIANTS}")
+    variants = check_variants(variants)
     pos = spatial_sum(jnp.maximum(c, 0), info)
     neg = spatial_sum(jnp.minimum(c, 0), info)
     full = {"positive": pos, "negative": neg, "sum": pos + neg, "concat": jnp.concatenate([pos, neg], axis=-1)}

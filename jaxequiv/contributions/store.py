@@ -1,0 +1,222 @@
+"""On-disk store of reduced contributions: memory-mappable ``.npy`` arrays, written chunk by chunk, resumable.
+
+Layout of a finished store ``<root>/``::
+
+    meta.json                      format, n, sites (axes, per-example shape, channels), variants, config,
+                                   chunk_size, finished chunks
+    labels.npy                     int64 (N,)   ground-truth labels, -1 where unknown
+    predictions.npy                int64 (N,)   argmax of the outputs at the real input
+    <site>/<variant>.npy           float32 (N, C) for positive / negative / sum; (N, 2C) for concat
+    <site>/activations.npy         float32 (N, C) spatially summed activations at the real input
+
+A store is built in ``<root>.partial/``: every file is pre-allocated, each finished chunk is flushed and then
+recorded in ``meta.json`` (written to a temporary file and ``os.replace``-d), and the folder is renamed to
+``<root>`` only once every chunk is done. A half-written store therefore never sits at ``<root>``, and an
+interrupted run resumes from the chunks ``meta.json`` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX"]
+
+FORMAT = "jaxequiv.contributions/1"
+PARTIAL_SUFFIX = ".partial"
+ACTIVATIONS = "activations"
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_site_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"site name {name!r} cannot be a folder name in a store")
+
+
+class Store:
+    """A finished contributions store, opened read-only (see :func:`open_store`)."""
+
+    def __init__(self, root: str, meta: Mapping[str, Any]):
+        self.root = root
+        self.meta = dict(meta)
+
+    @property
+    def sites(self) -> list[str]:
+        """Site names in forward order."""
+        return list(self.meta["site_order"])
+
+    @property
+    def variants(self) -> list[str]:
+        """Arrays stored per site: the contribution variants plus ``"activations"``."""
+        return list(self.meta["variants"]) + [ACTIVATIONS]
+
+    @property
+    def n(self) -> int:
+        """Number of examples N."""
+        return int(self.meta["n"])
+
+    def array(self, site: str, variant: str = "positive") -> np.memmap:
+        """Read-only memory map ``[N, C]`` (``[N, 2C]`` for ``concat``) of one site and variant."""
+        if site not in self.meta["sites"]:
+            raise KeyError(f"store {self.root!r} has no site {site!r}; it has {self.sites}")
+        if variant not in self.variants:
+            raise KeyError(f"store {self.root!r} has no variant {variant!r}; it has {self.variants}")
+        return np.load(os.path.join(self.root, site, variant + ".npy"), mmap_mode="r")
+
+    @property
+    def labels(self) -> np.memmap:
+        """``int64 [N]`` labels (-1 where none were given)."""
+        return np.load(os.path.join(self.root, "labels.npy"), mmap_mode="r")
+
+    @property
+    def predictions(self) -> np.memmap:
+        """``int64 [N]`` predicted classes at the real input."""
+        return np.load(os.path.join(self.root, "predictions.npy"), mmap_mode="r")
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r}, n={self.n}, sites={self.sites}, variants={self.variants})"
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a finished store written by :func:`jaxequiv.contributions.build_store`.
+
+    Raises:
+      FileNotFoundError: nothing at ``path`` (the message says if an unfinished ``.partial`` build exists).
+      ValueError: ``path`` is not a contributions store.
+    """
+    root = os.fspath(path).rstrip("/")
+    meta_path = os.path.join(root, "meta.json")
+    if not os.path.exists(meta_path):
+        hint = ""
+        if os.path.exists(root + PARTIAL_SUFFIX):
+            hint = f"; an unfinished build exists at {root + PARTIAL_SUFFIX!r}: run the same build again to resume it"
+        raise FileNotFoundError(f"no contributions store at {root!r} (no meta.json){hint}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT or not meta.get("complete"):
+        raise ValueError(f"{root!r} is not a finished contributions store (format {meta.get('format')!r})")
+    return Store(root, meta)
+
+
+class StoreWriter:
+    """Creates or resumes ``<root>.partial``, writes chunks, and publishes ``<root>`` when all are done.
+
+    Args:
+      root: final store folder.
+      n: number of examples.
+      chunk_size: examples per chunk (chunk ``i`` covers rows ``i*chunk_size`` up to ``n``).
+      sites: ``{site: {"channels": C, "axes": [...], "shape": [...]}}`` in forward order.
+      variants: contribution variants to store.
+      config: everything that determines the values (method, target, steps, model, ...); a resume
+        must present the same config.
+      overwrite: replace an existing finished store at ``root`` once the new one is complete.
+    """
+
+    def __init__(self, root, n: int, chunk_size: int, sites: Mapping[str, Mapping[str, Any]],
+                 variants, config: Mapping[str, Any], overwrite: bool = False):
+        self.root = os.fspath(root).rstrip("/")
+        self.partial = self.root + PARTIAL_SUFFIX
+        if os.path.exists(self.root) and not overwrite:
+            raise FileExistsError(f"{self.root!r} already exists; open it with open_store or pass overwrite=True")
+        for s in sites:
+            _check_site_name(s)
+        self.overwrite = overwrite
+        self.meta = {
+            "format": FORMAT,
+            "n": int(n),
+            "chunk_size": int(chunk_size),
+            "n_chunks": -(-int(n) // int(chunk_size)),
+            "site_order": list(sites),
+            "sites": {k: dict(v) for k, v in sites.items()},
+            "variants": list(variants),
+            "config": json.loads(json.dumps(dict(config))),
+            "finished_chunks": [],
+            "complete": False,
+        }
+        meta_path = os.path.join(self.partial, "meta.json")
+        if os.path.exists(meta_path):
+            self._resume(meta_path)
+        else:
+            self._create()
+
+    def _files(self):
+        for s, info in self.meta["sites"].items():
+            for v in self.meta["variants"] + [ACTIVATIONS]:
+                width = 2 * info["channels"] if v == "concat" else info["channels"]
+                yield os.path.join(self.partial, s, v + ".npy"), np.float32, (self.meta["n"], width)
+        for name in ("labels", "predictions"):
+            yield os.path.join(self.partial, name + ".npy"), np.int64, (self.meta["n"],)
+
+    def _create(self) -> None:
+        if os.path.exists(self.partial):
+            shutil.rmtree(self.partial)  # a build that died before writing its meta.json holds nothing
+        for path, dtype, shape in self._files():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+
+    def _resume(self, meta_path: str) -> None:
+        with open(meta_path) as f:
+            old = json.load(f)
+        keys = ("format", "n", "chunk_size", "site_order", "sites", "variants", "config")
+        diff = [k for k in keys if old.get(k) != self.meta[k]]
+        if diff:
+            raise ValueError(
+                f"cannot resume {self.partial!r}: it was started with different {diff} "
+                f"(there: {[old.get(k) for k in diff]}; now: {[self.meta[k] for k in diff]}). "
+                "Run with the original settings, or delete that folder to start over."
+            )
+        self.meta["finished_chunks"] = sorted(old["finished_chunks"])
+
+    @property
+    def finished(self) -> set[int]:
+        return set(self.meta["finished_chunks"])
+
+    def chunk_rows(self, i: int) -> tuple[int, int]:
+        lo = i * self.meta["chunk_size"]
+        return lo, min(lo + self.meta["chunk_size"], self.meta["n"])
+
+    def write_chunk(self, i: int, arrays: Mapping[str, Mapping[str, np.ndarray]], labels, predictions) -> None:
+        """Write chunk ``i``: ``arrays[site][variant]`` of shape ``[rows, width]``; then record it as done."""
+        lo, hi = self.chunk_rows(i)
+        for path, _, _ in self._files():
+            rel = os.path.relpath(path, self.partial)[: -len(".npy")]
+            head, _, tail = rel.rpartition(os.sep)
+            block = {"labels": labels, "predictions": predictions}[tail] if not head else arrays[head][tail]
+            mm = np.load(path, mmap_mode="r+")
+            mm[lo:hi] = block
+            mm.flush()
+            del mm
+        self.meta["finished_chunks"] = sorted(self.finished | {i})
+        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+
+    def finish(self) -> Store:
+        """Publish the store at ``root`` (all chunks must be written)."""
+        missing = sorted(set(range(self.meta["n_chunks"])) - self.finished)
+        if missing:
+            raise RuntimeError(f"cannot finish {self.partial!r}: chunks {missing[:10]} are not written")
+        self.meta["complete"] = True
+        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+        old = None
+        if os.path.exists(self.root):
+            old = self.root + ".old"
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.replace(self.root, old)
+        os.replace(self.partial, self.root)
+        if old is not None:
+            shutil.rmtree(old)
+        return open_store(self.root)
