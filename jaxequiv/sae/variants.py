@@ -1,0 +1,475 @@
+"""Sparse-autoencoder variants behind one interface of pure functions over a params pytree.
+
+Each variant is a small frozen config whose *shape* fields (``d_in``, ``d_sae``, ``k``, ...) are static and whose
+*scalar* hyper-parameters (``theta``, ``l1``, ...) are pytree leaves, so a stack of configs that differ only in
+scalars can be ``jax.vmap``-ed together with their stacked params (see :func:`jaxequiv.sae.train_many`).
+
+Every config exposes the same methods:
+
+* ``init(key) -> params``: dict of float32 arrays;
+* ``init_state() -> state``: non-gradient training statistics (``since_fired`` (K,) and variant extras);
+* ``encode(params, x, state) -> z``: (B, d_in) -> (B, d_sae) codes, inference mode;
+* ``decode(params, z) -> x_hat``: (B, d_sae) -> (B, d_in);
+* ``loss(params, x, key, state) -> (loss, aux)``: training loss and ``aux = {"mse", "recon", "codes", ...}``;
+* ``update_state(state, aux) -> state`` and ``post_update(params) -> params`` (run after each optimiser step);
+* ``atoms(params) -> (d_sae, d_in)`` dictionary rows as used by ``decode``.
+
+Reconstruction error is always the mean over batch and features of ``(x_hat - x)**2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ReluL1", "TopK", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
+
+Params = dict[str, jax.Array]
+
+
+def _static(**kw):
+    return dataclasses.field(metadata={"static": True}, **kw)
+
+
+def _register(cls):
+    """Frozen dataclass + pytree registration: fields marked static are metadata, the rest are leaves."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    meta = [f.name for f in fields if f.metadata.get("static")]
+    data = [f.name for f in fields if not f.metadata.get("static")]
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+def _concrete(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class _Base:
+    """Shared validation and helpers; subclasses are registered frozen dataclasses."""
+
+    architecture: ClassVar[str]  # SAELens architecture name written to cfg.json
+    name: ClassVar[str]  # jaxequiv variant name
+
+    def __post_init__(self):
+        for f in ("d_in", "d_sae"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{type(self).__name__}: {f} must be a positive int, got {v!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not f.metadata.get("static") and _concrete(v) and not math.isfinite(v):
+                raise ValueError(f"{type(self).__name__}: {f.name} must be finite, got {v!r}")
+            if f.name in ("l1", "l0", "aux_coef") and _concrete(v) and v < 0:
+                raise ValueError(f"{type(self).__name__}: {f.name} must be >= 0, got {v!r}")
+
+    # -- defaults shared by the linear-encoder variants ------------------------------------------------------
+    def init_state(self) -> dict[str, jax.Array]:
+        """``since_fired`` (K,) int32: steps since each latent was last non-zero."""
+        return {"since_fired": jnp.zeros((self.d_sae,), jnp.int32)}
+
+    def update_state(self, state, aux):
+        fired = jnp.any(aux["codes"] != 0, axis=0)
+        return {**state, "since_fired": jnp.where(fired, 0, state["since_fired"] + 1)}
+
+    def post_update(self, params: Params) -> Params:
+        return params
+
+    def atoms(self, params: Params) -> jax.Array:
+        return params["W_dec"]
+
+    def decode(self, params: Params, z: jax.Array) -> jax.Array:
+        """(B, K) codes -> (B, d) reconstruction ``z @ W_dec + b_dec``."""
+        return z @ params["W_dec"] + params["b_dec"]
+
+    def _pre(self, params: Params, x: jax.Array) -> jax.Array:
+        return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able hyper-parameters (floats for leaves, which must be concrete)."""
+        return {f.name: (float(getattr(self, f.name)) if not f.metadata.get("static") else getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+    def static_key(self) -> tuple:
+        """Configs with equal static keys can be stacked and vmapped together."""
+        return (type(self),) + tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("static"))
+
+
+def _linear_init(key, d_in: int, d_sae: int, norm: float) -> Params:
+    """Decoder rows of norm ``norm`` in random directions, encoder = decoder transposed, zero biases."""
+    w = jax.random.normal(key, (d_sae, d_in), jnp.float32)
+    w = norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
+    return {"W_enc": w.T, "b_enc": jnp.zeros((d_sae,), jnp.float32), "W_dec": w,
+            "b_dec": jnp.zeros((d_in,), jnp.float32)}
+
+
+def _mse(x_hat, x):
+    return jnp.mean(jnp.square(x_hat - x))
+
+
+def _unit_rows(w):
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@_register
+class ReluL1(_Base):
+    """Standard ReLU SAE with an L1 penalty weighted by decoder-row norms.
+
+    ``z = relu((x - b_dec) W_enc + b_enc)``; loss = MSE + ``l1`` * mean_b sum_i z_i ||W_dec_i||.
+    """
+
+    d_in: int = _static()
+    d_sae: int = _static()
+    l1: float = 1e-3
+    architecture: ClassVar[str] = "standard"
+    name: ClassVar[str] = "relu_l1"
+
+    def init(self, key) -> Params:
+        return _linear_init(key, self.d_in, self.d_sae, 0.1)
+
+    def encode(self, params, x, state=None):
+        return jax.nn.relu(self._pre(params, x))
+
+    def loss(self, params, x, key, state):
+        z = self.encode(params, x)
+        x_hat = self.decode(params, z)
+        mse = _mse(x_hat, x)
+        sparsity = jnp.mean(z @ jnp.linalg.norm(params["W_dec"], axis=1))
+        return mse + self.l1 * sparsity, {"mse": mse, "recon": x_hat, "codes": z}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _sparse_decode(params, vals, idx):
+    """Decode only the active latents: (B, k) values at (B, k) indices -> (B, d)."""
+    return jnp.einsum("bk,bkd->bd", vals, params["W_dec"][idx]) + params["b_dec"]
+
+
+def _dense_from_topk(vals, idx, d_sae):
+    rows = jnp.arange(vals.shape[0])[:, None]
+    return jnp.zeros((vals.shape[0], d_sae), vals.dtype).at[rows, idx].set(vals)
+
+
+@_register
+class TopK(_Base):
+    """TopK SAE (Gao et al. 2024): keep the ``k`` largest pre-activations per row (then ReLU).
+
+    Training decodes only the k active latents (gathered decoder rows) and adds AuxK: the residual (detached) is
+    reconstructed from the ``k_aux`` largest pre-activations among latents dead for ``dead_steps`` steps, weighted
+    by ``aux_coef`` and by min(#dead / k_aux, 1). Decoder rows are renormalised to unit norm after each step.
+    """
+
+    d_in: int = _static()
+    d_sae: int = _static()
+    k: int = _static(default=32)
+    dead_steps: int = _static(default=1000)
+    k_aux: int = _static(default=0)  # 0 -> d_in // 2
+    aux_coef: float = 1.0 / 32
+    architecture: ClassVar[str] = "topk"
+    name: ClassVar[str] = "topk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"{type(self).__name__}: k must be an int in [1, d_sae={self.d_sae}], got k={self.k!r}; "
+                             f"lower k or raise d_sae")
+        if self.dead_steps < 1 or self.k_aux < 0:
+            raise ValueError(f"{type(self).__name__}: dead_steps must be >= 1 and k_aux >= 0, "
+                             f"got {self.dead_steps}, {self.k_aux}")
+
+    def init(self, key) -> Params:
+        return _linear_init(key, self.d_in, self.d_sae, 1.0)
+
+    def post_update(self, params):
+        return {**params, "W_dec": _unit_rows(params["W_dec"])}
+
+    def _select(self, params, x):
+        """Top-k selection without differentiating the dense encoder: indices from a stop-gradient matmul, values
+        recomputed from gathered encoder columns so the backward pass is sparse too. Returns (B, k) vals, idx."""
+        xc = x - params["b_dec"]
+        pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])
+        _, idx = jax.lax.top_k(pre, self.k)
+        w = params["W_enc"].T[idx]  # (B, k, d)
+        vals = jnp.einsum("bd,bkd->bk", xc, w) + params["b_enc"][idx]
+        return jax.nn.relu(vals), idx, pre
+
+    def encode(self, params, x, state=None):
+        vals, idx = jax.lax.top_k(self._pre(params, x), self.k)
+        return _dense_from_topk(jax.nn.relu(vals), idx, self.d_sae)
+
+    def _auxk(self, params, x, x_hat, pre, state):
+        k_aux = min(self.k_aux or self.d_in // 2, self.d_sae)
+        dead = state["since_fired"] >= self.dead_steps
+        n_dead = jnp.sum(dead)
+
+        def aux_loss(_):
+            masked = jnp.where(dead, pre, -jnp.inf)
+            _, idx = jax.lax.top_k(masked, k_aux)
+            # recompute the selected pre-activations with gradient; drop alive picks (when fewer dead than k_aux)
+            xc = x - params["b_dec"]
+            vals = jnp.einsum("bd,bkd->bk", xc, params["W_enc"].T[idx]) + params["b_enc"][idx]
+            vals = jax.nn.relu(vals) * dead[idx]
+            residual = jax.lax.stop_gradient(x - x_hat)
+            rec = _dense_from_topk(vals, idx, self.d_sae) @ params["W_dec"]
+            scale = jnp.minimum(n_dead / k_aux, 1.0)
+            return scale * _mse(rec, residual)
+
+        return jax.lax.cond(n_dead > 0, aux_loss, lambda _: jnp.zeros((), x.dtype), None)
+
+    def loss(self, params, x, key, state):
+        vals, idx, pre = self._select(params, x)
+        x_hat = _sparse_decode(params, vals, idx)
+        mse = _mse(x_hat, x)
+        aux = self._auxk(params, x, x_hat, pre, state)
+        fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
+        return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
+                                           "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
+
+    def update_state(self, state, aux):
+        return {**state, "since_fired": jnp.where(aux["fired"], 0, state["since_fired"] + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@_register
+class BatchTopK(TopK):
+    """BatchTopK SAE (Bussmann et al. 2024): keep the ``k * B`` largest ReLU pre-activations over the whole batch.
+
+    For inference each latent gets its own threshold (a JumpReLU): an exponential moving average (rate
+    ``threshold_lr``) of the smallest activation it had when selected; latents never selected fall back to the
+    global EMA of the batch's smallest selected activation.
+    """
+
+    threshold_lr: float = 0.01
+    architecture: ClassVar[str] = "jumprelu"  # saved for inference as SAELens does: a JumpReLU with thresholds
+    name: ClassVar[str] = "batchtopk"
+
+    def init_state(self):
+        return {**super().init_state(), "threshold": jnp.zeros((self.d_sae,), jnp.float32),
+                "seen": jnp.zeros((self.d_sae,), bool), "global_threshold": jnp.zeros((), jnp.float32)}
+
+    def thresholds(self, state) -> jax.Array:
+        """(K,) per-latent inference thresholds."""
+        return jnp.where(state["seen"], state["threshold"], state["global_threshold"])
+
+    def encode(self, params, x, state=None):
+        if state is None:
+            raise ValueError("BatchTopK.encode needs the training state (per-latent thresholds); pass state=")
+        pre = self._pre(params, x)
+        return jnp.where(pre > self.thresholds(state), pre, 0.0)
+
+    def loss(self, params, x, key, state):
+        pre = jax.nn.relu(self._pre(params, x))
+        n = x.shape[0] * self.k
+        flat = pre.reshape(-1)
+        _, sel = jax.lax.top_k(jax.lax.stop_gradient(flat), n)
+        z = jnp.zeros_like(flat).at[sel].set(flat[sel]).reshape(pre.shape)
+        x_hat = self.decode(params, z)
+        mse = _mse(x_hat, x)
+        aux = self._auxk(params, x, x_hat, jax.lax.stop_gradient(pre), state)
+        return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "codes": z, "auxk": aux}
+
+    def update_state(self, state, aux):
+        z = jax.lax.stop_gradient(aux["codes"])
+        pos = z > 0
+        fired = jnp.any(pos, axis=0)
+        col_min = jnp.min(jnp.where(pos, z, jnp.inf), axis=0)
+        lr = self.threshold_lr
+        thr = jnp.where(fired, jnp.where(state["seen"], (1 - lr) * state["threshold"] + lr * col_min, col_min),
+                        state["threshold"])
+        gmin = jnp.min(jnp.where(pos, z, jnp.inf))
+        g = state["global_threshold"]
+        g = jnp.where(jnp.isfinite(gmin), jnp.where(jnp.any(state["seen"]), (1 - lr) * g + lr * gmin, gmin), g)
+        return {"since_fired": jnp.where(fired, 0, state["since_fired"] + 1), "threshold": thr,
+                "seen": state["seen"] | fired, "global_threshold": g}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _rect(u):
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+@jax.custom_vjp
+def _jumprelu(x, theta, eps):
+    return jnp.where(x > theta, x, 0.0)
+
+
+def _jumprelu_fwd(x, theta, eps):
+    return _jumprelu(x, theta, eps), (x, theta, eps)
+
+
+def _jumprelu_bwd(res, g):
+    x, theta, eps = res
+    gx = jnp.where(x > theta, g, 0.0)
+    gtheta = -(theta / eps) * _rect((x - theta) / eps) * g
+    return gx, jnp.sum(gtheta.reshape(-1, theta.shape[-1]), axis=0), jnp.zeros_like(eps)
+
+
+_jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@jax.custom_vjp
+def _step(x, theta, eps):
+    return (x > theta).astype(x.dtype)
+
+
+def _step_fwd(x, theta, eps):
+    return _step(x, theta, eps), (x, theta, eps)
+
+
+def _step_bwd(res, g):
+    x, theta, eps = res
+    gtheta = -(1.0 / eps) * _rect((x - theta) / eps) * g
+    return jnp.zeros_like(x), jnp.sum(gtheta.reshape(-1, theta.shape[-1]), axis=0), jnp.zeros_like(eps)
+
+
+_step.defvjp(_step_fwd, _step_bwd)
+
+
+@_register
+class JumpReLU(_Base):
+    """JumpReLU SAE (Rajamanoharan et al. 2024): ``z = pre * 1[pre > threshold]`` per latent.
+
+    Thresholds are trained as float32 ``log_threshold``; the jump and the L0 penalty get straight-through
+    (rectangle-kernel, bandwidth ``bandwidth``) pseudo-gradients with respect to the threshold.
+    loss = MSE + ``l0`` * mean_b ||z||_0.
+    """
+
+    d_in: int = _static()
+    d_sae: int = _static()
+    l0: float = 1e-3
+    bandwidth: float = 1e-3
+    init_threshold: float = 1e-3
+    architecture: ClassVar[str] = "jumprelu"
+    name: ClassVar[str] = "jumprelu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for f in ("bandwidth", "init_threshold"):
+            v = getattr(self, f)
+            if _concrete(v) and v <= 0:
+                raise ValueError(f"JumpReLU: {f} must be > 0, got {v!r}")
+
+    def init(self, key) -> Params:
+        p = _linear_init(key, self.d_in, self.d_sae, 0.1)
+        p["log_threshold"] = jnp.full((self.d_sae,), jnp.log(self.init_threshold), jnp.float32)
+        return p
+
+    def encode(self, params, x, state=None):
+        pre = self._pre(params, x)
+        return jnp.where(pre > jnp.exp(params["log_threshold"]), pre, 0.0)
+
+    def loss(self, params, x, key, state):
+        pre = self._pre(params, x)
+        theta = jnp.exp(params["log_threshold"])
+        eps = jnp.asarray(self.bandwidth, jnp.float32)
+        z = _jumprelu(pre, theta, eps)
+        x_hat = self.decode(params, z)
+        mse = _mse(x_hat, x)
+        l0 = jnp.mean(jnp.sum(_step(pre, theta, eps), axis=-1))
+        return mse + self.l0 * l0, {"mse": mse, "recon": x_hat, "codes": z}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _layer_norm(h, scale, bias, eps=1e-5):
+    mu = jnp.mean(h, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(h - mu), axis=-1, keepdims=True)
+    return (h - mu) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def _torch_linear_init(key, fan_in, fan_out, bias=True):
+    """PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; weight is (in, out)."""
+    kw, kb = jax.random.split(key)
+    bound = 1.0 / math.sqrt(fan_in)
+    w = jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)
+    if not bias:
+        return w, None
+    return w, jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+
+
+@_register
+class STSAE(_Base):
+    """CODEC's sigmoid-threshold SAE (codec.md §2).
+
+    Encoder: [Linear(d->h) -> Dropout -> ReLU -> LayerNorm] twice (second h->h), then bias-free Linear(h->K) ->
+    sigmoid, giving u in (0,1)^K. Codes ``z = u * 1[u >= theta]`` with the mask constant under autodiff.
+    Decoder ``x_hat = z @ D`` (``relu(D)`` when ``nonneg``), D (K, d) Xavier-uniform, no bias.
+    loss = MSE + ``l1`` * mean|D|. ``d_sae`` = N * d_in; ``hidden`` = h (0 -> d_in).
+    """
+
+    d_in: int = _static()
+    d_sae: int = _static()
+    hidden: int = _static(default=0)
+    nonneg: bool = _static(default=False)
+    theta: float = 0.8
+    l1: float = 5e-5
+    dropout: float = 0.05
+    architecture: ClassVar[str] = "stsae"
+    name: ClassVar[str] = "stsae"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if _concrete(self.theta) and not 0 < self.theta < 1:
+            raise ValueError(f"STSAE: theta must lie in (0, 1) (sigmoid codes), got theta={self.theta!r}")
+        if _concrete(self.dropout) and not 0 <= self.dropout < 1:
+            raise ValueError(f"STSAE: dropout must lie in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 0:
+            raise ValueError(f"STSAE: hidden must be an int >= 0 (0 means d_in), got {self.hidden!r}")
+
+    @property
+    def h(self) -> int:
+        return self.hidden or self.d_in
+
+    def init(self, key) -> Params:
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        w1, b1 = _torch_linear_init(k1, self.d_in, self.h)
+        w2, b2 = _torch_linear_init(k2, self.h, self.h)
+        w3, _ = _torch_linear_init(k3, self.h, self.d_sae, bias=False)
+        bound = math.sqrt(6.0 / (self.d_sae + self.d_in))
+        d = jax.random.uniform(k4, (self.d_sae, self.d_in), jnp.float32, -bound, bound)
+        one, zero = jnp.ones((self.h,), jnp.float32), jnp.zeros((self.h,), jnp.float32)
+        return {"W_1": w1, "b_1": b1, "ln_1_scale": one, "ln_1_bias": zero, "W_2": w2, "b_2": b2,
+                "ln_2_scale": one, "ln_2_bias": zero, "W_enc": w3, "W_dec": d}
+
+    def atoms(self, params):
+        return jax.nn.relu(params["W_dec"]) if self.nonneg else params["W_dec"]
+
+    def decode(self, params, z):
+        return z @ self.atoms(params)
+
+    def codes_u(self, params, x, key=None):
+        """(B, d) -> (B, K) sigmoid codes u before thresholding; dropout active when ``key`` is given."""
+        h = x
+        for i, k in ((1, 0), (2, 1)):
+            h = h @ params[f"W_{i}"] + params[f"b_{i}"]
+            if key is not None:
+                keep = jax.random.bernoulli(jax.random.fold_in(key, k), 1.0 - self.dropout, h.shape)
+                h = jnp.where(keep, h / (1.0 - self.dropout), 0.0)
+            h = _layer_norm(jax.nn.relu(h), params[f"ln_{i}_scale"], params[f"ln_{i}_bias"])
+        return jax.nn.sigmoid(h @ params["W_enc"])
+
+    def _threshold(self, u):
+        return u * jax.lax.stop_gradient((u >= self.theta).astype(u.dtype))
+
+    def encode(self, params, x, state=None):
+        return self._threshold(self.codes_u(params, x))
+
+    def loss(self, params, x, key, state):
+        z = self._threshold(self.codes_u(params, x, key))
+        x_hat = self.decode(params, z)
+        mse = _mse(x_hat, x)
+        return mse + self.l1 * jnp.mean(jnp.abs(params["W_dec"])), {"mse": mse, "recon": x_hat, "codes": z}
+
+
+VARIANTS = {c.name: c for c in (ReluL1, TopK, BatchTopK, JumpReLU, STSAE)}
+
+
+def make(variant: str, d_in: int, expansion: int | None = None, d_sae: int | None = None, **hyper):
+    """Build a variant config by name: ``make("stsae", 512, expansion=3, theta=0.9)``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SAE variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    if (expansion is None) == (d_sae is None):
+        raise ValueError(f"give exactly one of expansion (K = expansion * d_in) or d_sae, got {expansion=}, {d_sae=}")
+    return VARIANTS[variant](d_in=d_in, d_sae=d_sae if d_sae is not None else expansion * d_in, **hyper)

@@ -1,0 +1,219 @@
+"""SAE variants against independent references: PyTorch autograd (float64) and NumPy loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxequiv import sae
+from jaxequiv.sae import variants as V
+
+torch = pytest.importorskip("torch")
+
+D, K, B = 6, 12, 8
+
+
+def _x(seed=0, n=B, d=D):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def _t(a):
+    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True)
+
+
+def _grads_close(jg, tg, names, rtol=1e-4, atol=1e-6):
+    for n in names:
+        np.testing.assert_allclose(np.asarray(jg[n]), tg[n].grad.numpy(), rtol=rtol, atol=atol, err_msg=n)
+
+
+def test_stsae_matches_torch_forward_and_grads():
+    cfg = sae.STSAE(d_in=D, d_sae=K, hidden=5, theta=0.5, l1=1e-2, dropout=0.0)
+    p = cfg.init(jax.random.PRNGKey(0))
+    p = {k: v + 0.05 * jax.random.normal(jax.random.PRNGKey(i), v.shape) for i, (k, v) in enumerate(p.items())}
+    x = _x()
+    tp = {k: _t(v) for k, v in p.items()}
+    tx = torch.tensor(x, dtype=torch.float64)
+    h = tx
+    for i in (1, 2):
+        h = torch.relu(h @ tp[f"W_{i}"] + tp[f"b_{i}"])
+        h = torch.nn.functional.layer_norm(h, (5,), tp[f"ln_{i}_scale"], tp[f"ln_{i}_bias"], eps=1e-5)
+    u = torch.sigmoid(h @ tp["W_enc"])
+    z = u * (u >= 0.5).double().detach()
+    xh = z @ tp["W_dec"]
+    loss = ((xh - tx) ** 2).mean() + 1e-2 * tp["W_dec"].abs().mean()
+    loss.backward()
+    np.testing.assert_allclose(np.asarray(cfg.encode(p, x)), z.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), xh.detach().numpy(), rtol=1e-4, atol=1e-5)
+    (jl, _), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    np.testing.assert_allclose(float(jl), loss.item(), rtol=1e-5)
+    _grads_close(g, tp, p.keys())
+    assert 0 < int((z > 0).sum()) < z.numel()  # the threshold is exercised
+
+
+def test_stsae_nonneg_dictionary_and_dropout_scaling():
+    cfg = sae.STSAE(d_in=D, d_sae=K, theta=0.5, nonneg=True)
+    p = cfg.init(jax.random.PRNGKey(1))
+    assert np.all(np.asarray(cfg.atoms(p)) >= 0) and np.any(np.asarray(p["W_dec"]) < 0)
+    z = cfg.encode(p, _x())
+    np.testing.assert_allclose(np.asarray(cfg.decode(p, z)), np.asarray(z) @ np.maximum(np.asarray(p["W_dec"]), 0),
+                               rtol=1e-5, atol=1e-6)
+    # dropout changes training codes but not eval codes; Xavier bound on the dictionary
+    u_train = cfg.codes_u(p, _x(), jax.random.PRNGKey(3))
+    assert not np.allclose(np.asarray(u_train), np.asarray(cfg.codes_u(p, _x())))
+    assert np.abs(np.asarray(p["W_dec"])).max() <= np.sqrt(6 / (K + D))
+
+
+def test_relu_l1_matches_torch():
+    cfg = sae.ReluL1(d_in=D, d_sae=K, l1=0.1)
+    p = cfg.init(jax.random.PRNGKey(0))
+    p["b_enc"] = p["b_enc"] + 0.1
+    p["b_dec"] = p["b_dec"] + 0.2
+    x = _x(1)
+    tp = {k: _t(v) for k, v in p.items()}
+    tx = torch.tensor(x, dtype=torch.float64)
+    z = torch.relu((tx - tp["b_dec"]) @ tp["W_enc"] + tp["b_enc"])
+    xh = z @ tp["W_dec"] + tp["b_dec"]
+    loss = ((xh - tx) ** 2).mean() + 0.1 * (z * tp["W_dec"].norm(dim=1)).sum(1).mean()
+    loss.backward()
+    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    np.testing.assert_allclose(float(jl), loss.item(), rtol=1e-5)
+    _grads_close(g, tp, p.keys())
+
+
+def _torch_topk_loss(p, x, k, dead=None, k_aux=None, aux_coef=0.0):
+    tp = {n: _t(v) for n, v in p.items()}
+    tx = torch.tensor(x, dtype=torch.float64)
+    pre = (tx - tp["b_dec"]) @ tp["W_enc"] + tp["b_enc"]
+    top = torch.topk(pre, k, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    xh = z @ tp["W_dec"] + tp["b_dec"]
+    loss = ((xh - tx) ** 2).mean()
+    if dead is not None and dead.any():
+        dm = torch.tensor(dead)
+        masked = torch.where(dm, pre, torch.tensor(-np.inf, dtype=torch.float64))
+        t2 = torch.topk(masked, k_aux, dim=-1)
+        vals = torch.relu(t2.values) * dm[t2.indices]
+        za = torch.zeros_like(pre).scatter(-1, t2.indices, vals)
+        resid = (tx - xh).detach()
+        aux = ((za @ tp["W_dec"] - resid) ** 2).mean() * min(dead.sum() / k_aux, 1.0)
+        loss = loss + aux_coef * aux
+    loss.backward()
+    return loss.item(), tp
+
+
+@pytest.mark.parametrize("n_dead", [0, 3])
+def test_topk_sparse_step_matches_dense_torch(n_dead):
+    cfg = sae.TopK(d_in=D, d_sae=K, k=3, dead_steps=10, k_aux=4, aux_coef=0.5)
+    p = cfg.init(jax.random.PRNGKey(2))
+    p["b_enc"] = p["b_enc"] + 0.05 * jax.random.normal(jax.random.PRNGKey(5), (K,))
+    x = _x(2)
+    state = cfg.init_state()
+    dead = np.zeros(K, bool)
+    dead[:n_dead] = True
+    state = {"since_fired": jnp.asarray(np.where(dead, 10, 0), jnp.int32)}
+    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, state)
+    tl, tp = _torch_topk_loss(p, x, 3, dead, 4, 0.5)
+    np.testing.assert_allclose(float(jl), tl, rtol=1e-5)
+    _grads_close(g, tp, p.keys())
+    assert (float(aux["auxk"]) > 0) == (n_dead > 0)
+    # inference encode agrees with the training path
+    np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), np.asarray(aux["recon"]), atol=1e-5)
+
+
+def test_batchtopk_keeps_k_per_row_on_average_and_thresholds():
+    cfg = sae.BatchTopK(d_in=D, d_sae=K, k=2, threshold_lr=0.5)
+    p = cfg.init(jax.random.PRNGKey(0))
+    x = _x(3, n=10)
+    _, aux = cfg.loss(p, x, None, cfg.init_state())
+    z = np.asarray(aux["codes"])
+    assert (z > 0).sum() == 2 * 10
+    pre = np.maximum((x - np.asarray(p["b_dec"])) @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"]), 0)
+    assert np.isclose(np.sort(pre.ravel())[-20:].sum(), z.sum(), rtol=1e-5)  # the k*B largest, over the batch
+    s1 = cfg.update_state(cfg.init_state(), aux)
+    col_min = np.where(z > 0, z, np.inf).min(0)
+    fired = np.isfinite(col_min)
+    np.testing.assert_allclose(np.asarray(s1["threshold"])[fired], col_min[fired], rtol=1e-6)
+    assert np.isclose(float(s1["global_threshold"]), z[z > 0].min())
+    s2 = cfg.update_state(s1, aux)  # EMA with rate 0.5 of the same minimum keeps it
+    np.testing.assert_allclose(np.asarray(s2["threshold"]), np.asarray(s1["threshold"]), rtol=1e-6)
+    thr = np.asarray(cfg.thresholds(s1))
+    assert np.all(thr[~fired] == np.float32(z[z > 0].min()))
+    zz = np.asarray(cfg.encode(p, x, s1))
+    pre_raw = (x - np.asarray(p["b_dec"])) @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
+    np.testing.assert_allclose(zz, np.where(pre_raw > thr, pre_raw, 0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="state"):
+        cfg.encode(p, x)
+
+
+def test_jumprelu_straight_through_gradients():
+    eps = 0.5
+    cfg = sae.JumpReLU(d_in=D, d_sae=K, l0=0.3, bandwidth=eps, init_threshold=0.2)
+    p = cfg.init(jax.random.PRNGKey(4))
+    x = _x(4)
+    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    # NumPy float64 reference of the pseudo-derivative w.r.t. log_threshold
+    P = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    pre = (x - P["b_dec"]) @ P["W_enc"] + P["b_enc"]
+    th = np.exp(P["log_threshold"])
+    z = np.where(pre > th, pre, 0)
+    xh = z @ P["W_dec"] + P["b_dec"]
+    dxh = 2 * (xh - x) / x.size
+    dz = dxh @ P["W_dec"].T
+    kern = (np.abs((pre - th) / eps) < 0.5).astype(float)
+    dth = (dz * -(th / eps) * kern).sum(0) + 0.3 * (-(1 / eps) * kern).sum(0) / x.shape[0]
+    np.testing.assert_allclose(np.asarray(g["log_threshold"]), dth * th, rtol=1e-4, atol=1e-7)
+    assert np.abs(dth).sum() > 0
+    mse = ((xh - x) ** 2).mean()
+    np.testing.assert_allclose(float(jl), mse + 0.3 * (pre > th).sum(1).mean(), rtol=1e-5)
+    assert p["log_threshold"].dtype == jnp.float32
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), theta=st.floats(0.05, 0.95), scale=st.floats(0.1, 10.0))
+def test_code_ranges_and_linear_decoders(seed, theta, scale):
+    x = _x(seed) * scale
+    c = sae.STSAE(d_in=D, d_sae=K, theta=theta)
+    p = c.init(jax.random.PRNGKey(seed))
+    z = np.asarray(c.encode(p, x))
+    assert np.all((z == 0) | ((z >= np.float32(theta)) & (z < 1)))
+    t = sae.TopK(d_in=D, d_sae=K, k=3)
+    pt = t.init(jax.random.PRNGKey(seed))
+    zt = np.asarray(t.encode(pt, x))
+    assert np.all(zt >= 0) and np.all((zt > 0).sum(1) <= 3)
+    for cfg, pp in ((c, p), (t, pt)):  # decode is affine in the codes
+        z0 = np.zeros_like(zt)
+        base = np.asarray(cfg.decode(pp, z0))
+        np.testing.assert_allclose(np.asarray(cfg.decode(pp, 2 * zt)) - base,
+                                   2 * (np.asarray(cfg.decode(pp, zt)) - base), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_hyperparameters_raise():
+    with pytest.raises(ValueError, match="k must be"):
+        sae.TopK(d_in=4, d_sae=8, k=9)
+    with pytest.raises(ValueError, match=r"theta must lie in \(0, 1\)"):
+        sae.STSAE(d_in=4, d_sae=8, theta=1.0)
+    with pytest.raises(ValueError, match="theta"):
+        sae.make("stsae", 4, expansion=2, theta=0.0)
+    with pytest.raises(ValueError, match="unknown SAE variant"):
+        sae.make("gated", 4, expansion=2)
+    with pytest.raises(ValueError, match="exactly one"):
+        sae.make("topk", 4)
+    with pytest.raises(ValueError, match="finite"):
+        sae.ReluL1(d_in=4, d_sae=8, l1=float("nan"))
+    with pytest.raises(ValueError, match=">= 0"):
+        sae.ReluL1(d_in=4, d_sae=8, l1=-1.0)
+    with pytest.raises(ValueError, match="d_in"):
+        sae.ReluL1(d_in=0, d_sae=8)
+
+
+def test_configs_stack_and_vmap():
+    cfgs = [sae.STSAE(d_in=D, d_sae=K, theta=t) for t in (0.3, 0.6)]
+    assert cfgs[0].static_key() == cfgs[1].static_key() != sae.STSAE(d_in=D, d_sae=3 * D).static_key()
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack([jnp.asarray(v) for v in a]), *cfgs)
+    p = cfgs[0].init(jax.random.PRNGKey(0))
+    z = jax.vmap(lambda c: c.encode(p, _x()))(stacked)
+    for i, c in enumerate(cfgs):
+        np.testing.assert_allclose(np.asarray(z[i]), np.asarray(c.encode(p, _x())), atol=1e-6)
+    assert cfgs[0].config_dict()["theta"] == 0.3 and V.VARIANTS["stsae"] is sae.STSAE
