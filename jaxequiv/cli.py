@@ -16,6 +16,8 @@ import jaxequiv
 # module path -> provides register(subparsers)
 COMMANDS = [
     "jaxequiv.demo",
+    "jaxequiv.contributions.cli",
+    "jaxequiv.adapters.cli",
 ]
 
 

@@ -1,0 +1,54 @@
+"""``jaxequiv convert``: a PyTorch / Hugging Face checkpoint -> portable artefact (safetensors + JSON config)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a PyTorch checkpoint into a jaxequiv artefact (model.safetensors + config.json)",
+        description="Load a checkpoint (.pt/.pth/.bin/.safetensors or a Hugging Face folder) into a jaxequiv model "
+        "and write it as model.safetensors + config.json, which loads back without torch via "
+        "jaxequiv.adapters.torch.load(OUT).",
+    )
+    p.add_argument("source", help="checkpoint file or folder")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--arch", help="gpt2, gpt_neox, bert, vit or resnet (default: config.json's model_type)")
+    p.add_argument("--config", help="JSON file (or inline JSON object) with the model config fields")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="checkpoint keys to leave unused (fnmatch pattern; repeatable)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the stored floating-point parameters (default float32)")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import os
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxequiv.adapters.torch import load, save
+
+    config = None
+    if args.config:
+        text = args.config
+        if not text.lstrip().startswith("{"):
+            with open(text) as f:
+                text = f.read()
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config is not valid JSON ({e}); pass a JSON object or a .json file") from None
+    try:
+        model = load(args.source, args.arch, config, ignore=args.ignore, dtype=getattr(jnp, args.dtype))
+    except TypeError as e:  # e.g. a pickle that is not a state dict: a user error, reported in one line
+        raise ValueError(str(e)) from None
+    save(model, args.out, metadata={"source": os.path.basename(os.path.normpath(args.source))})
+    n = sum(int(v.size) for v in jax.tree_util.tree_leaves(nnx.state(model)))
+    print(f"wrote {args.out}: {n:,} parameters ({type(model).__name__})")
+    return 0
