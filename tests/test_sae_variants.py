@@ -156,18 +156,19 @@ def test_jumprelu_straight_through_gradients():
     # NumPy float64 reference of the pseudo-derivative w.r.t. log_threshold
     P = {k: np.asarray(v, np.float64) for k, v in p.items()}
     pre = (x - P["b_dec"]) @ P["W_enc"] + P["b_enc"]
-    th = np.exp(P["log_threshold"])
+    th = P["threshold"]
     z = np.where(pre > th, pre, 0)
     xh = z @ P["W_dec"] + P["b_dec"]
     dxh = 2 * (xh - x) / x.size
     dz = dxh @ P["W_dec"].T
     kern = (np.abs((pre - th) / eps) < 0.5).astype(float)
     dth = (dz * -(th / eps) * kern).sum(0) + 0.3 * (-(1 / eps) * kern).sum(0) / x.shape[0]
-    np.testing.assert_allclose(np.asarray(g["log_threshold"]), dth * th, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g["threshold"]), dth, rtol=1e-4, atol=1e-7)
     assert np.abs(dth).sum() > 0
     mse = ((xh - x) ** 2).mean()
     np.testing.assert_allclose(float(jl), mse + 0.3 * (pre > th).sum(1).mean(), rtol=1e-5)
-    assert p["log_threshold"].dtype == jnp.float32
+    assert p["threshold"].dtype == jnp.float32
+    assert float(cfg.post_update({**p, "threshold": p["threshold"] - 1.0})["threshold"].min()) == 0.0
 
 
 @settings(max_examples=15, deadline=None)

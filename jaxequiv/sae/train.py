@@ -30,7 +30,7 @@ from jaxequiv.sae import variants as V
 from jaxequiv.sae.data import BatchStream
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train", "train_many", "make_optimizer",
-           "CHECKPOINT_FILE"]
+           "codec_sweep", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.npz"
 
@@ -324,3 +324,18 @@ def train(cfg: Any, data: Any, *, seed: int = 0, settings: TrainSettings,
     ``settings.data_seed`` or, when None, ``seed``."""
     return train_many([cfg], data, seeds=[seed], settings=settings, checkpoint_dir=checkpoint_dir,
                       callback=callback, progress=progress)[0]
+
+
+def codec_sweep(d_in: int, expansions: Sequence[int] = (1, 3, 5), thetas: Sequence[float] = (0.5, 0.7, 0.9),
+                l1s: Sequence[float] = (0.0, 1e-4, 1e-2), seeds: Sequence[int] = (483, 1001, 2002),
+                **stsae_kwargs) -> tuple[list[Any], list[int]]:
+    """CODEC's hyper-parameter grid (codec.md §6) as ``(configs, seeds)`` for :func:`train_many`:
+    N x theta x lambda_D x seed stsae configs (81 by default), ``d_sae = N * d_in``."""
+    configs, out_seeds = [], []
+    for n in expansions:
+        for theta in thetas:
+            for l1 in l1s:
+                for s in seeds:
+                    configs.append(V.STSAE(d_in=d_in, d_sae=n * d_in, theta=theta, l1=l1, **stsae_kwargs))
+                    out_seeds.append(int(s))
+    return configs, out_seeds

@@ -332,9 +332,9 @@ _step.defvjp(_step_fwd, _step_bwd)
 class JumpReLU(_Base):
     """JumpReLU SAE (Rajamanoharan et al. 2024): ``z = pre * 1[pre > threshold]`` per latent.
 
-    Thresholds are trained as float32 ``log_threshold``; the jump and the L0 penalty get straight-through
-    (rectangle-kernel, bandwidth ``bandwidth``) pseudo-gradients with respect to the threshold.
-    loss = MSE + ``l0`` * mean_b ||z||_0.
+    The raw per-latent ``threshold`` (K,) is a float32 parameter (clamped at 0 after each step); the jump and the
+    L0 penalty get straight-through (rectangle-kernel, bandwidth ``bandwidth``) pseudo-gradients with respect to
+    it. loss = MSE + ``l0`` * mean_b ||z||_0.
     """
 
     d_in: int = _static()
@@ -354,16 +354,19 @@ class JumpReLU(_Base):
 
     def init(self, key) -> Params:
         p = _linear_init(key, self.d_in, self.d_sae, 0.1)
-        p["log_threshold"] = jnp.full((self.d_sae,), jnp.log(self.init_threshold), jnp.float32)
+        p["threshold"] = jnp.full((self.d_sae,), self.init_threshold, jnp.float32)
         return p
+
+    def post_update(self, params):
+        return {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}
 
     def encode(self, params, x, state=None):
         pre = self._pre(params, x)
-        return jnp.where(pre > jnp.exp(params["log_threshold"]), pre, 0.0)
+        return jnp.where(pre > params["threshold"], pre, 0.0)
 
     def loss(self, params, x, key, state):
         pre = self._pre(params, x)
-        theta = jnp.exp(params["log_threshold"])
+        theta = params["threshold"]
         eps = jnp.asarray(self.bandwidth, jnp.float32)
         z = _jumprelu(pre, theta, eps)
         x_hat = self.decode(params, z)

@@ -1,0 +1,143 @@
+"""SAE metrics (vs sklearn / NumPy float64), mode readout, and SAELens-layout save/load."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import r2_score
+
+from jaxequiv import sae
+from jaxequiv.sae import metrics as M
+
+D = 6
+
+
+def _x(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, D)) * rng.random(D) * 3 + rng.normal(size=D)).astype(np.float32)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), noise=st.floats(0.01, 2.0))
+def test_explained_variance_definitions_match_references(seed, noise):
+    x = _x(seed=seed).astype(np.float64)
+    xh = x + noise * np.random.default_rng(seed + 1).normal(size=x.shape)
+    np.testing.assert_allclose(float(M.explained_variance(x, xh)), r2_score(x, xh, multioutput="variance_weighted"),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(M.explained_variance_mean(x, xh)), r2_score(x, xh), rtol=1e-5, atol=1e-6)
+    codec = 1 - ((x - xh) ** 2).mean() / ((x - x.mean()) ** 2).mean()
+    np.testing.assert_allclose(float(M.r2_codec(x, xh)), codec, rtol=1e-5, atol=1e-6)
+    c = 0.5 + noise
+    np.testing.assert_allclose(float(M.relative_reconstruction_bias(x, c * x)), c, rtol=1e-5)
+
+
+def test_sparsity_metrics():
+    z = np.array([[0, 1, 0], [2, 3, 0]], np.float32)
+    assert float(M.l0(z)) == 1.5
+    np.testing.assert_allclose(np.asarray(M.density(z)), [0.5, 1.0, 0.0])
+    state = {"since_fired": jnp.array([0, 5, 10])}
+    np.testing.assert_array_equal(np.asarray(M.dead_latents(state, 5)), [False, True, True])
+
+
+def test_evaluate_streams_like_full_batch_and_readout(tmp_path):
+    x = _x(n=37)
+    cfg = sae.STSAE(d_in=D, d_sae=3 * D, theta=0.6)
+    p = cfg.init(jax.random.PRNGKey(0))
+    ev = sae.evaluate(cfg, p, x, batch_size=8)
+    z = np.asarray(cfg.encode(p, x))
+    xh = np.asarray(cfg.decode(p, z))
+    np.testing.assert_allclose(ev["r2_codec"], float(M.r2_codec(x, xh)), rtol=1e-4)
+    np.testing.assert_allclose(ev["explained_variance"], float(M.explained_variance(x, xh)), rtol=1e-4)
+    np.testing.assert_allclose(ev["explained_variance_mean"], float(M.explained_variance_mean(x, xh)), rtol=1e-4)
+    np.testing.assert_allclose(ev["mse"], ((x - xh) ** 2).mean(), rtol=1e-4)
+    np.testing.assert_allclose(ev["l0"], (z != 0).sum(1).mean(), rtol=1e-6)
+    np.testing.assert_allclose(ev["density"], (z != 0).mean(0))
+    np.testing.assert_allclose(ev["relative_reconstruction_bias"], float(M.relative_reconstruction_bias(x, xh)),
+                               rtol=1e-4)
+    out = np.lib.format.open_memmap(tmp_path / "codes.npy", mode="w+", dtype=np.float32, shape=(37, 3 * D))
+    modes = sae.readout(cfg, p, x, batch_size=8, out=out)
+    np.testing.assert_allclose(np.load(tmp_path / "codes.npy"), z, atol=1e-6)
+    np.testing.assert_array_equal(modes.alive, (z != 0).any(0))
+    assert ev["n_alive"] == modes.alive.sum() and 0 < modes.alive.sum() < 3 * D
+    np.testing.assert_allclose(modes.alive_atoms(), np.asarray(p["W_dec"])[modes.alive])
+    assert modes.alive_codes().shape == (37, modes.alive.sum())
+    with pytest.raises(ValueError, match="d_in=6"):
+        sae.evaluate(cfg, p, x[:, :4])
+    with pytest.raises(ValueError, match="out must have shape"):
+        sae.readout(cfg, p, x, out=np.zeros((3, 3), np.float32))
+
+
+def _all_variants():
+    return [sae.ReluL1(d_in=D, d_sae=12), sae.TopK(d_in=D, d_sae=12, k=3), sae.BatchTopK(d_in=D, d_sae=12, k=3),
+            sae.JumpReLU(d_in=D, d_sae=12, init_threshold=0.05), sae.STSAE(d_in=D, d_sae=12, theta=0.6, nonneg=True)]
+
+
+@pytest.mark.parametrize("cfg", _all_variants(), ids=lambda c: c.name)
+def test_save_load_roundtrip_identical_outputs(tmp_path, cfg):
+    x = _x(n=20)
+    r = sae.train(cfg, x, seed=0, settings=sae.TrainSettings(batch_size=10, steps=4, lr=1e-2, log_every=2))
+    path = sae.save_sae(tmp_path / "sae", cfg, r.params, r.state, metadata={"hook_name": "layer3.1"})
+    sae.save_sae(tmp_path / "sae", cfg, r.params, r.state)  # overwriting an existing folder works
+    cfg2, p2, s2 = sae.load_sae(path)
+    assert cfg2 == cfg
+    a = np.asarray(cfg.decode(r.params, cfg.encode(r.params, x, r.state)))
+    b = np.asarray(cfg2.decode(p2, cfg2.encode(p2, x, s2)))
+    np.testing.assert_array_equal(a, b)
+    doc = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert doc["d_in"] == D and doc["d_sae"] == 12 and doc["architecture"] == {
+        "relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "stsae": "stsae"}[cfg.name]
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["sae"]  # no temporary folders left
+
+
+def test_saelens_tensors_reproduce_a_torch_forward(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    cfg = sae.JumpReLU(d_in=D, d_sae=12, init_threshold=0.02)
+    p = cfg.init(jax.random.PRNGKey(3))
+    p = {**p, "b_dec": p["b_dec"] + 0.3, "b_enc": p["b_enc"] - 0.01}
+    sae.save_sae(tmp_path / "j", cfg, p)
+    w = load_file(str(tmp_path / "j" / "sae_weights.safetensors"))
+    assert set(w) == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"} and tuple(w["W_enc"].shape) == (D, 12)
+    x = _x(n=9)
+    tx = torch.tensor(x)
+    pre = (tx - w["b_dec"]) @ w["W_enc"] + w["b_enc"]  # SAELens JumpReLU inference semantics
+    ref = (pre * (pre > w["threshold"])) @ w["W_dec"] + w["b_dec"]
+    np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), ref.numpy(), rtol=1e-5, atol=1e-6)
+    # a plain SAELens folder (no jaxequiv block) loads by architecture name
+    doc = json.loads((tmp_path / "j" / "cfg.json").read_text())
+    del doc["jaxequiv"]
+    (tmp_path / "j" / "cfg.json").write_text(json.dumps(doc))
+    cfg2, p2, _ = sae.load_sae(tmp_path / "j")
+    assert isinstance(cfg2, sae.JumpReLU) and cfg2.d_sae == 12
+    np.testing.assert_array_equal(np.asarray(p2["threshold"]), np.asarray(p["threshold"]))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json"):
+        sae.load_sae(tmp_path)
+    cfg = sae.ReluL1(d_in=D, d_sae=12)
+    sae.save_sae(tmp_path / "s", cfg, cfg.init(jax.random.PRNGKey(0)))
+    doc = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    doc["jaxequiv"]["config"]["d_sae"] = 13
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="shape"):
+        sae.load_sae(tmp_path / "s")
+    doc["architecture"] = "gated"
+    del doc["jaxequiv"]
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not supported"):
+        sae.load_sae(tmp_path / "s")
+    with pytest.raises(ValueError, match="training state"):
+        sae.save_sae(tmp_path / "b", sae.BatchTopK(d_in=D, d_sae=12, k=2),
+                     sae.BatchTopK(d_in=D, d_sae=12, k=2).init(jax.random.PRNGKey(0)))
+
+
+def test_codec_sweep_grid():
+    cfgs, seeds = sae.codec_sweep(d_in=4)
+    assert len(cfgs) == 81 and len({c.static_key() for c in cfgs}) == 3 and seeds[:3] == [483, 1001, 2002]
+    assert {c.d_sae for c in cfgs} == {4, 12, 20} and {c.theta for c in cfgs} == {0.5, 0.7, 0.9}
