@@ -18,6 +18,7 @@ COMMANDS = [
     "jaxequiv.demo",
     "jaxequiv.contributions.cli",
     "jaxequiv.adapters.cli",
+    "jaxequiv.sae.cli",
 ]
 
 

@@ -1,0 +1,67 @@
+"""``jaxequiv sae train|sweep`` over a real (tiny) contributions store."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxequiv import Network, site
+from jaxequiv.cli import main
+from jaxequiv.contributions import build_store, open_store
+from jaxequiv.sae import Scaled, evaluate, global_std, load_sae
+
+
+class TinyMLP(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.l1 = nnx.Linear(5, 8, bias_init=nnx.initializers.normal(0.3), rngs=rngs)
+        self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(site("fc1", jax.nn.relu(self.l1(x)), axes=("batch", "channel")))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store") / "s"
+    x = np.random.default_rng(0).normal(size=(96, 5)).astype(np.float32)
+    build_store(Network.from_module(TinyMLP(), (5,)), x, root, "fc1", method="ig", steps=4, chunk_size=48,
+                progress=False)
+    return root
+
+
+def test_sae_train_and_resume(store, tmp_path, capsys):
+    args = ["sae", "train", "--store", str(store), "--site", "fc1", "--variant", "activations", "--out",
+            str(tmp_path / "o"), "--steps", "6", "--batch-size", "16", "--log-every", "3", "--lr", "1e-2",
+            "--theta", "0.5", "--expansion", "2", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary) == 1 and summary[0]["name"] == "stsae_x2_seed0"
+    cfg, params, state = load_sae(tmp_path / "o" / "stsae_x2_seed0")
+    doc = json.loads((tmp_path / "o" / "stsae_x2_seed0" / "cfg.json").read_text())
+    data = open_store(store).array("fc1", "activations")
+    assert doc["metadata"]["hook_name"] == "fc1" and np.isclose(doc["metadata"]["input_scale"], 1 / global_std(data))
+    ev = evaluate(cfg, params, Scaled(data, doc["metadata"]["input_scale"]), state)
+    assert np.isclose(ev["r2_codec"], summary[0]["r2_codec"], rtol=1e-6)
+    assert main(args) == 0  # finished checkpoint: resumes at the end, same result
+    _, params2, _ = load_sae(tmp_path / "o" / "stsae_x2_seed0")
+    np.testing.assert_array_equal(np.asarray(params["W_dec"]), np.asarray(params2["W_dec"]))
+    assert "r2_codec=" in capsys.readouterr().out
+
+
+def test_sae_sweep_and_errors(store, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(out), "--steps", "4",
+                 "--batch-size", "16", "--log-every", "2", "--expansions", "1,2", "--thetas", "0.5",
+                 "--l1s", "0,1e-2", "--seeds", "1", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary] == ["stsae_x1_theta0.5_l10_seed1", "stsae_x1_theta0.5_l10.01_seed1",
+                                            "stsae_x2_theta0.5_l10_seed1", "stsae_x2_theta0.5_l10.01_seed1"]
+    assert all((out / s["name"] / "sae_weights.safetensors").exists() for s in summary)
+    assert main(["sae", "train", "--store", str(store), "--site", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no site 'nope'" in capsys.readouterr().err
+    assert main(["sae", "train", "--store", str(store), "--site", "fc1", "--out", str(tmp_path / "x"),
+                 "--theta", "1.5", "--steps", "1"]) == 2
+    assert "theta must lie in (0, 1)" in capsys.readouterr().err
