@@ -159,3 +159,23 @@ def test_driver_bad_arguments(net, data, tmp_path):
         (tmp_path / "fake" / "meta.json").write_text(json.dumps({"format": "other"}))
         open_store(tmp_path / "fake")
     assert not (tmp_path / "a").exists()
+
+
+def test_cli_writes_store_and_reports_errors(tmp_path, capsys):
+    from jaxequiv.cli import main
+
+    r = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", r.normal(size=(5, 8, 8, 1)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2, 1, 0]))
+    args = ["contributions", "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+            "--model", "resnet18", "--width", "2", "--sites", "layer4.*", "--method", "grad_x_act", "--chunk-size", "4",
+            "--variants", "positive,sum", "--no-progress", "--out", str(tmp_path / "s")]
+    assert main(args) == 0
+    store = open_store(tmp_path / "s")
+    assert store.sites == ["layer4.0", "layer4.1"] and store.n == 5
+    assert store.variants == ["positive", "sum", "activations"] and store.array("layer4.1", "sum").shape == (5, 16)
+    np.testing.assert_array_equal(store.labels, [0, 1, 2, 1, 0])
+    assert store.meta["config"]["info"]["model"] == "resnet18"
+    assert main(args) == 2 and "overwrite" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "t"), "--target", "7"]) == 2
+    assert "class index 7" in capsys.readouterr().err and not (tmp_path / "t").exists()
