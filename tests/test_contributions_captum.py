@@ -2,16 +2,14 @@
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxequiv import Network
 from jaxequiv.contributions import contributions
-from jaxequiv.models.resnet import ResNet
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 adapter = pytest.importorskip("jaxequiv.adapters.torch")
-from test_models_mlp_resnet import _torch_resnet  # noqa: E402  (the PyTorch twin of models.resnet)
+reference_torch = pytest.importorskip("jaxequiv.adapters.reference_torch")
 
 SITES = ["layer1.0", "layer2.0", "layer2.1"]
 
@@ -19,7 +17,7 @@ SITES = ["layer1.0", "layer2.0", "layer2.1"]
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    tmodel = _torch_resnet(torch, "basic", (1, 2), 4, 5, 3, "imagenet")
+    tmodel = reference_torch.TorchResNet("basic", (1, 2), width=4, num_classes=5)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in tmodel.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -28,7 +26,7 @@ def models():
                 m.running_mean.normal_(0, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
     tmodel.eval()
-    model = adapter.load(tmodel.state_dict(), ResNet("basic", (1, 2), width=4, num_classes=5, rngs=nnx.Rngs(1)))
+    model = adapter.load(tmodel.state_dict(), "resnet")  # config inferred from the state dict
     return tmodel, Network.from_module(model, (16, 16, 3))
 
 
