@@ -195,7 +195,7 @@ def read_checkpoint(source) -> tuple[dict[str, np.ndarray], dict | None]:
 
 
 def _linear(w, shape):
-    return w.T.reshape(shape) if w.ndim == 2 else w
+    return _reshape(w.T, shape) if w.ndim == 2 else w
 
 
 def _conv(w, shape):
