@@ -1,0 +1,263 @@
+"""Shape and subspace measures: orthogonal Procrustes, CCA / SVCCA / PWCCA, RSA, mutual k-NN alignment.
+
+Conventions (documented values instead of NaN): inputs are centred (except k-NN, which L2-normalises rows)
+and scaled to unit Frobenius norm; a constant representation gives Procrustes distance sqrt(2) / angle pi/2,
+CCA-type similarity 0, RSA 0 (an RDM with no spread has no rank order) and RSA rows with no variance count
+as maximally dissimilar (correlation distance 1). Wide inputs (d > n) are first reduced to an ``n x n``
+factor with the same Gram matrix, so every decomposition is at most ``min(n, d)`` on a side.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxequiv.similarity.base import Measure, check_pair
+from jaxequiv.similarity.cka import _center_unit
+
+__all__ = [
+    "procrustes",
+    "cca",
+    "svcca",
+    "pwcca",
+    "rsa",
+    "knn_alignment",
+    "PROCRUSTES",
+    "PROCRUSTES_ANGULAR",
+    "CCA",
+    "SVCCA",
+    "PWCCA",
+    "RSA",
+    "KNN",
+]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _reduce(X):
+    """An (n, min(n, d)) matrix with the same Gram matrix ``X X'`` (R' of the QR of X' when d > n)."""
+    n, d = X.shape
+    if d <= n:
+        return X
+    _, R = jnp.linalg.qr(X.T)  # X' = Q R, X X' = R' R
+    return R.T
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Procrustes
+
+
+@functools.partial(jax.jit, static_argnames=("angular",))
+def _procrustes_kernel(X, Y, angular: bool):
+    X, okx = _center_unit(X)
+    Y, oky = _center_unit(Y)
+    Xr, Yr = _reduce(X), _reduce(Y)
+    U, _, Vt = jnp.linalg.svd(jnp.matmul(Yr.T, Xr, precision=_HI), full_matrices=False)
+    R = Xr - jnp.matmul(Yr, U @ Vt, precision=_HI)  # the residual itself: no 2 - 2 cos cancellation near 0
+    e = jnp.where(okx & oky, jnp.minimum(jnp.sqrt(jnp.sum(R * R)), jnp.sqrt(2.0)), jnp.sqrt(2.0))
+    return 2.0 * jnp.arcsin(e / 2.0) if angular else e
+
+
+def procrustes(X, Y, *, angular: bool = False) -> jax.Array:
+    """Orthogonal Procrustes distance of centred, unit-norm X (n, d1) and Y (n, d2); a scalar.
+
+    Euclidean: ``min_Q ||X - Y Q||_F = sqrt(2 - 2 ||X'Y||_*)`` in [0, sqrt 2]; angular: ``arccos ||X'Y||_*`` in
+    [0, pi/2] (Williams et al. 2021). Unequal widths are handled as zero-padding (Q a partial isometry).
+    """
+    X, Y = check_pair(X, Y, name="procrustes")
+    return _procrustes_kernel(X, Y, bool(angular))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CCA family
+
+
+def _whiten(X, reg, keep_var):
+    """Whitened basis (n, r) of centred X, column weights, and the number of usable directions."""
+    X = X - jnp.mean(X, axis=0)
+    X = _reduce(X)
+    U, s, _ = jnp.linalg.svd(X, full_matrices=False)
+    s2 = s * s
+    total = jnp.sum(s2)
+    rank_ok = s > jnp.max(s) * max(X.shape) * jnp.finfo(X.dtype).eps * 10
+    if keep_var is not None:  # SVCCA: the leading directions explaining keep_var of the variance
+        frac = jnp.cumsum(s2) / jnp.where(total > 0, total, 1.0)
+        rank_ok = rank_ok & (jnp.arange(s.shape[0]) <= jnp.sum(frac < keep_var))
+    if reg > 0:
+        eps = reg * total / s.shape[0]
+        w = jnp.where(rank_ok, s / jnp.sqrt(s2 + eps), 0.0)
+    else:
+        w = rank_ok.astype(X.dtype)
+    return U * w, jnp.sum(rank_ok), X
+
+
+def _cca_parts(X, Y, reg, keep_var):
+    Wx, kx, Xr = _whiten(X, reg, keep_var)
+    Wy, ky, _ = _whiten(Y, reg, keep_var)
+    A, rho, _ = jnp.linalg.svd(jnp.matmul(Wx.T, Wy, precision=_HI), full_matrices=False)
+    k = jnp.minimum(kx, ky)
+    valid = jnp.arange(rho.shape[0]) < k
+    return jnp.clip(rho, 0.0, 1.0), valid, k, Wx @ A, Xr
+
+
+@functools.partial(jax.jit, static_argnames=("reg", "keep_var", "weighted"))
+def _cca_kernel(X, Y, reg: float, keep_var: float | None, weighted: bool):
+    rho, valid, k, H, Xr = _cca_parts(X, Y, reg, keep_var)
+    if weighted:  # PWCCA: weight each correlation by how much of X's neurons its canonical variate accounts for
+        Xc = Xr - jnp.mean(Xr, axis=0)
+        w = jnp.sum(jnp.abs(jnp.matmul(H.T, Xc, precision=_HI)), axis=1)[: rho.shape[0]] * valid
+        tot = jnp.sum(w)
+        return jnp.where(tot > 0, jnp.sum(w * rho) / jnp.where(tot > 0, tot, 1.0), 0.0)
+    return jnp.where(k > 0, jnp.sum(rho * valid) / jnp.maximum(k, 1), 0.0)
+
+
+def _check_reg(reg):
+    if not reg >= 0:
+        raise ValueError(f"reg must be >= 0, got {reg}")
+    return float(reg)
+
+
+def cca(X, Y, *, reg: float = 0.0) -> jax.Array:
+    """Mean canonical correlation of X (n, d1) and Y (n, d2) over the min(rank) canonical pairs; in [0, 1].
+
+    ``reg > 0`` shrinks each covariance towards ``reg * mean eigenvalue * I`` (regularised CCA), which keeps
+    the value informative when n < d (unregularised CCA of wide data is always 1).
+    """
+    X, Y = check_pair(X, Y, name="cca")
+    return _cca_kernel(X, Y, _check_reg(reg), None, False)
+
+
+def svcca(X, Y, *, keep_var: float = 0.99, reg: float = 0.0) -> jax.Array:
+    """SVCCA (Raghu et al. 2017): CCA on the leading singular directions explaining ``keep_var`` of variance."""
+    if not 0 < keep_var <= 1:
+        raise ValueError(f"keep_var must be in (0, 1], got {keep_var}")
+    X, Y = check_pair(X, Y, name="svcca")
+    return _cca_kernel(X, Y, _check_reg(reg), float(keep_var), False)
+
+
+def pwcca(X, Y, *, reg: float = 0.0) -> jax.Array:
+    """Projection-weighted CCA (Morcos et al. 2018), weights from X's neurons (not symmetric); in [0, 1]."""
+    X, Y = check_pair(X, Y, name="pwcca")
+    return _cca_kernel(X, Y, _check_reg(reg), None, True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RSA
+
+
+def _avg_ranks(v):
+    """Ranks 1..m with ties given their average rank (as scipy.stats.rankdata)."""
+    s = jnp.sort(v)
+    lo = jnp.searchsorted(s, v, side="left")
+    hi = jnp.searchsorted(s, v, side="right")
+    return (lo + hi + 1) / 2.0
+
+
+def _pearson(a, b):
+    """Pearson r; 0 when either vector has no spread beyond float rounding of its magnitude."""
+    tol = 16 * jnp.finfo(a.dtype).eps * jnp.sqrt(a.shape[0])
+    ok = (jnp.std(a) > tol * jnp.max(jnp.abs(a))) & (jnp.std(b) > tol * jnp.max(jnp.abs(b)))
+    a = a - jnp.mean(a)
+    b = b - jnp.mean(b)
+    na, nb = jnp.sqrt(jnp.sum(a * a)), jnp.sqrt(jnp.sum(b * b))
+    return jnp.where(ok, jnp.sum(a * b) / jnp.where(ok, na * nb, 1.0), 0.0)
+
+
+def _rdm(X, kind):
+    if kind == "correlation":
+        Z = X - jnp.mean(X, axis=1, keepdims=True)
+        norm = jnp.sqrt(jnp.sum(Z * Z, axis=1, keepdims=True))
+        Z = Z / jnp.where(norm > 0, norm, 1.0)
+        return 1.0 - jnp.matmul(Z, Z.T, precision=_HI)
+    X, _ = _center_unit(X)
+    sq = jnp.sum(X * X, axis=1)
+    return jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(X, X.T, precision=_HI), 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("rdm", "compare"))
+def _rsa_kernel(X, Y, rdm: str, compare: str):
+    iu = jnp.triu_indices(X.shape[0], 1)
+    a, b = _rdm(X, rdm)[iu], _rdm(Y, rdm)[iu]
+    if compare == "spearman":
+        a, b = _avg_ranks(a), _avg_ranks(b)
+    return _pearson(a, b)
+
+
+def rsa(X, Y, *, rdm: str = "correlation", compare: str = "spearman") -> jax.Array:
+    """Representational similarity analysis: correlation of the upper triangles of the two RDMs; in [-1, 1].
+
+    Args:
+      rdm: ``"correlation"`` (1 - Pearson r between stimuli's patterns) or ``"euclidean"``.
+      compare: ``"spearman"`` (average ranks for ties) or ``"pearson"``.
+    """
+    if rdm not in ("correlation", "euclidean"):
+        raise ValueError(f"rdm must be 'correlation' or 'euclidean', got {rdm!r}")
+    if compare not in ("spearman", "pearson"):
+        raise ValueError(f"compare must be 'spearman' or 'pearson', got {compare!r}")
+    X, Y = check_pair(X, Y, min_samples=3, name="rsa")
+    return _rsa_kernel(X, Y, rdm, compare)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mutual k-NN alignment
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _knn_kernel(X, Y, k: int):
+    def neighbours(A):
+        norm = jnp.sqrt(jnp.sum(A * A, axis=1, keepdims=True))
+        A = A / jnp.where(norm > 0, norm, 1.0)
+        S = jnp.matmul(A, A.T, precision=_HI)
+        S = jnp.where(jnp.eye(A.shape[0], dtype=bool), -jnp.inf, S)
+        return jax.lax.top_k(S, k)[1]
+
+    nx, ny = neighbours(X), neighbours(Y)
+    shared = jnp.sum(jnp.any(nx[:, :, None] == ny[:, None, :], axis=-1), axis=1)
+    return jnp.mean(shared / k)
+
+
+def knn_alignment(X, Y, *, k: int = 10) -> jax.Array:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean fraction of shared cosine neighbours; [0, 1]."""
+    X, Y = check_pair(X, Y, min_samples=2, name="knn_alignment")
+    if not 1 <= k < X.shape[0]:
+        raise ValueError(f"knn_alignment: k must be in [1, n-1] = [1, {X.shape[0] - 1}], got {k}")
+    return _knn_kernel(X, Y, int(k))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measures
+
+_SHAPE_INV = frozenset({"orthogonal", "isotropic_scaling", "translation"})
+
+PROCRUSTES = Measure(
+    "procrustes", lambda X, Y, key: _procrustes_kernel(X, Y, False), False, True, True, _SHAPE_INV,
+    doc="orthogonal Procrustes distance (Euclidean) of centred unit-norm representations",
+)
+PROCRUSTES_ANGULAR = Measure(
+    "procrustes_angular", lambda X, Y, key: _procrustes_kernel(X, Y, True), False, True, True, _SHAPE_INV,
+    doc="angular Procrustes shape distance arccos ||X'Y||_*",
+)
+CCA = Measure(
+    "cca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, None, False), True, False, True,
+    _SHAPE_INV | {"invertible_linear"}, doc="mean canonical correlation",
+)
+SVCCA = Measure(
+    "svcca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, 0.99, False), True, False, True, _SHAPE_INV,
+    doc="SVCCA (99% variance) mean canonical correlation",
+)
+PWCCA = Measure(
+    "pwcca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, None, True), True, False, False, _SHAPE_INV,
+    doc="projection-weighted CCA",
+)
+RSA = Measure(
+    "rsa", lambda X, Y, key: _rsa_kernel(X, Y, "correlation", "spearman"), True, False, True,
+    frozenset({"isotropic_scaling", "monotonic_rdm"}), min_samples=3,
+    doc="Spearman correlation of correlation-distance RDMs",
+)
+KNN = Measure(
+    "knn", lambda X, Y, key: _knn_kernel(X, Y, min(10, X.shape[0] - 1)), True, False, True,
+    frozenset({"orthogonal", "isotropic_scaling"}), min_samples=2,
+    doc="mutual k-NN alignment (k = 10, cosine)",
+)

@@ -1,0 +1,47 @@
+"""All pairs of many representations in one compiled call."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxequiv.similarity.base import Measure, check_reprs
+
+__all__ = ["pairwise"]
+
+
+def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 256) -> jax.Array:
+    """Matrix of ``measure(Xs[i], Ys[j])`` for stacks ``Xs`` (m, n, d1) and ``Ys`` (k, n, d2); shape (m, k).
+
+    ``Ys=None`` compares ``Xs`` with itself. Structure is exploited where the measure provides it
+    (CKA: centred Grams once per representation, then one matrix of inner products over row blocks of
+    ``chunk`` samples; ridge: one decomposition per ``Xs[i]`` shared by every target); otherwise rows of the
+    matrix are computed ``chunk`` at a time, each a vmap over all targets, in one jitted ``lax.map``.
+    Randomised measures (ridge) use one split per row, drawn from ``key``.
+    """
+    if not isinstance(measure, Measure):
+        raise TypeError(f"pairwise: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
+    if chunk < 1:
+        raise ValueError(f"pairwise: chunk must be >= 1, got {chunk}")
+    Xs = check_reprs(Xs, name="pairwise Xs")
+    same = Ys is None
+    Ys = Xs if same else check_reprs(Ys, name="pairwise Ys")
+    if Xs.shape[1] != Ys.shape[1]:
+        raise ValueError(f"pairwise: Xs and Ys must share n (samples), got {Xs.shape[1]} and {Ys.shape[1]}")
+    if Xs.shape[1] < measure.min_samples:
+        raise ValueError(f"pairwise: {measure.name} needs at least {measure.min_samples} samples, got n={Xs.shape[1]}")
+    key = measure._key(key)
+    return _run(measure, Xs, Ys, key, int(chunk), same)
+
+
+def _run(measure, Xs, Ys, key, chunk, same):
+    if measure.pairwise_kernel is not None:
+        if same:
+            return jax.jit(lambda X, k: measure.pairwise_kernel(X, None, k, chunk))(Xs, key)
+        return jax.jit(lambda X, Y, k: measure.pairwise_kernel(X, Y, k, chunk))(Xs, Ys, key)
+    keys = jax.random.split(key, Xs.shape[0])
+
+    @jax.jit
+    def rows(Xs, Ys, keys):
+        return jax.lax.map(lambda xk: measure.many_kernel(xk[0], Ys, xk[1]), (Xs, keys), batch_size=min(chunk, Xs.shape[0]))
+
+    return rows(Xs, Ys, keys)
