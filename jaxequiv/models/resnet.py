@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxequiv.sites import site
@@ -53,10 +54,10 @@ class BatchNorm(nnx.Module):
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
                  use_running_average: bool = True):
-        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
-        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.scale = nnx.Param(jnp.asarray(np.ones(num_features, np.float32)))
+        self.bias = nnx.Param(jnp.asarray(np.zeros(num_features, np.float32)))
+        self.mean = nnx.BatchStat(jnp.asarray(np.zeros(num_features, np.float32)))
+        self.var = nnx.BatchStat(jnp.asarray(np.ones(num_features, np.float32)))
         self.momentum = momentum
         self.epsilon = epsilon
         self.use_running_average = use_running_average
