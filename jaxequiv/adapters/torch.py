@@ -393,7 +393,7 @@ def _apply_table(model: nnx.Module, state: Mapping[str, np.ndarray], rows: list[
     for path, w in values.items():
         var = variables[path]
         floating = np.dtype(w.dtype).kind in "fV"  # ml_dtypes (bf16, fp8) report kind 'V'
-        var.set_value(jnp.asarray(np.asarray(w).astype(dtype if floating else w.dtype)))
+        var.set_value(jnp.asarray(np.asarray(w).astype(dtype if floating else w.dtype, copy=False)))
     return model
 
 
