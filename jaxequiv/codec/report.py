@@ -131,9 +131,14 @@ def findings(res: CodecResults) -> dict[str, dict[str, Any]]:
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _save(fig, path: str) -> None:
