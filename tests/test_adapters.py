@@ -433,3 +433,15 @@ def test_save_load_network_round_trip(tmp_path):
     np.testing.assert_allclose(jax.jit(net.apply)(net.params, x), jcall(model, x), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="input of shape"):
         net(jnp.zeros((1, 3, 16, 16)))
+
+
+def test_sharded_hf_folder(tmp_path):
+    hf = _gpt2(seed=12)
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert any(name.endswith(".index.json") for name in os.listdir(tmp_path))
+    state, config = ad.read_checkpoint(tmp_path)
+    assert config["model_type"] == "gpt2" and len(state) == len(hf.state_dict()) - 1  # tied lm_head not stored
+    ids = _ids(seed=13)
+    with torch.no_grad():
+        want = hf(torch.tensor(ids)).logits.numpy()
+    assert rel_err(jcall(ad.load(tmp_path), jnp.asarray(ids)), want) <= RTOL
