@@ -4,6 +4,8 @@
 params, optimiser states and statistics are stacked and the step is ``jax.vmap``-ed; all groups advance together
 in one jitted ``lax.scan`` over a chunk of steps. All SAEs see the same shuffled batches (``data_seed``); each
 SAE's own ``seed`` sets its initial weights and its dropout stream. ``train`` is ``train_many`` of one SAE.
+Under ``vmap`` a ``lax.cond`` runs both branches, so e.g. TopK's AuxK is computed every step in groups of more
+than one SAE (a group of one runs unbatched).
 
 Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state
 is written atomically every ``checkpoint_every`` steps and a restarted run continues from it with identical
@@ -165,7 +167,12 @@ def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int):
         x, step = inp
         new_groups, new_bad, mets = [], [], []
         for (cfg, keys, trio), b in zip(groups, bad):
-            new, finite, m = jax.vmap(sae_step, in_axes=(0, 0, 0, 0, 0, None, None))(cfg, keys, *trio, x, step)
+            if b.shape[0] == 1:  # a lone SAE runs unbatched, so lax.cond (e.g. AuxK) still skips work
+                one = jax.tree_util.tree_map(lambda a: a[0], (cfg, keys, trio))
+                out = sae_step(one[0], one[1], *one[2], x, step)
+                new, finite, m = jax.tree_util.tree_map(lambda a: a[None], out)
+            else:
+                new, finite, m = jax.vmap(sae_step, in_axes=(0, 0, 0, 0, 0, None, None))(cfg, keys, *trio, x, step)
             ok = finite & (b < 0)
             keep = lambda a, o: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, o)  # noqa: E731
             new_groups.append((cfg, keys, jax.tree_util.tree_map(keep, new, trio)))
