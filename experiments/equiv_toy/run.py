@@ -32,12 +32,12 @@ class ToyConfig:
     n: int = 5  # sequence length; tokens in {0..n-1}, module vocabulary {0..n}
     n_data: int = 1000  # task inputs (half permutations)
     interpretations: tuple[str, ...] | None = None  # default: all of programs.INTERPRETATIONS
-    variants: int = 5  # compiled variants per subroutine
-    seeds: int = 5  # trained models per subroutine
-    steps: int = 2000  # training steps of the vmapped job
+    variants: int = 4  # compiled variants per subroutine
+    seeds: int = 4  # trained models per subroutine
+    steps: int = 1500  # training steps of the vmapped job
     n_train: int = 3000  # training inputs per subroutine
     d_model: int = 32
-    impls: int = 20  # implementations sampled per interpretation
+    impls: int = 16  # implementations sampled per interpretation
     rounds: int = 40  # bootstrap rounds of the distinguishability test
     trials: int = 20  # trials per round
     repeats: int = 50  # n of the congruity estimator
