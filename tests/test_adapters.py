@@ -286,6 +286,14 @@ def test_batchnorm_momentum_convention():
     assert rel_err(bn_j.var[...], 0.9 * var0 + 0.1 * biased) <= RTOL
 
 
+def test_batchnorm_momentum_reaches_resnet_batchnorm():
+    from jaxequiv.models.resnet import BatchNorm
+
+    model = ad.load(torch_resnet(18, width=4, num_classes=3).state_dict(), "resnet", torch_momentum=0.05)
+    momenta = {node.momentum for _, node in nnx.iter_graph(model) if isinstance(node, BatchNorm)}
+    assert momenta == {0.05}  # jaxequiv's ResNet BatchNorm keeps torch's convention
+
+
 # --------------------------------------------------------------------------------------------- dtypes and files
 def test_half_precision_checkpoints_load_as_float32(tmp_path):
     from safetensors.torch import save_file

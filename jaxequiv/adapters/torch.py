@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from jaxequiv.adapters.safetensors_io import SafetensorsError, read_safetensors, write_safetensors
+from jaxequiv.models.resnet import BatchNorm as TorchBatchNorm
 
 __all__ = [
     "CheckpointError",
@@ -424,8 +425,10 @@ def load_state_dict(model: nnx.Module, state_dict, *, arch: str | None = None, i
                  hint=f"(loading as arch={arch!r})" if arch else "")
     if torch_momentum is not None:
         for _, node in nnx.iter_graph(model):
-            if isinstance(node, nnx.BatchNorm):
+            if isinstance(node, nnx.BatchNorm):  # flax convention
                 node.momentum = 1.0 - torch_momentum
+            elif isinstance(node, TorchBatchNorm):  # jaxequiv's ResNet BatchNorm keeps torch's convention
+                node.momentum = torch_momentum
     model.eval()
     return model
 
