@@ -91,6 +91,8 @@ def test_mode_selectivity_and_errors():
     assert sel.channels.top_corr.shape == (6,)
     with pytest.raises(ValueError, match="rows"):
         A.mode_selectivity({"layer1.0": A.Modes(np.ones((5, 6)), z[:10])}, store, "positive")
+    with pytest.raises(ValueError, match="no alive modes"):
+        A.mode_selectivity({"layer1.0": A.Modes(np.ones((0, 6)), z[:, :0])}, store, "positive")
     with pytest.raises(ValueError, match="not in the store"):
         A.mode_selectivity({"layer7.0": modes["layer1.0"]}, store, "positive")
 

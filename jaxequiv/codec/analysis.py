@@ -122,6 +122,9 @@ def mode_selectivity(modes: Mapping[str, Modes], store, variant: str, labels=Non
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     out = {}
     for s, m in modes.items():
+        if m.atoms.shape[0] == 0 or m.loadings.shape[1] == 0:
+            raise ValueError(f"the SAE of {s!r} has no alive modes (no code is ever non-zero); train it longer, or "
+                             "lower its threshold theta")
         if m.loadings.shape[0] != store.n:
             raise ValueError(f"loadings of {s!r} have {m.loadings.shape[0]} rows; the store has {store.n} examples")
         corr = np.asarray(M.class_correlation(m.loadings, labels, n_classes))

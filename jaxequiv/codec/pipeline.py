@@ -40,6 +40,9 @@ class CodecConfig:
     percentages: tuple[float, ...] = (1, 2, 5, 10, 18, 25, 50, 80, 99)
     trials: int = 20
     images_per_class: int = 10
+    superclass: tuple[int, ...] = (5, 7, 9)  # concept for the multi-site variant (Fashion-MNIST: footwear)
+    superclass_blocks: int = 2  # last blocks perturbed together (paper: the last 4 of 16)
+    superclass_pct: tuple[float, float] = (9, 37)  # ablate / preserve percentages (paper's values)
     picture_images: int = 6
     picture_channels: int = 3
     picture_filter: int = 2
@@ -137,6 +140,7 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     import jax
 
     from jaxequiv.codec import interventions as I
+    from jaxequiv.codec import metrics as M
     from jaxequiv.codec.analysis import layer_statistics, mode_selectivity
     from jaxequiv.codec.pictures import mode_picture_maps, picture_mask
     from jaxequiv.codec.report import CodecResults, atomic_write_text, findings, write_report
@@ -199,6 +203,16 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
                                                 n_images=cfg.images_per_class)
     lap("interventions")
 
+    concept = np.isin(y, cfg.superclass).astype(np.int64)
+    sup_sites = sites[-cfg.superclass_blocks:]
+    sup_modes = {s: modes[("contribution", s)] for s in sup_sites}
+    concept_corr = {s: np.asarray(M.class_correlation(m.loadings, concept, 2))[:, 1] for s, m in sup_modes.items()}
+    sup_atoms = {s: m.atoms for s, m in sup_modes.items()}
+    superclass = {kind: I.superclass_intervention(net, x, y, sup_atoms, concept_corr, pct, kind,
+                                                  n_classes=data.num_classes)
+                  for kind, pct in zip(I.KINDS, cfg.superclass_pct)}
+    lap("superclass interventions")
+
     pic_site = sites[len(sites) // 2]
     pred = np.asarray(store.predictions)
     good = np.flatnonzero(pred == y)
@@ -229,7 +243,9 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
                          f"{cfg.images_per_class} images per class, seed {cfg.seed}",
         "config": json.dumps(dataclasses.asdict(cfg)),
     }
-    res = CodecResults(stats, sel, inter, pictures, meta)
+    sup = {"classes": [data.class_names[c] for c in range(data.num_classes)], "concept": list(cfg.superclass),
+           "sites": sup_sites, "results": {f"{k} {p}%": superclass[k] for k, p in zip(I.KINDS, cfg.superclass_pct)}}
+    res = CodecResults(stats, sel, inter, pictures, meta, sup)
     path = write_report(out_dir, res, title)
     timings["report"] = round(time.time() - t0 - sum(timings.values()), 1)
     timings["total"] = round(time.time() - t0, 1)
@@ -243,6 +259,9 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
         "median_top_corr": {src: [float(sel[src][s].modes.median_top_corr) for s in sites] for src in sources},
         "ablate_auc": {src: [float(I.auc_summary(inter[s][src])[0, 0]) for s in sites] for src in sources},
         "preserve_auc": {src: [float(I.auc_summary(inter[s][src])[1, 0]) for s in sites] for src in sources},
+        "superclass": {kind: {"classes": list(cfg.superclass), "sites": sup_sites,
+                              "before": superclass[kind].original[:, 0].tolist(),
+                              "after": superclass[kind].perturbed[:, 0].tolist()} for kind in I.KINDS},
         "sae_r2": {f"{src}/{s}": r2[(src, s)] for src, s in r2},
     }
     atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))

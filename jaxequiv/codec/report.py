@@ -61,6 +61,7 @@ class CodecResults:
     interventions: Mapping[str, Mapping[str, InterventionResult]] = dataclasses.field(default_factory=dict)
     pictures: Mapping[str, Any] | None = None  # {"images", "masks", "titles", "site"}
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    superclass: Mapping[str, Any] | None = None  # {"classes", "concept", "sites", "results": {label: SuperclassResult}}
 
 
 def _median(a) -> float:
@@ -254,7 +255,7 @@ def _fig6(res: CodecResults, path: str) -> None:
                        label=f"{src} mode, {'target' if role == 0 else 'off-target'}")
                 a.fill_between(r.percentages, m - e, m + e, color=color, alpha=0.1)
         a.set(title=f"D. {kind} top channels of the target's mode at {shown}", xlabel="% channels",
-              ylabel="top-1 accuracy ratio", xscale="log")
+              ylabel="top-1 accuracy ratio")
         a.legend(fontsize=7)
     a = ax[2]
     x = np.array([st.sites.index(s) for s in sites])
@@ -350,6 +351,19 @@ def report_markdown(res: CodecResults, figures: Mapping[str, str], title: str = 
                              "preserve contrib.", "paper", "preserve act.", "paper"], rows))
         parts += ["", "Ablation: negative = the target class loses more than an off-target class (-1 ideal); "
                   "preservation: positive = the target keeps more.", ""]
+    if res.superclass:
+        sc = res.superclass
+        parts += [f"## Superclass variant: concept {[sc['classes'][c] for c in sc['concept']]}, blocks {sc['sites']} "
+                  "perturbed together", "", "Top-1 accuracy per class (* = in the concept), before -> after.", ""]
+        rows = []
+        for c, name in enumerate(sc["classes"]):
+            r = [name + ("*" if c in sc["concept"] else "")]
+            r += [f"{v.original[c, 0]:.2f} -> {v.perturbed[c, 0]:.2f}" for v in sc["results"].values()]
+            rows.append(r)
+        parts += [_table(["class", *sc["results"]], rows), "",
+                  "Paper (ImageNet dogs, layers 12-15): ablating 9% drops the dog classes to about 0-50% top-5 "
+                  "accuracy while most others stay at 80-100%; preserving 37% sends every non-dog class to about 0.",
+                  ""]
     parts += ["## Figures", ""]
     for name, file in figures.items():
         parts.append(f"![{name}]({file})")
