@@ -19,6 +19,7 @@ COMMANDS = [
     "jaxequiv.contributions.cli",
     "jaxequiv.adapters.cli",
     "jaxequiv.sae.cli",
+    "jaxequiv.equivalence.cli",
 ]
 
 

@@ -10,6 +10,9 @@ R^2 averaged over outputs, optionally ``sqrt(max(R^2, 0))``. :func:`ridge_score`
   reuses it: with factors ``R`` (n, r), ``L`` (n, r), eigenvalues ``lam`` and ``g = 1 / (lam + alpha)``,
   fitted values are ``L diag(g) R' y``, the hat diagonal is ``(L * R) g``, and the leave-one-out residual is
   ``(y - fit) / (1 - hat - 1/n)`` (the ``1/n`` is the intercept's leverage).
+* On the CPU backend with ``n_train > d`` the default ``solver="auto"`` uses one Cholesky factor of
+  ``Xc'Xc + alpha I`` per alpha instead (``W = L^-1 Xc'`` gives the hat diagonal ``sum W^2`` and the fits
+  ``W' L^-1 Xc' y``), because batched LAPACK eigh is very slow there; the numbers are the same.
 * alpha = argmin over alphas of the mean squared LOO residual over all samples and targets (first on ties).
 * R^2 per output as ``sklearn.metrics.r2_score``: a constant held-out column scores 1 if predicted exactly and
   0 otherwise (constant means a spread below float32 resolution of the column's magnitude).
@@ -85,6 +88,58 @@ def _basis(Xtr, Xte):
     return Z, Z, jnp.matmul(Xt, V, precision=hi), jnp.maximum(lam, 0.0)
 
 
+def _chol_basis(Xtr, Xte, alphas):
+    """Per-alpha Cholesky factors of ``Xc'Xc + alpha I`` (covariance form, ``n > d``), shared by all targets.
+
+    Returns ``(Xc, W, Wt, hat)``: ``W = L^-1 Xc'`` (A, d, n), ``Wt = L^-1 Xt'`` (A, d, m), hat diagonals (A, n).
+    """
+    mu = jnp.mean(Xtr, axis=0)
+    Xc, Xt = Xtr - mu, Xte - mu
+    hi = jax.lax.Precision.HIGHEST
+    C = jnp.matmul(Xc.T, Xc, precision=hi)
+    eye = jnp.eye(C.shape[0], dtype=C.dtype)
+    Ls = jax.vmap(lambda a: jnp.linalg.cholesky(C + a * eye))(alphas)
+    solve = jax.vmap(lambda L, B: jax.scipy.linalg.solve_triangular(L, B, lower=True), in_axes=(0, None))
+    W = solve(Ls, Xc.T)
+    return Xc, Ls, W, solve(Ls, Xt.T), jnp.sum(W * W, axis=1)
+
+
+def _chol_fit_eval(basis, Ytr, Yte, alphas):
+    Xc, Ls, W, Wt, hat = basis
+    n = Ytr.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    ym = jnp.mean(Ytr, axis=0)
+    Yc = Ytr - ym
+    P = jnp.matmul(Xc.T, Yc, precision=hi)  # (d, t)
+    Q = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, P, lower=True))(Ls)  # (A, d, t)
+    fits = jnp.einsum("adn,adt->ant", W, Q, precision=hi)
+    looe = (Yc[None] - fits) / (1.0 - hat - 1.0 / n)[:, :, None]
+    best = jnp.argmin(jnp.mean(looe**2, axis=(1, 2)))
+    pred = jnp.matmul(Wt[best].T, Q[best], precision=hi) + ym
+    return best, _r2_outputs(Yte, pred)
+
+
+def _decompose(Xtr, Xte, alphas, solver):
+    return _chol_basis(Xtr, Xte, alphas) if solver == "cholesky" else _basis(Xtr, Xte)
+
+
+def _evaluate(basis, Ytr, Yte, alphas, solver):
+    return (_chol_fit_eval if solver == "cholesky" else _fit_eval)(basis, Ytr, Yte, alphas)
+
+
+def _resolve_solver(solver: str, n_train: int, d: int) -> str:
+    """``"eigh"`` (one eigendecomposition per split for all alphas) or ``"cholesky"`` (one factor per alpha;
+    covariance form only). ``"auto"``: Cholesky on the CPU backend when ``n_train > d`` (batched LAPACK eigh is
+    slow there), else eigh. Wide data (``n_train <= d``) always uses the Gram eigendecomposition."""
+    if solver not in ("auto", "eigh", "cholesky"):
+        raise ValueError(f"solver must be 'auto', 'eigh' or 'cholesky', got {solver!r}")
+    if n_train <= d:
+        return "eigh"
+    if solver == "auto":
+        return "cholesky" if jax.default_backend() == "cpu" else "eigh"
+    return solver
+
+
 def _r2_outputs(Yte, pred):
     """Per-output R^2 with sklearn's ``force_finite`` rule for constant columns; shape (t,)."""
     m = Yte.shape[0]
@@ -124,18 +179,19 @@ def _finish(r2, sqrt: bool):
     return jnp.sqrt(jnp.maximum(r2, 0.0)) if sqrt else r2
 
 
-@functools.partial(jax.jit, static_argnames=("alphas", "sqrt"))
-def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt):
+@functools.partial(jax.jit, static_argnames=("alphas", "sqrt", "solver"))
+def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt, solver="auto"):
     """R^2 of X (n, d) predicting each of Ys (k, n, t) on one split: shape (k,)."""
     a = jnp.asarray(alphas, X.dtype)
-    basis = _basis(X[train_idx], X[test_idx])
-    r2 = jax.vmap(lambda Y: _fit_eval(basis, Y[train_idx], Y[test_idx], a)[1])(Ys)
+    solver = _resolve_solver(solver, train_idx.shape[0], X.shape[1])
+    basis = _decompose(X[train_idx], X[test_idx], a, solver)
+    r2 = jax.vmap(lambda Y: _evaluate(basis, Y[train_idx], Y[test_idx], a, solver)[1])(Ys)
     return jax.vmap(lambda r: _finish(r, sqrt))(r2)
 
 
-def _many_key(X, Ys, key, *, alphas, sqrt, test_size):
+def _many_key(X, Ys, key, *, alphas, sqrt, test_size, solver="auto"):
     train, test = split_indices(key, X.shape[0], test_size)
-    return _many_idx(X, Ys, train, test, alphas, sqrt)
+    return _many_idx(X, Ys, train, test, alphas, sqrt, solver)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,20 +224,29 @@ def _resolve_split(n, key, train_idx, test_idx, test_size):
 
 
 def ridge_r2_outputs(
-    X, Y, *, key=None, train_idx=None, test_idx=None, alphas: Sequence[float] = DEFAULT_ALPHAS, test_size: float = 0.1
+    X,
+    Y,
+    *,
+    key=None,
+    train_idx=None,
+    test_idx=None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    test_size: float = 0.1,
+    solver: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     """Held-out R^2 per output (t,) and the chosen alpha of ``RidgeCV`` fitted on X (n, d) -> Y (n, t)."""
     X, Y = check_pair(X, Y, min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    best, r2 = _single(X, Y, train, test, alphas)
+    best, r2 = _single(X, Y, train, test, alphas, solver)
     return r2, jnp.asarray(alphas, X.dtype)[best]
 
 
-@functools.partial(jax.jit, static_argnames=("alphas",))
-def _single(X, Y, train, test, alphas):
-    basis = _basis(X[train], X[test])
-    return _fit_eval(basis, Y[train], Y[test], jnp.asarray(alphas, X.dtype))
+@functools.partial(jax.jit, static_argnames=("alphas", "solver"))
+def _single(X, Y, train, test, alphas, solver):
+    a = jnp.asarray(alphas, X.dtype)
+    solver = _resolve_solver(solver, train.shape[0], X.shape[1])
+    return _evaluate(_decompose(X[train], X[test], a, solver), Y[train], Y[test], a, solver)
 
 
 def _check_alphas(alphas) -> tuple[float, ...]:
@@ -201,6 +266,7 @@ def ridge_score(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     test_size: float = 0.1,
     sqrt: bool = False,
+    solver: str = "auto",
 ) -> jax.Array:
     """Held-out R^2 of ``RidgeCV(alphas)`` predicting Y (n, t) from X (n, d), averaged over outputs.
 
@@ -209,6 +275,7 @@ def ridge_score(
       key: PRNG key (or int seed) for a random ``test_size`` split; or give ``train_idx`` and ``test_idx``.
       alphas: candidate ridge strengths; one is chosen for all targets by efficient leave-one-out.
       sqrt: return ``sqrt(max(R^2, 0))`` (the reference's "correlation-like" score).
+      solver: ``"eigh"``, ``"cholesky"`` or ``"auto"`` (same numbers; see :func:`_resolve_solver`).
 
     Returns:
       A scalar; matches ``RidgeCV(alphas).fit(X[tr], Y[tr]).score(X[te], Y[te])`` (float64 sklearn) to ~1e-5.
@@ -216,14 +283,17 @@ def ridge_score(
     X, Y = check_pair(X, Y, min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Y[None], train, test, alphas, bool(sqrt))[0]
+    return _many_idx(X, Y[None], train, test, alphas, bool(sqrt), solver)[0]
 
 
-def ridge_measure(alphas: Sequence[float] = DEFAULT_ALPHAS, test_size: float = 0.1, sqrt: bool = False) -> Measure:
+def ridge_measure(
+    alphas: Sequence[float] = DEFAULT_ALPHAS, test_size: float = 0.1, sqrt: bool = False, solver: str = "auto"
+) -> Measure:
     """The ridge score as a :class:`Measure` (a fresh split per call from ``key``; X predicts Y)."""
     alphas = _check_alphas(alphas)
     _split_sizes(3, test_size)  # validates the fraction
-    many = functools.partial(_many_key, alphas=alphas, sqrt=bool(sqrt), test_size=float(test_size))
+    _resolve_solver(solver, 2, 1)  # validates the name
+    many = functools.partial(_many_key, alphas=alphas, sqrt=bool(sqrt), test_size=float(test_size), solver=solver)
 
     def kernel(X, Y, key):
         return many(X, Y[None], key)[0]
@@ -252,11 +322,13 @@ RIDGE = ridge_measure()
 RIDGE_SQRT = ridge_measure(sqrt=True)
 
 
-def ridge_many(X, Ys, *, key=None, train_idx=None, test_idx=None, alphas=DEFAULT_ALPHAS, test_size=0.1, sqrt=False):
+def ridge_many(
+    X, Ys, *, key=None, train_idx=None, test_idx=None, alphas=DEFAULT_ALPHAS, test_size=0.1, sqrt=False, solver="auto"
+):
     """Ridge scores of X (n, d) predicting each of Ys (k, n, t) with one split and one decomposition; (k,)."""
     Ys = check_reprs(Ys, name="ridge targets")
     X, _ = check_pair(X, Ys[0], min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Ys, train, test, alphas, bool(sqrt))
+    return _many_idx(X, Ys, train, test, alphas, bool(sqrt), solver)
 

@@ -1,0 +1,170 @@
+"""``jaxequiv equiv``: congruity and pairwise similarity matrices from stored representations, with heatmaps.
+
+::
+
+    jaxequiv equiv pairwise reps.npz --measure linear_cka --out results/
+    jaxequiv equiv congruity gpt2.npz pythia.npz --rounds 100 --out results/
+
+Representation files: ``.npz`` / ``.safetensors`` (one (N, D) array per name, or an (M, N, D) stack) or ``.npy``
+(an (M, N, D) stack). A congruity model file holds ``base`` (N, D) and ``impls`` (M, N, D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["register", "load_arrays"]
+
+
+def load_arrays(path: str) -> dict:
+    """``{name: array}`` from .npz / .npy / .safetensors."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such representation file: {path}")
+    if p.suffix == ".npz":
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files}
+    if p.suffix == ".npy":
+        return {p.stem: np.load(p)}
+    if p.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return dict(load_file(str(p)))
+    raise ValueError(f"{path}: expected a .npz, .npy or .safetensors file")
+
+
+def _stack(arrays: dict, path: str):
+    """(names, (M, N, D)) from one stack or several (N, D) arrays."""
+    import numpy as np
+
+    if len(arrays) == 1 and next(iter(arrays.values())).ndim == 3:
+        name, X = next(iter(arrays.items()))
+        return [f"{name}[{i}]" for i in range(X.shape[0])], X
+    bad = {k: v.shape for k, v in arrays.items() if v.ndim != 2}
+    if bad:
+        raise ValueError(f"{path}: expected (N, D) arrays or one (M, N, D) stack, got shapes {bad}")
+    shapes = {v.shape for v in arrays.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"{path}: representations must share one (N, D) shape for a stacked run, got {sorted(shapes)}")
+    return list(arrays), np.stack(list(arrays.values()))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _heatmap(path: Path, matrix, names, title: str, vmin=None, vmax=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def _measure(name: str):
+    from jaxequiv.similarity import MEASURES
+
+    if name not in MEASURES:
+        raise ValueError(f"unknown measure {name!r}; choose one of {sorted(MEASURES)}")
+    return MEASURES[name]
+
+
+def _pairwise(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxequiv.similarity import pairwise
+
+    measure = _measure(args.measure)
+    names, Xs = _stack(load_arrays(args.reps), args.reps)
+    matrix = np.asarray(pairwise(measure, Xs, key=jax.random.key(args.seed), chunk=args.chunk))
+    out = Path(args.out)
+    _atomic_write(out / "similarity.npy", lambda tmp: np.save(tmp, matrix))
+    doc = {"measure": measure.name, "higher_is_similar": measure.higher_is_similar, "names": names,
+           "matrix": matrix.tolist(), "seed": args.seed}
+    _atomic_write(out / "similarity.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    _heatmap(out / "similarity.png", matrix, names, f"{measure.name} (row predicts column)" if not measure.symmetric else measure.name)
+    print(f"{len(names)} x {len(names)} {measure.name} matrix -> {out}/similarity.{{npy,json,png}}")
+    return 0
+
+
+def _congruity(args) -> int:
+    import jax
+    import numpy as np
+
+    from jaxequiv.equivalence import congruity
+
+    if len(args.models) < 2:
+        raise ValueError("congruity needs at least 2 model files (each with 'base' and 'impls')")
+    measure = _measure(args.measure)
+    models = {}
+    for path in args.models:
+        arrays = load_arrays(path)
+        missing = {"base", "impls"} - set(arrays)
+        if missing:
+            raise ValueError(f"{path}: missing arrays {sorted(missing)}; a model file holds 'base' (N, D) and 'impls' (M, N, D)")
+        models[Path(path).stem] = (arrays["base"], arrays["impls"])
+    names = list(models)
+    k = len(names)
+    score, lo, hi = (np.full((k, k), np.nan) for _ in range(3))
+    key = jax.random.key(args.seed)
+    for i in range(k):
+        for j in range(i, k):
+            r = congruity(*models[names[i]], *models[names[j]], key=jax.random.fold_in(key, i * k + j),
+                          n_rounds=args.rounds, measure=measure, n_boot=args.boot)
+            for mat, value in ((score, r.score), (lo, r.ci_low), (hi, r.ci_high)):
+                mat[i, j] = mat[j, i] = value
+            print(f"{names[i]} vs {names[j]}: {r}")
+    out = Path(args.out)
+    doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "names": names,
+           "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
+    _atomic_write(out / "congruity.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    _heatmap(out / "congruity.png", score, names, f"congruity ({measure.name}, {args.rounds} rounds)", 0.0, 1.0)
+    print(f"congruity matrix -> {out}/congruity.{{json,png}}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("equiv", help="congruity and similarity matrices from stored representations",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="equiv_command", metavar="WHAT", required=True)
+    pw = sub.add_parser("pairwise", help="all-pairs similarity matrix + heatmap")
+    pw.add_argument("reps", help=".npz/.safetensors of (N, D) arrays, or an (M, N, D) stack")
+    pw.add_argument("--measure", default="linear_cka", help="similarity measure (see jaxequiv.similarity.MEASURES)")
+    pw.add_argument("--out", required=True, help="output folder")
+    pw.add_argument("--seed", type=int, default=0, help="seed for randomised measures (ridge splits)")
+    pw.add_argument("--chunk", type=int, default=256, help="memory knob: rows / samples per batch")
+    pw.set_defaults(func=_pairwise)
+    cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap")
+    cg.add_argument("models", nargs="+", help="model files (.npz/.safetensors with 'base' and 'impls')")
+    cg.add_argument("--measure", default="ridge", help="similarity measure (default: ridge, as the reference code)")
+    cg.add_argument("--rounds", type=int, default=100)
+    cg.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the confidence interval")
+    cg.add_argument("--seed", type=int, default=0)
+    cg.add_argument("--out", required=True, help="output folder")
+    cg.set_defaults(func=_congruity)
