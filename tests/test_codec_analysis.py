@@ -131,6 +131,8 @@ def test_paper_layer_mapping():
 def test_write_report_files(tmp_path):
     sites = [f"b{i}" for i in range(3)]
     res = _results(sites, [0.3, 0.4, 0.5], [0.1] * 3, [-0.5, -0.6, -0.7], [-0.1] * 3)
+    nan = InterventionResult(np.array([10, 50, 99], np.float32), None, None, np.full((2, 3, 3, 2, 2), np.nan), None)
+    res.interventions["b1"] = {"contribution": nan, "activation": nan}  # the plotted block: every trial at 0
     res.pictures = {"images": np.random.default_rng(0).random((2, 8, 8, 1)), "masks": np.ones((2, 8, 8)),
                     "titles": ["a", "b"], "site": "b1"}
     path = R.write_report(str(tmp_path), res, "test report")

@@ -254,8 +254,10 @@ def _fig6(res: CodecResults, path: str) -> None:
                 a.plot(r.percentages, m, ls, color=color, marker="o", ms=3,
                        label=f"{src} mode, {'target' if role == 0 else 'off-target'}")
                 a.fill_between(r.percentages, m - e, m + e, color=color, alpha=0.1)
-        a.set(title=f"D. {kind} top channels of the target's mode at {shown}", xlabel="% channels",
+        a.set(title=f"D. {kind} the target mode's top channels, {shown}", xlabel="% channels",
               ylabel="top-1 accuracy ratio")
+        if any(np.isfinite(line.get_ydata()).any() for line in a.get_lines()):
+            a.set_xscale("log")
         a.legend(fontsize=7)
     a = ax[2]
     x = np.array([st.sites.index(s) for s in sites])
