@@ -29,8 +29,9 @@ class MLP(nnx.Module):
 
     def __init__(self, seed=0):
         r = np.random.default_rng(seed)
-        self.w = nnx.List([nnx.Param(jnp.asarray(r.normal(0, 0.7, s), jnp.float32)) for s in [(5, 6), (6, 5), (5, K)]])
-        self.b = nnx.List([nnx.Param(jnp.asarray(r.normal(0, 0.3, s[1]), jnp.float32)) for s in [(5, 6), (6, 5), (5, K)]])
+        shapes = [(5, 6), (6, 5), (5, K)]
+        self.w = nnx.List([nnx.Param(jnp.asarray(r.normal(0, 0.7, s), jnp.float32)) for s in shapes])
+        self.b = nnx.List([nnx.Param(jnp.asarray(r.normal(0, 0.3, s[1]), jnp.float32)) for s in shapes])
 
     def __call__(self, x):
         h = site("h1", jax.nn.relu(x @ self.w[0][...] + self.b[0][...]), axes=("batch", "channel"))
@@ -186,8 +187,10 @@ def test_target_values_match_numpy():
 
 def test_top1_recomputed_differs_from_fixed_when_argmax_switches():
     # y = [x, 1 - x]: the top class switches halfway along the path from 0 to x = 1.
-    net = Network(lambda p, x: site("h", x * p, axes=("batch", "channel")) @ jnp.array([[1.0, -1.0]]) + jnp.array([0, 1.0]),
-                  jnp.float32(1.0), (1,))
+    def apply(p, x):
+        return site("h", x * p, axes=("batch", "channel")) @ jnp.array([[1.0, -1.0]]) + jnp.array([0, 1.0])
+
+    net = Network(apply, jnp.float32(1.0), (1,))
     x = np.ones((1, 1), np.float32)
     rec = contributions(net, x, "h", target="top1", steps=10).values["h"]
     fix = contributions(net, x, "h", target="top1_fixed", steps=10).values["h"]

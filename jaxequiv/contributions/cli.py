@@ -84,7 +84,9 @@ def _load_model(args, input_shape, n_classes):
         from jaxequiv.models import resnet
 
         if len(input_shape) != 3:
-            raise ValueError(f"--model {args.model} takes images [H, W, C]; the data has examples of shape {input_shape}")
+            raise ValueError(
+                f"--model {args.model} takes images [H, W, C]; the data's examples have shape {input_shape}"
+            )
         stem = args.stem or ("small" if min(input_shape[:2]) < 64 else "imagenet")
         model = getattr(resnet, args.model)(num_classes=n_classes, in_channels=input_shape[-1], width=args.width,
                                             stem=stem, rngs=nnx.Rngs(args.seed))
