@@ -223,3 +223,19 @@ def test_specificity_reference_and_hand_cases():
         np.testing.assert_allclose(s.top1_share[k], p.max(), rtol=RTOL)
         np.testing.assert_allclose(s.top5_share[k], np.sort(p)[-5:].sum(), rtol=RTOL)
     np.testing.assert_allclose(s.gini[0], 1 - 1 / 20, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.1, 10), st.floats(-5, 5), st.floats(0.1, 10))
+def test_decorrelation_and_class_correlation_invariances(seed, a, b, c):
+    """-corr(n, p) ignores positive affine maps of n and p and a shared channel permutation; class correlation
+    ignores positive affine maps of the loadings."""
+    r = np.random.default_rng(seed)
+    n, p = -np.abs(r.standard_normal((3, 12))), np.abs(r.standard_normal((3, 12)))
+    perm = r.permutation(12)
+    base = np.asarray(M.pos_neg_decorrelation(n, p))
+    moved = np.asarray(M.pos_neg_decorrelation(a * n[:, perm] + b, c * p[:, perm] - b))
+    np.testing.assert_allclose(moved, base, atol=2e-4)
+    y = r.integers(0, 3, 30)
+    z = r.standard_normal((30, 4))
+    np.testing.assert_allclose(M.class_correlation(a * z + b, y, 3), M.class_correlation(z, y, 3), atol=2e-4)
