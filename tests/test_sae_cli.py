@@ -53,12 +53,12 @@ def test_sae_train_and_resume(store, tmp_path, capsys):
 
 def test_sae_sweep_and_errors(store, tmp_path, capsys):
     out = tmp_path / "sw"
-    assert main(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(out), "--steps", "4",
-                 "--batch-size", "16", "--log-every", "2", "--expansions", "1,2", "--thetas", "0.5",
-                 "--l1s", "0,1e-2", "--seeds", "1", "--no-progress"]) == 0
+    assert main(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(out), "--steps", "3",
+                 "--batch-size", "16", "--log-every", "3", "--lr", "1e-2", "--expansions", "2", "--thetas", "0.5",
+                 "--l1s", "0,1e-2", "--seeds", "1,2", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary] == ["stsae_x1_theta0.5_l10_seed1", "stsae_x1_theta0.5_l10.01_seed1",
-                                            "stsae_x2_theta0.5_l10_seed1", "stsae_x2_theta0.5_l10.01_seed1"]
+    assert [s["name"] for s in summary] == ["stsae_x2_theta0.5_l10_seed1", "stsae_x2_theta0.5_l10_seed2",
+                                            "stsae_x2_theta0.5_l10.01_seed1", "stsae_x2_theta0.5_l10.01_seed2"]
     assert all((out / s["name"] / "sae_weights.safetensors").exists() for s in summary)
     assert main(["sae", "train", "--store", str(store), "--site", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "no site 'nope'" in capsys.readouterr().err

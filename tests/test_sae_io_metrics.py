@@ -79,12 +79,19 @@ def _all_variants():
 @pytest.mark.parametrize("cfg", _all_variants(), ids=lambda c: c.name)
 def test_save_load_roundtrip_identical_outputs(tmp_path, cfg):
     x = _x(n=20)
-    r = sae.train(cfg, x, seed=0, settings=sae.TrainSettings(batch_size=10, steps=4, lr=1e-2, log_every=2))
-    path = sae.save_sae(tmp_path / "sae", cfg, r.params, r.state, metadata={"hook_name": "layer3.1"})
-    sae.save_sae(tmp_path / "sae", cfg, r.params, r.state)  # overwriting an existing folder works
+    # every tensor perturbed (non-zero biases, thresholds), as after training
+    params = {k: v + 0.05 * jax.random.normal(jax.random.PRNGKey(i), v.shape)
+              for i, (k, v) in enumerate(cfg.init(jax.random.PRNGKey(0)).items())}
+    state = cfg.init_state()
+    if isinstance(cfg, sae.BatchTopK):  # per-latent thresholds, some latents never seen
+        state = {**state, "threshold": jnp.linspace(0.0, 0.2, 12), "seen": jnp.arange(12) % 3 > 0,
+                 "global_threshold": jnp.float32(0.05)}
+    path = sae.save_sae(tmp_path / "sae", cfg, params, state, metadata={"hook_name": "layer3.1"})
+    sae.save_sae(tmp_path / "sae", cfg, params, state)  # overwriting an existing folder works
     cfg2, p2, s2 = sae.load_sae(path)
     assert cfg2 == cfg
-    a = np.asarray(cfg.decode(r.params, cfg.encode(r.params, x, r.state)))
+    a = np.asarray(cfg.decode(params, cfg.encode(params, x, state)))
+    assert np.abs(a).max() > 0
     b = np.asarray(cfg2.decode(p2, cfg2.encode(p2, x, s2)))
     np.testing.assert_array_equal(a, b)
     doc = json.loads((tmp_path / "sae" / "cfg.json").read_text())

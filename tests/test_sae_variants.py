@@ -23,6 +23,12 @@ def _t(a):
     return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True)
 
 
+@jax.jit
+def _value_and_grad(cfg, params, x, key, state):
+    """((loss, aux), grads) of ``cfg.loss``, compiled once per variant (faster than op-by-op dispatch)."""
+    return jax.value_and_grad(cfg.loss, has_aux=True)(params, x, key, state)
+
+
 def _grads_close(jg, tg, names, rtol=1e-4, atol=1e-6):
     for n in names:
         np.testing.assert_allclose(np.asarray(jg[n]), tg[n].grad.numpy(), rtol=rtol, atol=atol, err_msg=n)
@@ -46,7 +52,7 @@ def test_stsae_matches_torch_forward_and_grads():
     loss.backward()
     np.testing.assert_allclose(np.asarray(cfg.encode(p, x)), z.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), xh.detach().numpy(), rtol=1e-4, atol=1e-5)
-    (jl, _), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    (jl, _), g = _value_and_grad(cfg, p, x, None, cfg.init_state())
     np.testing.assert_allclose(float(jl), loss.item(), rtol=1e-5)
     _grads_close(g, tp, p.keys())
     assert 0 < int((z > 0).sum()) < z.numel()  # the threshold is exercised
@@ -77,7 +83,7 @@ def test_relu_l1_matches_torch():
     xh = z @ tp["W_dec"] + tp["b_dec"]
     loss = ((xh - tx) ** 2).mean() + 0.1 * (z * tp["W_dec"].norm(dim=1)).sum(1).mean()
     loss.backward()
-    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    (jl, aux), g = _value_and_grad(cfg, p, x, None, cfg.init_state())
     np.testing.assert_allclose(float(jl), loss.item(), rtol=1e-5)
     _grads_close(g, tp, p.keys())
 
@@ -113,7 +119,7 @@ def test_topk_sparse_step_matches_dense_torch(n_dead):
     dead = np.zeros(K, bool)
     dead[:n_dead] = True
     state = {"since_fired": jnp.asarray(np.where(dead, 10, 0), jnp.int32)}
-    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, state)
+    (jl, aux), g = _value_and_grad(cfg, p, x, None, state)
     tl, tp = _torch_topk_loss(p, x, 3, dead, 4, 0.5)
     np.testing.assert_allclose(float(jl), tl, rtol=1e-5)
     _grads_close(g, tp, p.keys())
@@ -152,7 +158,7 @@ def test_jumprelu_straight_through_gradients():
     cfg = sae.JumpReLU(d_in=D, d_sae=K, l0=0.3, bandwidth=eps, init_threshold=0.2)
     p = cfg.init(jax.random.PRNGKey(4))
     x = _x(4)
-    (jl, aux), g = jax.value_and_grad(cfg.loss, has_aux=True)(p, x, None, cfg.init_state())
+    (jl, aux), g = _value_and_grad(cfg, p, x, None, cfg.init_state())
     # NumPy float64 reference of the pseudo-derivative w.r.t. log_threshold
     P = {k: np.asarray(v, np.float64) for k, v in p.items()}
     pre = (x - P["b_dec"]) @ P["W_enc"] + P["b_enc"]

@@ -145,10 +145,18 @@ def _init_group(cfgs, seeds, tx):
     return cfg, keys, (params, opt, state)
 
 
-@functools.lru_cache(maxsize=32)
 def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int):
     """Optimiser and jit(carry, bad, xs, steps) -> (carry, bad, sums): a scan of vmapped steps over every group.
-    Cached so that repeated runs with the same settings reuse compiled code."""
+    Runs whose settings differ only in what the compiled step does not read (length, batch size, seeds,
+    logging) share one cached function, hence its compiled code."""
+    decays = settings.schedule != "constant" or settings.warmup_steps > 0
+    step_settings = dataclasses.replace(settings, steps=1, epochs=None, batch_size=1, data_seed=None, log_every=1,
+                                        checkpoint_every=None, dead_window=1)
+    return _compiled_chunk(step_settings, total if decays else 0, steps_per_epoch if settings.plateau else 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
     tx = make_optimizer(settings, total, steps_per_epoch)
 
     def sae_step(cfg, key, params, opt, state, x, step):
