@@ -143,9 +143,65 @@ class ReluL1(_Base):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _sparse_decode(params, vals, idx):
-    """Decode only the active latents: (B, k) values at (B, k) indices -> (B, d)."""
-    return jnp.einsum("bk,bkd->bd", vals, params["W_dec"][idx]) + params["b_dec"]
+def _over_latents(k, body, init):
+    """``fori_loop`` over the k selected latents. Each iteration gathers/scatters one (B, d) block of rows,
+    which XLA CPU fuses into a vectorised loop (a single (B, k, d) gather or scatter is far slower there)."""
+    return jax.lax.fori_loop(0, k, body, init, unroll=min(k, 16))
+
+
+@jax.custom_vjp
+def _selected_pre(xc, w_enc, b_enc, idx, vals):
+    """(B, k) pre-activations ``(xc @ w_enc + b_enc)[b, idx[b]]``, already computed densely and passed as
+    ``vals``; the backward pass touches only the k selected encoder columns per row."""
+    return vals
+
+
+def _selected_pre_fwd(xc, w_enc, b_enc, idx, vals):
+    return vals, (xc, w_enc, idx)
+
+
+def _selected_pre_bwd(res, g):
+    xc, w_enc, idx = res
+    k = idx.shape[1]
+    w_rows = w_enc.T  # (K, d): one row per latent
+
+    def step(j, acc):
+        g_xc, g_rows = acc
+        gj = g[:, j, None]
+        return g_xc + gj * w_rows[idx[:, j]], g_rows.at[idx[:, j]].add(gj * xc)
+
+    g_xc, g_rows = _over_latents(k, step, (jnp.zeros_like(xc), jnp.zeros_like(w_rows)))
+    g_b = jnp.zeros((w_enc.shape[1],), g.dtype).at[idx.reshape(-1)].add(g.reshape(-1))
+    return g_xc, g_rows.T, g_b, None, None
+
+
+_selected_pre.defvjp(_selected_pre_fwd, _selected_pre_bwd)
+
+
+@jax.custom_vjp
+def _sparse_decode(vals, idx, w_dec):
+    """Decode only the active latents: sum_j vals[:, j] * w_dec[idx[:, j]], (B, k) x (B, k) -> (B, d)."""
+    return _over_latents(idx.shape[1], lambda j, acc: acc + vals[:, j, None] * w_dec[idx[:, j]],
+                         jnp.zeros((vals.shape[0], w_dec.shape[1]), w_dec.dtype))
+
+
+def _sparse_decode_fwd(vals, idx, w_dec):
+    return _sparse_decode(vals, idx, w_dec), (vals, idx, w_dec)
+
+
+def _sparse_decode_bwd(res, g):
+    vals, idx, w_dec = res
+
+    def step(j, acc):
+        g_vals, g_w = acc
+        rows = w_dec[idx[:, j]]
+        return g_vals.at[j].set(jnp.sum(g * rows, axis=1)), g_w.at[idx[:, j]].add(vals[:, j, None] * g)
+
+    g_vals, g_w = _over_latents(idx.shape[1], step, (jnp.zeros(idx.shape[::-1], g.dtype), jnp.zeros_like(w_dec)))
+    return g_vals.T, None, g_w
+
+
+_sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 
 
 def _dense_from_topk(vals, idx, d_sae):
@@ -186,44 +242,37 @@ class TopK(_Base):
     def post_update(self, params):
         return {**params, "W_dec": _unit_rows(params["W_dec"])}
 
-    def _select(self, params, x):
-        """Top-k selection without differentiating the dense encoder: indices from a stop-gradient matmul, values
-        recomputed from gathered encoder columns so the backward pass is sparse too. Returns (B, k) vals, idx."""
-        xc = x - params["b_dec"]
-        pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])
-        _, idx = jax.lax.top_k(pre, self.k)
-        w = params["W_enc"].T[idx]  # (B, k, d)
-        vals = jnp.einsum("bd,bkd->bk", xc, w) + params["b_enc"][idx]
-        return jax.nn.relu(vals), idx, pre
+    def _select(self, params, xc, pre, k):
+        """ReLU of the k largest pre-activations per row of the detached (B, K) ``pre``, differentiable through
+        the selected encoder columns only: (B, k) values, (B, k) indices."""
+        top, idx = jax.lax.top_k(pre, k)
+        return jax.nn.relu(_selected_pre(xc, params["W_enc"], params["b_enc"], idx, top)), idx
 
     def encode(self, params, x, state=None):
         vals, idx = jax.lax.top_k(self._pre(params, x), self.k)
         return _dense_from_topk(jax.nn.relu(vals), idx, self.d_sae)
 
-    def _auxk(self, params, x, x_hat, pre, state):
+    def _auxk(self, params, xc, residual, pre, state):
+        """AuxK loss: ``residual`` (B, d) reconstructed from the k_aux largest pre-activations of dead latents;
+        skipped by ``lax.cond`` when none is dead (under vmap both branches run)."""
         k_aux = min(self.k_aux or self.d_in // 2, self.d_sae)
         dead = state["since_fired"] >= self.dead_steps
         n_dead = jnp.sum(dead)
 
         def aux_loss(_):
-            masked = jnp.where(dead, pre, -jnp.inf)
-            _, idx = jax.lax.top_k(masked, k_aux)
-            # recompute the selected pre-activations with gradient; drop alive picks (when fewer dead than k_aux)
-            xc = x - params["b_dec"]
-            vals = jnp.einsum("bd,bkd->bk", xc, params["W_enc"].T[idx]) + params["b_enc"][idx]
-            vals = jax.nn.relu(vals) * dead[idx]
-            residual = jax.lax.stop_gradient(x - x_hat)
-            rec = _dense_from_topk(vals, idx, self.d_sae) @ params["W_dec"]
-            scale = jnp.minimum(n_dead / k_aux, 1.0)
-            return scale * _mse(rec, residual)
+            vals, idx = self._select(params, xc, jnp.where(dead, pre, -jnp.inf), k_aux)
+            rec = _sparse_decode(vals * dead[idx], idx, params["W_dec"])  # alive picks (< k_aux dead) drop out
+            return jnp.minimum(n_dead / k_aux, 1.0) * _mse(rec, residual)
 
-        return jax.lax.cond(n_dead > 0, aux_loss, lambda _: jnp.zeros((), x.dtype), None)
+        return jax.lax.cond(n_dead > 0, aux_loss, lambda _: jnp.zeros((), xc.dtype), None)
 
     def loss(self, params, x, key, state):
-        vals, idx, pre = self._select(params, x)
-        x_hat = _sparse_decode(params, vals, idx)
+        xc = x - params["b_dec"]
+        pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])  # the one dense matmul
+        vals, idx = self._select(params, xc, pre, self.k)
+        x_hat = _sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
         mse = _mse(x_hat, x)
-        aux = self._auxk(params, x, x_hat, pre, state)
+        aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state)
         fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
         return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
                                            "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
@@ -268,7 +317,8 @@ class BatchTopK(TopK):
         z = jnp.zeros_like(flat).at[sel].set(flat[sel]).reshape(pre.shape)
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
-        aux = self._auxk(params, x, x_hat, jax.lax.stop_gradient(pre), state)
+        aux = self._auxk(params, x - params["b_dec"], jax.lax.stop_gradient(x - x_hat), jax.lax.stop_gradient(pre),
+                         state)
         return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "codes": z, "auxk": aux}
 
     def update_state(self, state, aux):
