@@ -71,6 +71,19 @@ def test_stsae_nonneg_dictionary_and_dropout_scaling():
     assert np.abs(np.asarray(p["W_dec"])).max() <= np.sqrt(6 / (K + D))
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.5])
+def test_dropout_masks_rate_and_independence(rate):
+    keys = [jax.random.fold_in(jax.random.PRNGKey(7), i) for i in range(3)]
+    masks = np.stack([np.asarray(V._dropout_keep(k, rate, (400, 50))) for k in keys])
+    n = masks[0].size
+    assert abs((~masks).mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / masks.size) + 1e-9
+    if 0 < rate:  # distinct keys -> (nearly) uncorrelated masks; rows and columns not striped
+        assert abs(np.mean(masks[0] & masks[1]) - (1 - rate) ** 2) < 4 * np.sqrt(1 / n)
+        assert np.abs((~masks[0]).mean(0) - rate).max() < 6 * np.sqrt(rate * (1 - rate) / 400)
+        assert np.abs((~masks[0]).mean(1) - rate).max() < 6 * np.sqrt(rate * (1 - rate) / 50)
+    np.testing.assert_array_equal(masks[0], np.asarray(V._dropout_keep(keys[0], rate, (400, 50))))
+
+
 def test_relu_l1_matches_torch():
     cfg = sae.ReluL1(d_in=D, d_sae=K, l1=0.1)
     p = cfg.init(jax.random.PRNGKey(0))
