@@ -4,8 +4,9 @@
 params, optimiser states and statistics are stacked and the step is ``jax.vmap``-ed; all groups advance together
 in one jitted ``lax.scan`` over a chunk of steps. All SAEs see the same shuffled batches (``data_seed``); each
 SAE's own ``seed`` sets its initial weights and its dropout stream. ``train`` is ``train_many`` of one SAE.
-Under ``vmap`` a ``lax.cond`` runs both branches, so e.g. TopK's AuxK is computed every step in groups of more
-than one SAE (a group of one runs unbatched).
+Under ``vmap`` a ``lax.cond`` runs both branches, so a variant with an auxiliary loss that is usually off
+(TopK's AuxK) exposes ``aux_needed(state)``; a group then runs the auxiliary loss only on steps where some
+SAE of it needs it (a group of one runs unbatched, where the variant's own ``lax.cond`` skips it).
 
 Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state
 is written atomically every ``checkpoint_every`` steps and a restarted run continues from it with identical
@@ -159,9 +160,10 @@ def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int):
 def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
     tx = make_optimizer(settings, total, steps_per_epoch)
 
-    def sae_step(cfg, key, params, opt, state, x, step):
+    def sae_step(cfg, key, params, opt, state, x, step, with_aux=True):
         kstep = jax.random.fold_in(jax.random.fold_in(key, 1), step)
-        (loss, aux), grads = jax.value_and_grad(cfg.loss, has_aux=True)(params, x, kstep, state)
+        loss_fn = cfg.loss if with_aux else functools.partial(cfg.loss, with_aux=False)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, kstep, state)
         updates, new_opt = tx.update(grads, opt, params, value=loss)
         new_params = cfg.post_update(optax.apply_updates(params, updates))
         new_state = cfg.update_state(state, aux)
@@ -180,7 +182,14 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
                 out = sae_step(one[0], one[1], *one[2], x, step)
                 new, finite, m = jax.tree_util.tree_map(lambda a: a[None], out)
             else:
-                new, finite, m = jax.vmap(sae_step, in_axes=(0, 0, 0, 0, 0, None, None))(cfg, keys, *trio, x, step)
+                group_step = lambda with_aux: jax.vmap(  # noqa: E731
+                    functools.partial(sae_step, with_aux=with_aux), in_axes=(0, 0, 0, 0, 0, None, None))(
+                    cfg, keys, *trio, x, step)
+                if hasattr(cfg, "aux_needed"):  # skip the auxiliary loss unless some SAE of the group needs it
+                    need = jnp.any(jax.vmap(type(cfg).aux_needed)(cfg, trio[2]))
+                    new, finite, m = jax.lax.cond(need, lambda: group_step(True), lambda: group_step(False))
+                else:
+                    new, finite, m = group_step(True)
             ok = finite & (b < 0)
             keep = lambda a, o: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, o)  # noqa: E731
             new_groups.append((cfg, keys, jax.tree_util.tree_map(keep, new, trio)))
@@ -188,7 +197,7 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
             mets.append(jnp.where(ok[:, None], m, 0.0))
         return (tuple(new_groups), tuple(new_bad)), tuple(mets)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0,))  # params/optimiser buffers are updated in place
     def chunk(groups, bad, xs, steps):
         (groups, bad), mets = jax.lax.scan(body, (groups, bad), (xs, steps))
         return groups, bad, tuple(m.sum(axis=0) for m in mets)

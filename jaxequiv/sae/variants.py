@@ -86,7 +86,9 @@ class _Base:
         return z @ params["W_dec"] + params["b_dec"]
 
     def _pre(self, params: Params, x: jax.Array) -> jax.Array:
-        return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        """(B, d) -> (B, K) ``(x - b_dec) @ W_enc + b_enc``, written as ``x @ W_enc - b_dec @ W_enc + b_enc`` so
+        that b_dec's gradient is a (d, K) matrix-vector product, not a third (B, K) x (K, d) matmul."""
+        return x @ params["W_enc"] + (params["b_enc"] - params["b_dec"] @ params["W_enc"])
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able hyper-parameters (floats for leaves, which must be concrete)."""
@@ -252,9 +254,17 @@ class TopK(_Base):
         vals, idx = jax.lax.top_k(self._pre(params, x), self.k)
         return _dense_from_topk(jax.nn.relu(vals), idx, self.d_sae)
 
-    def _auxk(self, params, xc, residual, pre, state):
+    def aux_needed(self, state) -> jax.Array:
+        """Whether any latent is dead, i.e. whether AuxK contributes to the loss this step."""
+        return jnp.any(state["since_fired"] >= self.dead_steps)
+
+    def _auxk(self, params, xc, residual, pre, state, with_aux):
         """AuxK loss: ``residual`` (B, d) reconstructed from the k_aux largest pre-activations of dead latents;
-        skipped by ``lax.cond`` when none is dead (under vmap both branches run)."""
+        skipped by ``lax.cond`` when none is dead. Under vmap both branches of that cond run, so
+        :func:`jaxequiv.sae.train_many` checks :meth:`aux_needed` for the whole group and passes
+        ``with_aux=False`` when no SAE of it has a dead latent."""
+        if not with_aux:
+            return jnp.zeros((), xc.dtype)
         k_aux = min(self.k_aux or self.d_in // 2, self.d_sae)
         dead = state["since_fired"] >= self.dead_steps
         n_dead = jnp.sum(dead)
@@ -266,13 +276,13 @@ class TopK(_Base):
 
         return jax.lax.cond(n_dead > 0, aux_loss, lambda _: jnp.zeros((), xc.dtype), None)
 
-    def loss(self, params, x, key, state):
+    def loss(self, params, x, key, state, with_aux=True):
         xc = x - params["b_dec"]
         pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])  # the one dense matmul
         vals, idx = self._select(params, xc, pre, self.k)
         x_hat = _sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
         mse = _mse(x_hat, x)
-        aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state)
+        aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state, with_aux)
         fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
         return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
                                            "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
@@ -309,7 +319,7 @@ class BatchTopK(TopK):
         pre = self._pre(params, x)
         return jnp.where(pre > self.thresholds(state), pre, 0.0)
 
-    def loss(self, params, x, key, state):
+    def loss(self, params, x, key, state, with_aux=True):
         pre = jax.nn.relu(self._pre(params, x))
         n = x.shape[0] * self.k
         flat = pre.reshape(-1)
@@ -318,7 +328,7 @@ class BatchTopK(TopK):
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
         aux = self._auxk(params, x - params["b_dec"], jax.lax.stop_gradient(x - x_hat), jax.lax.stop_gradient(pre),
-                         state)
+                         state, with_aux)
         return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "codes": z, "auxk": aux}
 
     def update_state(self, state, aux):
