@@ -2,5 +2,18 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import pytest
+
+# single-threaded Eigen: XLA CPU's multi-threaded Eigen pool can wedge (never-finishing executions) on loaded hosts
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_tracr():
+    """tracr compilations (name -> TracrModel) of the toy experiment's --quick subroutines, compiled once per
+    session and shared by the tracr-bridge and toy-experiment tests."""
+    pytest.importorskip("tracr")
+    from experiments.equiv_toy import run
+
+    return run.compile_subroutines(run.QUICK)

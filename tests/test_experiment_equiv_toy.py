@@ -1,32 +1,30 @@
-"""Toy n-permutation experiment: the scoring kernels on synthetic ridge matrices, and the --quick run end to end."""
+"""Toy n-permutation experiment: chains, the width-equalising embedding, compiled variants, and --quick end to end."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 pytest.importorskip("tracr")
 
+from experiments.equiv_toy import implementations as impl  # noqa: E402
 from experiments.equiv_toy import run as toy  # noqa: E402
 from experiments.equiv_toy.programs import FAMILIES, INTERPRETATIONS, evaluate_chain  # noqa: E402
+from jaxequiv import similarity as sim  # noqa: E402
+from jaxequiv.network import Network  # noqa: E402
+from jaxequiv.sites import run  # noqa: E402
 
 
-def _r2(names, sizes, within, across):
-    return {(a, b): np.full((sizes, sizes), within if a == b else across) + 0.01 * np.random.default_rng(0).random((sizes, sizes))
-            for a in names for b in names}
-
-
-def test_scores_on_separable_and_exchangeable_sets():
-    names = ["x", "y"]
+def test_equal_width_preserves_ridge_scores():
     rng = np.random.default_rng(0)
-    sep = _r2(names, 8, within=0.9, across=0.1)  # implementations of x and y are told apart every time
-    grid = toy.distinguishability_grid(sep, names, rounds=10, trials=20, rng=rng)
-    cong = toy.congruity_matrix(sep, names, repeats=40, rng=rng)
-    assert grid[0, 1] == grid[1, 0] == 1.0 and cong[0, 1] == cong[1, 0] == 0.0
-    # same interpretation: within and across draws are exchangeable -> rarely distinguishable, congruity high
-    assert grid[0, 0] < 0.5 and cong[0, 0] > 0.6
-    means = toy.family_means(np.array([[1, 0.2], [0.4, 1]]), names, {"x": "sorting", "y": "counting"})
-    assert means["across families"] == pytest.approx(0.3) and np.isnan(means["within sorting"])
+    a = rng.normal(size=(2, 30, 4)).astype(np.float32)
+    b = (a[..., :2] @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(2, 30, 6))).astype(np.float32)
+    ea, eb = toy.equal_width([a, b])
+    assert ea.shape == eb.shape == (2, 30, 12)
+    for x, y, ex, ey in ((a[0], b[0], ea[0], eb[0]), (b[1], a[1], eb[1], ea[1]), (a[0], a[1], ea[0], ea[1])):
+        want = float(sim.ridge_score(x, y, key=3))
+        assert float(sim.ridge_score(ex, ey, key=3)) == pytest.approx(want, abs=1e-4)
 
 
 def test_sample_implementations_concatenates_consistent_paths():
@@ -44,9 +42,34 @@ def test_every_interpretation_decides_permutations():
         final = evaluate_chain(chain, seqs, n)[-1]
         assert [o == [1] * n for o in final] == [sorted(s) == list(range(n)) for s in seqs], name
     assert set(FAMILIES.values()) == {"sorting", "counting"}
+    means = toy.family_means(np.array([[1, 0.2], [0.4, 1]]), ["x", "y"], {"x": "sorting", "y": "counting"})
+    assert means["across families"] == pytest.approx(0.3) and np.isnan(means["within sorting"])
 
 
-def test_quick_run_end_to_end(tmp_path):
+def test_compiled_variants_keep_tracr_residual_and_function(toy_tracr):
+    subs = ["hist", "sort"]
+    net = impl.compiled_variants([toy_tracr[s] for s in subs], 3, seed=1)
+    assert net.stacked == 6
+    seqs = [[a, b, c] for a in range(4) for b in range(4) for c in range(4)]
+    for i, s in enumerate(subs):
+        m = toy_tracr[s]
+        ids = m.encode(seqs)
+        logits, resid = impl.forward(impl.substack(net, 3 * i, 3), ids, batch=32)
+        d, L = m.config.d_model, m.config.n_layer
+        tracr_net = Network.from_module(m.model, (None,), "int")
+        names = ["embed", *(f"h.{j}" for j in range(L))]
+        want, cap = jax.jit(lambda p, x: run(tracr_net.apply, p, x, capture=names))(tracr_net.params, ids)
+        want = np.asarray(want)
+        # variant 0 is tracr's model: tracr's residual stream in the first d channels, the same logits
+        np.testing.assert_allclose(logits[0][..., : want.shape[-1]], want, atol=1e-5)
+        for j, site in enumerate(names):
+            np.testing.assert_allclose(resid[0, :, j, :, :d], np.asarray(cap[site]), atol=1e-5)
+        # rotated / shifted / padded variants compute the same function
+        out = logits[..., : want.shape[-1]].argmax(-1)[:, :, 1:]
+        assert (out == want.argmax(-1)[None, :, 1:]).all()
+
+
+def test_quick_run_end_to_end(tmp_path, toy_tracr):
     with pytest.raises(ValueError, match="unknown interpretations"):
         toy.build_implementations(toy.ToyConfig(interpretations=("A9",)))
     assert toy.main(["--quick", "--out", str(tmp_path)]) == 0
@@ -58,5 +81,11 @@ def test_quick_run_end_to_end(tmp_path):
         for key in ("congruity", "distinguishability"):
             m = np.array(r[key])
             assert m.shape == (k, k) and ((0 <= m) & (m <= 1)).all()
+        assert set(r["module_accuracy_vs_tracr"]) == set(toy_tracr)
+    compiled = res["kinds"]["compiled"]
     # compiled variants (rotations, layer shifts, non-circuit parts) compute exactly tracr's function
-    assert all(v == 1.0 for v in res["kinds"]["compiled"]["module_accuracy_vs_tracr"].values())
+    assert all(v == 1.0 for v in compiled["module_accuracy_vs_tracr"].values())
+    # A1 (sorting) and A4 (counting) are told apart more often than an interpretation from itself
+    grid = np.array(compiled["distinguishability"])
+    assert min(grid[0, 1], grid[1, 0]) > max(grid[0, 0], grid[1, 1])
+    assert np.all(np.array(res["final_training_loss"]) < 10)

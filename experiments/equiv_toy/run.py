@@ -6,8 +6,8 @@ Steps: compile every subroutine with tracr (cached per process) -> the task data
 along each chain -> implementations of every subroutine ((a) function-preserving compiled variants, (b) small
 transformers trained to imitate the subroutine's outputs and intermediate variables, all in one vmapped job)
 -> representations of implementations of each interpretation (module representations concatenated along the
-chain) -> congruity matrix and distinguishability grid, for (a) and (b) separately -> figures, results.json and
-README.md in ``--out``.
+chain) -> distinguishability grid and CONGRUITY matrix from :mod:`jaxequiv.equivalence` (base model of an
+interpretation: its tracr chain), for (a) and (b) separately -> figures and results.json in ``--out``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-__all__ = ["ToyConfig", "QUICK", "run_experiment", "main"]
+__all__ = ["ToyConfig", "QUICK", "compile_subroutines", "build_implementations", "sample_implementations",
+           "equal_width", "score", "family_means", "run_experiment", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,23 +31,24 @@ class ToyConfig:
     """Sizes of one run (defaults: the full run; :data:`QUICK` for tests)."""
 
     n: int = 5  # sequence length; tokens in {0..n-1}, module vocabulary {0..n}
-    n_data: int = 1000  # task inputs (half permutations)
+    n_data: int = 200  # task inputs (half permutations): the N stimuli of every representation
     interpretations: tuple[str, ...] | None = None  # default: all of programs.INTERPRETATIONS
-    variants: int = 4  # compiled variants per subroutine
+    variants: int = 5  # compiled variants per subroutine (variant 0 = tracr's model, the base of congruity)
     seeds: int = 4  # trained models per subroutine
-    steps: int = 1500  # training steps of the vmapped job
-    n_train: int = 3000  # training inputs per subroutine
+    steps: int = 800  # training steps of the vmapped job
+    n_train: int = 2000  # training inputs per subroutine
+    batch_size: int = 128
     d_model: int = 32
     impls: int = 16  # implementations sampled per interpretation
-    rounds: int = 40  # bootstrap rounds of the distinguishability test
+    straps: int = 40  # bootstrap rounds of the distinguishability test
     trials: int = 20  # trials per round
-    repeats: int = 50  # n of the congruity estimator
+    rounds: int = 100  # rounds of the congruity estimator
     seed: int = 0
 
 
 QUICK = ToyConfig(
-    n=3, n_data=120, interpretations=("A1 sort>eq_index>all_ones", "A4 hist>all_ones"), variants=3, seeds=2,
-    steps=100, n_train=300, d_model=16, impls=6, rounds=8, trials=10, repeats=10,
+    n=3, n_data=40, interpretations=("A1 sort>eq_index>all_ones", "A4 hist>all_ones"), variants=3, seeds=2,
+    steps=30, n_train=64, batch_size=32, d_model=16, impls=4, straps=4, trials=6, rounds=8,
 )
 
 
@@ -57,93 +59,123 @@ def _task_data(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.where((np.arange(size) % 2 == 0)[:, None], perms, uniform)
 
 
-def build_implementations(cfg: ToyConfig, log=print) -> dict:
-    """Compile, vary and train; return the representation sets of every interpretation (see module docstring)."""
-    import jax  # noqa: F401  (heavy imports stay inside the runner)
-
-    from experiments.equiv_toy import implementations as impl
-    from experiments.equiv_toy.programs import INTERPRETATIONS, evaluate_chain, subroutine
-    from jaxequiv.models.tracr import compile_rasp
-    from jaxequiv.models.transformer import TransformerConfig
+def _names(cfg: ToyConfig) -> tuple[str, ...]:
+    from experiments.equiv_toy.programs import INTERPRETATIONS
 
     names = cfg.interpretations or tuple(INTERPRETATIONS)
     unknown = [a for a in names if a not in INTERPRETATIONS]
     if unknown:
         raise ValueError(f"unknown interpretations {unknown}; choose from {list(INTERPRETATIONS)}")
+    return names
+
+
+def compile_subroutines(cfg: ToyConfig) -> dict:
+    """tracr compilations (``TracrModel``) of every subroutine the run's interpretations use, each compiled once
+    per process (:func:`jaxequiv.models.tracr.compile_rasp` caches)."""
+    from experiments.equiv_toy.programs import INTERPRETATIONS, subroutine
+    from jaxequiv.models.tracr import compile_rasp
+
+    subs = sorted({s for a in _names(cfg) for s in INTERPRETATIONS[a]})
+    compiled = {s: compile_rasp(subroutine(s, cfg.n), range(cfg.n + 1), cfg.n, name=s) for s in subs}
+    values = {m.input_values for m in compiled.values()}
+    if len(values) != 1:
+        raise AssertionError(f"subroutines encode their inputs differently: {values}")
+    return compiled
+
+
+def build_implementations(cfg: ToyConfig, log=print) -> dict:
+    """Compile, vary and train; return the representations of every module implementation along every chain
+    (see module docstring)."""
+    from experiments.equiv_toy import implementations as impl
+    from experiments.equiv_toy.programs import INTERPRETATIONS, evaluate_chain
+    from jaxequiv.models.transformer import TransformerConfig
+
+    names = _names(cfg)
     rng = np.random.default_rng(cfg.seed)
-    n = cfg.n
+    n, V = cfg.n, cfg.variants
+    if V < 3 or cfg.seeds < 2:
+        raise ValueError(f"need >= 3 compiled variants (variant 0 is the base) and >= 2 seeds, got {V} and {cfg.seeds}")
     data = _task_data(n, cfg.n_data, rng)
     is_perm = np.array([sorted(x) == list(range(n)) for x in data.tolist()])
-    subs = sorted({s for a in names for s in INTERPRETATIONS[a]})
 
     t0 = time.time()
-    compiled = {s: compile_rasp(subroutine(s, n), range(n + 1), n, name=s) for s in subs}
+    compiled = compile_subroutines(cfg)
+    subs = list(compiled)
     log(f"compiled {len(subs)} subroutines with tracr in {time.time() - t0:.1f}s")
 
-    # Inputs of each module along each chain (ground-truth outputs of the previous module).
-    chain_inputs = {}
+    # Inputs and outputs of each module along each chain (RASP evaluation: the ground truth).
+    chain_io = {}
     for a in names:
         outs = evaluate_chain(INTERPRETATIONS[a], data.tolist(), n)
         final = np.array([o[0] == 1 and len(set(o)) == 1 for o in outs[-1]])
         if not (final == is_perm).all():
             raise AssertionError(f"{a} does not decide the task")
-        chain_inputs[a] = [data, *(np.array(o) for o in outs[:-1])]
+        chain_io[a] = list(zip([data, *(np.array(o) for o in outs[:-1])], (np.array(o) for o in outs)))
 
-    # (a) compiled variants and their outputs on the task's module inputs.
-    variants, variant_acc = {}, {}
-    for s in subs:
-        variants[s] = impl.compiled_variants(compiled[s], cfg.variants, seed=cfg.seed + subs.index(s))
+    t0 = time.time()
+    variants = impl.compiled_variants([compiled[s] for s in subs], V, seed=cfg.seed)
+    members = {s: impl.substack(variants, i * V, V) for i, s in enumerate(subs)}
 
-    # (b) trained imitators: training inputs = the module's inputs along chains + uniform sequences over {0..n}.
+    def decode(s, logits):  # argmax over the subroutine's own output channels -> values
+        m = compiled[s]
+        return np.array(m.output_values)[logits[..., : len(m.output_values)].argmax(-1)]
+
+    # Training data of the imitators: module inputs along chains + uniform sequences over {0..n}; targets are the
+    # outputs and intermediate variables of tracr's model (variant 0).
     train_ids, targets, probe_sets = [], [], []
     for s in subs:
         m = compiled[s]
-        pools = [chain_inputs[a][i] for a in names for i, x in enumerate(INTERPRETATIONS[a]) if x == s]
+        pools = [chain_io[a][i][0] for a in names for i, x in enumerate(INTERPRETATIONS[a]) if x == s]
         pool = np.concatenate([*pools, rng.integers(0, n + 1, size=(cfg.n_train, n))])
-        xs = pool[rng.integers(len(pool), size=cfg.n_train)]
-        ids = m.encode(xs.tolist())
-        y = np.asarray(m(ids)).argmax(-1)
-        y = np.array(m.output_values)[y].astype(np.int32)
+        ids = m.encode(pool[rng.integers(len(pool), size=cfg.n_train)].tolist())
+        logits, resid = impl.forward(members[s], ids)
+        y = decode(s, logits[0]).astype(np.int32)
         y[:, 0] = -1
-        out_labels = _output_labels(m)
         train_ids.append(ids)
         targets.append(y)
-        probe_sets.append(impl.intermediate_targets(m, ids, out_labels))
+        probe_sets.append(impl.intermediate_targets(resid[0], m.residual_labels, _output_labels(m)))
     n_layer = max(2, max(c.config.n_layer for c in compiled.values()))
     g_max = max(1, max(len(p) for p in probe_sets))
-    probes = -np.ones((len(subs), g_max, cfg.n_train, n + 1), np.int32)
+    probes = -np.ones((len(subs), cfg.n_train, g_max, n + 1), np.int32)
     blocks = np.zeros((len(subs), g_max), np.int32)
     for i, ps in enumerate(probe_sets):
         for g, (blk, vals) in enumerate(ps):
-            probes[i, g], blocks[i, g] = vals, min(blk, n_layer - 1)
+            probes[i, :, g], blocks[i, g] = vals, min(blk, n_layer - 1)
+    log(f"built {len(subs)} x {V} compiled variants and training targets in {time.time() - t0:.1f}s")
     tcfg = TransformerConfig(
         vocab_size=len(compiled[subs[0]].input_values), n_layer=n_layer, n_head=4, d_model=cfg.d_model,
         n_ctx=n + 1, d_mlp=4 * cfg.d_model, norm="none", activation="gelu", tie_embeddings=False,
         d_vocab_out=n + 1, causal=False,
     )
     t0 = time.time()
-    trained, curve = impl.train_imitators(
-        np.stack(train_ids), np.stack(targets), probes, blocks, tcfg, cfg.seeds, cfg.steps, seed=cfg.seed
+    trained, losses = impl.train_imitators(
+        np.stack(train_ids), np.stack(targets), probes, blocks, tcfg, cfg.seeds, cfg.steps,
+        batch_size=cfg.batch_size, seed=cfg.seed,
     )
     log(f"trained {len(subs)} x {cfg.seeds} imitators in one vmapped job ({cfg.steps} steps) in {time.time() - t0:.1f}s")
 
     # Representations of every module implementation on the module's inputs along each chain.
-    reprs = {"compiled": {}, "trained": {}}
+    t0 = time.time()
+    reprs = {"base": {}, "compiled": {}, "trained": {}}
+    accuracy: dict = {"compiled": {}, "trained": {}}
     for a in names:
         for kind in reprs:
             reprs[kind][a] = []
         for i, s in enumerate(INTERPRETATIONS[a]):
-            m = compiled[s]
-            ids = m.encode(chain_inputs[a][i].tolist())
-            ref = np.array(m.output_values)[np.asarray(m(ids)).argmax(-1)][:, 1:]
-            for kind, net in (("compiled", variants[s]), ("trained", impl.substack(trained, subs.index(s) * cfg.seeds, cfg.seeds))):
-                r, out = impl.reprs_and_outputs(net, ids)
+            x, ref = chain_io[a][i]
+            ids = compiled[s].encode(x.tolist())
+            for kind, net in (("compiled", members[s]), ("trained", impl.substack(trained, subs.index(s) * cfg.seeds, cfg.seeds))):
+                logits, resid = impl.forward(net, ids)
+                out = decode(s, logits) if kind == "compiled" else logits.argmax(-1)
+                accuracy[kind].setdefault(s, []).append((out[:, :, 1:] == ref[None]).mean(axis=(1, 2)).tolist())
+                r = resid.mean(3).reshape(*resid.shape[:2], -1)  # [K, N, (L+1) D]: mean over positions
                 if kind == "compiled":
-                    out = np.array(m.output_values)[out]
-                acc = (out[:, :, 1:] == ref[None]).mean(axis=(1, 2))
-                variant_acc.setdefault(kind, {}).setdefault(s, []).append(acc.tolist())
+                    reprs["base"][a].append(r[0])
+                    r = r[1:]  # variant 0 (tracr's model) is the base, not an implementation
                 reprs[kind][a].append(r)
-    return {"names": names, "subroutines": subs, "reprs": reprs, "accuracy": variant_acc, "loss_curve": curve,
+        reprs["base"][a] = np.concatenate(reprs["base"][a], -1)
+    log(f"representations in {time.time() - t0:.1f}s")
+    return {"names": names, "subroutines": subs, "reprs": reprs, "accuracy": accuracy, "losses": losses,
             "is_perm_rate": float(is_perm.mean())}
 
 
@@ -170,54 +202,46 @@ def sample_implementations(reprs_by_module: list[np.ndarray], count: int, rng: n
     return np.stack([np.concatenate([r[k] for r, k in zip(reprs_by_module, path)], -1) for path in paths])
 
 
-def ridge_matrix(sets: dict[str, np.ndarray], seed: int) -> dict[tuple[str, str], np.ndarray]:
-    """``R2[(a, b)][i, j]`` = held-out ridge R^2 of implementation ``i`` of ``a`` predicting implementation ``j``
-    of ``b`` (sklearn-RidgeCV-equivalent score; one 90/10 split per predicting implementation, shared by all its
-    targets so within- and across-interpretation fits are paired)."""
+def equal_width(sets: list[np.ndarray]) -> np.ndarray:
+    """Stack representation sets of different widths ``[..., N, D_a]`` into ``[A, ..., N, D]`` without changing
+    any ridge score.
+
+    ``D = lcm(D_a)``; set ``a`` is tiled ``D / D_a`` times along features and scaled by ``sqrt(D_a / D)``. As a
+    predictor its Gram matrix ``X X'`` is unchanged (so is every ridge fit); as a target each column is repeated
+    equally often and uniformly scaled, so the output-averaged held-out R^2 and the leave-one-out choice of alpha
+    are unchanged. This lets interpretations whose chains have different lengths share one compiled kernel.
+    """
+    widths = [x.shape[-1] for x in sets]
+    d = int(np.lcm.reduce(widths))
+    return np.stack([np.tile(x, (d // w,)) * np.sqrt(w / d, dtype=x.dtype) for x, w in zip(sets, widths)])
+
+
+def score(sets: dict[str, np.ndarray], bases: dict[str, np.ndarray], cfg: ToyConfig, key: int):
+    """Distinguishability grid and congruity matrix of the interpretations through :mod:`jaxequiv.equivalence`.
+
+    Args:
+      sets: per interpretation ``[M, N, D_a]`` implementation representations; bases: ``[N, B_a]`` the
+        interpretation's tracr model (the "model" of CONGRUITY).
+
+    Returns:
+      ``(grid [A, A], congruity [A, A], congruity CI [A, A, 2])``.
+    """
     import jax
 
-    from jaxequiv import similarity as sim
+    from jaxequiv import equivalence as eq
 
-    key = jax.random.PRNGKey(seed)
-    return {(a, b): np.asarray(sim.pairwise(sim.RIDGE, sets[a], sets[b], key=key)) for a in sets for b in sets}
-
-
-def distinguishability_grid(r2, names, rounds: int, trials: int, rng: np.random.Generator, z: float = 1.96):
-    """Fig. 2 (left) test, as in the reference ``point_test``: per ordered pair (a, b), ``rounds`` rounds of
-    ``trials`` draws of implementations X != X' of ``a`` and Y of ``b``; a round rejects "indistinguishable" when
-    ``p - z sqrt(p (1 - p) / trials) > 0.5`` with ``p`` the fraction of trials where R2(X->X') > R2(X->Y).
-    Returns the fraction of rejecting rounds, ``[A, A]``."""
-    grid = np.zeros((len(names), len(names)))
-    for i, a in enumerate(names):
-        m = r2[(a, a)].shape[0]
-        x = rng.integers(m, size=(rounds, trials))
-        x2 = (x + rng.integers(1, m, size=(rounds, trials))) % m  # a different implementation of a
-        for j, b in enumerate(names):
-            y = rng.integers(r2[(a, b)].shape[1], size=(rounds, trials))
-            if a == b:
-                y = np.where(y == x, (y + 1) % m, y)  # compare with a third implementation, not X itself
-            p = (r2[(a, a)][x, x2] > r2[(a, b)][x, y]).mean(1)
-            grid[i, j] = (p - z * np.sqrt(p * (1 - p) / trials) > 0.5).mean()
-    return grid
-
-
-def congruity_matrix(r2, names, repeats: int, rng: np.random.Generator) -> np.ndarray:
-    """CONGRUITY (Algorithm 1) with sampled implementations: per repeat, draw h1, h1* of ``a`` and h2, h2* of
-    ``b``; s += [R2(h1->h1*) <= R2(h1->h2)] + [R2(h2->h2*) <= R2(h2->h1)] (the other model's representation is at
-    least as predictable as one's own implementation's); score ``1 - |s/n - 1|``. ``[A, A]``, symmetric."""
-    out = np.zeros((len(names), len(names)))
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            ma, mb = r2[(a, a)].shape[0], r2[(b, b)].shape[0]
-            h1, h2 = rng.integers(ma, size=repeats), rng.integers(mb, size=repeats)
-            h1s = (h1 + rng.integers(1, ma, size=repeats)) % ma
-            h2s = (h2 + rng.integers(1, mb, size=repeats)) % mb
-            if a == b:  # h2 must differ from h1 for a meaningful comparison
-                h2 = np.where(h2 == h1, (h2 + 1) % ma, h2)
-                h2s = np.where(h2s == h2, (h2s + 1) % mb, h2s)
-            s = (r2[(a, a)][h1, h1s] <= r2[(a, b)][h1, h2]).sum() + (r2[(b, b)][h2, h2s] <= r2[(b, a)][h2, h1]).sum()
-            out[i, j] = 1 - abs(s / repeats - 1)
-    return out
+    names = list(sets)
+    reprs = equal_width([sets[a] for a in names]).astype(np.float32)
+    base = equal_width([bases[a] for a in names]).astype(np.float32)
+    k_grid, k_cong = jax.random.split(jax.random.key(key))
+    grid = np.asarray(eq.distinguishability_grid(reprs, key=k_grid, straps=cfg.straps, trials=cfg.trials, distinct=True))
+    cong, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
+    keys = jax.random.split(k_cong, len(names) ** 2).reshape(len(names), len(names))
+    for i in range(len(names)):
+        for j in range(len(names)):
+            r = eq.congruity(base[i], reprs[i], base[j], reprs[j], key=keys[i, j], n_rounds=cfg.rounds)
+            cong[i, j], ci[i, j] = r.score, (r.ci_low, r.ci_high)
+    return grid, cong, ci
 
 
 def family_means(matrix: np.ndarray, names, families: dict[str, str]) -> dict[str, float]:
@@ -266,8 +290,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
-    """Run the whole experiment; write ``results.json``, ``congruity.png``, ``distinguishability.png`` and
-    ``README.md`` (numbers beside the paper's) into ``out_dir``; return the results."""
+    """Run the whole experiment; write ``results.json``, ``congruity.png`` and ``distinguishability.png`` into
+    ``out_dir``; return the results."""
     from experiments.equiv_toy.programs import FAMILIES, INTERPRETATIONS
 
     t_start = time.time()
@@ -278,23 +302,22 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     results = {"config": dataclasses.asdict(cfg), "interpretations": {a: list(INTERPRETATIONS[a]) for a in names},
                "families": {a: FAMILIES[a] for a in names}, "kinds": {}}
     panels_c, panels_d = [], []
-    for kind, by_module in built["reprs"].items():
-        sets = {a: sample_implementations(by_module[a], cfg.impls, rng) for a in names}
-        r2 = ridge_matrix(sets, cfg.seed)
-        grid = distinguishability_grid(r2, names, cfg.rounds, cfg.trials, rng)
-        cong = congruity_matrix(r2, names, cfg.repeats, rng)
+    for kind in ("compiled", "trained"):
+        t0 = time.time()
+        sets = {a: sample_implementations(built["reprs"][kind][a], cfg.impls, rng) for a in names}
+        grid, cong, ci = score(sets, built["reprs"]["base"], cfg, cfg.seed + 2)
         acc = {s: float(np.mean(v)) for s, v in built["accuracy"][kind].items()}
         results["kinds"][kind] = {
-            "congruity": cong.tolist(), "distinguishability": grid.tolist(),
+            "congruity": cong.tolist(), "congruity_ci95": ci.tolist(), "distinguishability": grid.tolist(),
             "congruity_family_means": family_means(cong, names, FAMILIES),
             "distinguishability_family_means": family_means(grid, names, FAMILIES),
-            "mean_r2_within": float(np.mean([r2[(a, a)][~np.eye(cfg.impls, dtype=bool)].mean() for a in names])),
             "module_accuracy_vs_tracr": acc, "repr_dims": {a: int(sets[a].shape[-1]) for a in names},
         }
         panels_c.append((f"congruity ({kind} implementations)", cong))
         panels_d.append((f"distinguishability rate ({kind})", grid))
-        log(f"[{kind}] congruity family means: {results['kinds'][kind]['congruity_family_means']}")
-    results["final_training_loss"] = np.asarray(built["loss_curve"][-1]).tolist()
+        log(f"[{kind}] scored in {time.time() - t0:.1f}s; congruity family means: "
+            f"{results['kinds'][kind]['congruity_family_means']}")
+    results["final_training_loss"] = built["losses"][-1].tolist()
     results["seconds"] = round(time.time() - t_start, 1)
     _heatmaps(os.path.join(out_dir, "congruity.png"), panels_c, names)
     _heatmaps(os.path.join(out_dir, "distinguishability.png"), panels_d, names)
@@ -303,9 +326,17 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     return results
 
 
+def single_threaded_xla() -> None:
+    """Before JAX starts: run XLA's CPU kernels single-threaded. Its multi-threaded Eigen pool can wedge (an
+    execution that never finishes) on a loaded host; with 2 cores the cost is small."""
+    if "jax" not in sys.modules and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
 def main(argv: list[str] | None = None) -> int:
+    single_threaded_xla()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run (~1 min) for tests")
+    parser.add_argument("--quick", action="store_true", help="tiny run for tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

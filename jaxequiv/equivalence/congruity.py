@@ -46,6 +46,14 @@ def _score(s_over_n):
     return 1.0 - jnp.abs(s_over_n - 1.0)
 
 
+def _own_and_other(measure, X, own, other, key):
+    """``measure(X, own)`` and ``measure(X, other)`` with one draw of ``key`` (the same ridge split): one call
+    when both have the same width, two otherwise (models of different widths, e.g. GPT-2 vs Pythia)."""
+    if own.shape == other.shape:
+        return measure.many_kernel(X, jnp.stack([own, other]), key)
+    return jnp.stack([measure.many_kernel(X, own[None], key)[0], measure.many_kernel(X, other[None], key)[0]])
+
+
 @functools.partial(jax.jit, static_argnames=("measure", "n_rounds", "compare_to", "n_boot", "chunk"))
 def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, compare_to, n_boot, chunk):
     k_draw, k_fit, k_boot = jax.random.split(key, 3)
@@ -60,8 +68,8 @@ def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, comp
         i1, i2, o1, o2, ks = args
         other_for_1 = base2 if compare_to == "model" else impls2[o2]
         other_for_2 = base1 if compare_to == "model" else impls1[o1]
-        s1 = measure.many_kernel(base1, jnp.stack([impls1[i1], other_for_1]), ks[0])
-        s2 = measure.many_kernel(base2, jnp.stack([impls2[i2], other_for_2]), ks[1])
+        s1 = _own_and_other(measure, base1, impls1[i1], other_for_1, ks[0])
+        s2 = _own_and_other(measure, base2, impls2[i2], other_for_2, ks[1])
         return jnp.stack([_closer(s1[0], s1[1], measure.higher_is_similar), _closer(s2[0], s2[1], measure.higher_is_similar)])
 
     ind = jax.lax.map(round_, (own1, own2, oth1, oth2, fit_keys), batch_size=min(chunk, n_rounds))  # (n, 2)
