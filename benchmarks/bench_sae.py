@@ -140,8 +140,9 @@ def main():
     tm = _median(lambda: sae.train_many(cfgs, data, seeds=seeds, settings=st), args.reps)
     ts = _median(lambda: [sae.train(c, data, seed=s, settings=st) for c, s in zip(cfgs, seeds)], args.reps)
     sweep_ratio = ts / tm
+    flops = 27 * 200 * 6 * 128 * (d * d + d * d + d * 3 * d + 3 * d * d)  # ~6 * B * weights per SAE step
     print(f"(c) 27 stsae d={d} K={3 * d} B=128 x 200 steps: train_many {tm:.2f} s, 27 sequential train {ts:.2f} s, "
-          f"speed-up {sweep_ratio:.2f}x")
+          f"speed-up {sweep_ratio:.2f}x (~{flops / tm / 1e9:.0f} vs ~{flops / ts / 1e9:.0f} GFLOP/s)")
 
     # (d) roofline of a dense relu_l1 step vs the measured f32 matmul peak
     n = 4096
