@@ -1,46 +1,110 @@
-"""IOI experiment pieces on tiny random transformers (GPT-2 and NeoX namings): patching importance, GetImpl,
-congruity, bad input."""
+"""IOI experiment: patching importance, GetImpl, congruity of models of different widths, the --quick run, and
+the --checkpoint path on random Hugging Face GPT-2 / GPT-NeoX folders with their own tokenizer.json."""
+
+import json
 
 import numpy as np
 import pytest
 from flax import nnx
 
 from experiments.equiv_ioi import run as ioi
+from experiments.equiv_toy.run import equal_width
 from jaxequiv.data.ioi import WordVocab, ioi_prompts
 from jaxequiv.models.transformer import Transformer, TransformerConfig
 from jaxequiv.network import Network
 
 
 @pytest.fixture(scope="module")
-def batch():
-    vocab = WordVocab.for_ioi()
-    d = ioi_prompts(12, seed=0)
-    clean, lens = vocab.encode(d.prompts)
-    corrupt, _ = vocab.encode(d.counterfactuals, length=clean.shape[1])
-    return vocab, clean, corrupt, lens - 1
+def task():
+    tok = ioi.Tokenizer()
+    _, (t,) = ioi.tokenize_task(ioi_prompts(12, seed=0), [tok])
+    return tok, t
 
 
-@pytest.mark.parametrize("naming", ["gpt2", "neox"])
-def test_importance_impls_and_congruity(batch, naming):
-    vocab, clean, corrupt, last = batch
+def _net(vocab_size, n_ctx, naming, d):
     extra = {"positional": "rotary", "parallel_residual": True} if naming == "neox" else {}
-    cfg = TransformerConfig(vocab_size=len(vocab), n_layer=2, n_head=2, d_model=16, n_ctx=clean.shape[1],
-                            naming=naming, **extra)
-    net = Network.from_module(Transformer(cfg, nnx.Rngs(0)), (None,), "int")
-    imp = ioi.head_importance(net, clean, corrupt, last, len(vocab))
-    assert imp.shape == (2, 2) and (imp >= -1e-6).all() and imp.max() > 0
-    # patching a head from the clean run into the clean run changes nothing
-    np.testing.assert_allclose(ioi.head_importance(net, clean, clean, last), 0, atol=1e-6)
-    circuit = imp >= np.sort(imp.ravel())[-1]
-    base, impls = ioi.implementation_reprs(net, clean, corrupt, last, circuit, 4, seed=0)
-    assert base.shape == (12, 3 * 16) and impls.shape == (4, 12, 3 * 16)
-    c = ioi.congruity(base, impls, base, impls, repeats=4, seed=0)
-    assert 0.0 <= c <= 1.0
-    with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        ioi.head_importance(net, clean, corrupt, last, vocab_size=5)
+    cfg = TransformerConfig(vocab_size=vocab_size, n_layer=2, n_head=2, d_model=d, n_ctx=n_ctx, naming=naming, **extra)
+    return Network.from_module(Transformer(cfg, nnx.Rngs(0)), (None,), "int")
 
 
-def test_unknown_architecture(batch):
-    vocab, clean, _, _ = batch
+def test_importance_impls_and_congruity_across_widths(task):
+    tok, t = task
+    assert t["clean"].shape == t["corrupt"].shape and (t["clean"] != t["corrupt"]).sum(1).tolist() == [1] * 12
+    last = t["lengths"] - 1
+    models = {}
+    for naming, d in (("gpt2", 16), ("neox", 8)):
+        net = _net(len(tok.vocab), t["clean"].shape[1], naming, d)
+        imp = ioi.head_importance(net, t["clean"], t["corrupt"], last)
+        assert imp.shape == (2, 2) and (imp >= -1e-6).all() and imp.max() > 0
+        z_names, resid = ioi.head_sites(net)
+        circuit = ioi.circuit_units(imp, 0.25, z_names)
+        l, h = np.unravel_index(imp.argmax(), imp.shape)
+        assert circuit == [f"{z_names[l]}[{h}]"]  # the single most important head
+        base, impls = ioi.implementation_reprs(net, t["clean"], t["corrupt"], t["lengths"], circuit, 3, seed=0)
+        assert base.shape == (12, 3 * d) and impls.shape == (3, 12, 3 * d)
+        models[naming] = (base, impls)
+    mat, ci = ioi.congruity_matrix(models, rounds=6, seed=0)
+    assert mat.shape == (2, 2) and ((0 <= mat) & (mat <= 1)).all() and (ci[..., 0] <= mat + 1e-9).all()
+    # different widths (48 vs 24) give exactly the scores of the width-equalised (ridge-invariant) embedding
+    (b1, b2), (i1, i2) = equal_width([models["gpt2"][0], models["neox"][0]]), equal_width([models["gpt2"][1], models["neox"][1]])
+    same, _ = ioi.congruity_matrix({"gpt2": (b1, i1), "neox": (b2, i2)}, rounds=6, seed=0)
+    np.testing.assert_allclose(same, mat)
+    with pytest.raises(ValueError, match="does not cover the task's tokens"):
+        ioi.check_vocab(t["clean"], 5)
+
+
+def test_quick_run_trains_and_scores(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture"):
-        ioi.train_lms("cnn", clean, np.full(len(clean), clean.shape[1]), len(vocab), ioi.QUICK)
+        ioi.train_lms("cnn", np.zeros((4, 3), np.int32), np.full(4, 3), 10, ioi.QUICK)
+    assert ioi.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["names"]) == len(ioi.ARCHS) * ioi.QUICK.seeds
+    mat = np.array(res["congruity"])
+    assert mat.shape == (4, 4) and ((0 <= mat) & (mat <= 1)).all() and (tmp_path / "congruity.png").exists()
+    for m in res["models"].values():
+        assert 0 <= m["accuracy"] <= 1 and np.isfinite(m["train_loss"]) and m["circuit"]
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """A random GPT-2 and a random GPT-NeoX saved with save_pretrained, each with a word-level tokenizer.json."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    import torch
+
+    words = {w: i for i, w in enumerate(WordVocab.for_ioi().words)}
+    words["[UNK]"] = len(words)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(words), n_positions=32, n_embd=16, n_layer=2, n_head=2))
+    neox = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=len(words), hidden_size=8, num_attention_heads=2, num_hidden_layers=2, intermediate_size=16,
+        max_position_embeddings=32, rotary_pct=0.5))
+    out = []
+    for name, model in (("gpt2-tiny", gpt2), ("pythia-tiny", neox)):
+        folder = tmp_path_factory.mktemp(name) / name
+        model.save_pretrained(folder)
+        tok.save(str(folder / "tokenizer.json"))
+        out.append(folder)
+    small = tmp_path_factory.mktemp("small") / "small-vocab"
+    torch.manual_seed(1)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=20, n_positions=32, n_embd=8, n_layer=1,
+                                                         n_head=2)).save_pretrained(small)
+    return out, small
+
+
+def test_checkpoints_end_to_end(tmp_path, hf_folders):
+    (gpt2, neox), small = hf_folders
+    assert ioi.main(["--quick", "--checkpoint", str(gpt2), str(neox), "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["names"] == ["gpt2-tiny", "pythia-tiny"] and res["prompts_kept"] == ioi.QUICK.n_eval
+    assert res["models"]["gpt2-tiny"]["repr_dim"] == 3 * 16 and res["models"]["pythia-tiny"]["repr_dim"] == 3 * 8
+    assert all(m["tokenizer"].endswith("tokenizer.json") for m in res["models"].values())
+    assert any(c.startswith("layers.") for c in res["models"]["pythia-tiny"]["circuit"])  # NeoX head sites
+    mat = np.array(res["congruity"])
+    assert mat.shape == (2, 2) and ((0 <= mat) & (mat <= 1)).all()
+    # a model without tokenizer.json whose vocabulary is smaller than the word-level IOI vocabulary
+    with pytest.raises(ValueError, match="does not cover the task's tokens"):
+        ioi.main(["--quick", "--checkpoint", str(small), "--out", str(tmp_path / "bad")])

@@ -1,23 +1,23 @@
 """IOI (paper §3.2): per-head patching circuits, GetImpl by counterfactual patching, congruity between models.
 
-    python -m experiments.equiv_ioi.run [--quick] [--out DIR]
+    python -m experiments.equiv_ioi.run [--quick] [--out DIR]          # small LMs trained here on IOI text
+    python -m experiments.equiv_ioi.run --checkpoint DIR [DIR ...]     # Hugging Face GPT-2 / Pythia folders
 
-Offline there are no GPT-2 / Pythia weights, so the run trains small GPT-style models on IOI-template text
-(two architectures x two seeds; the seeds of one architecture train together, vmapped). The analysis functions
-take any stacked-or-single :class:`~jaxequiv.network.Network` of jaxequiv's :class:`Transformer` with token ids,
-so GPT-2 / Pythia checkpoints converted by :mod:`jaxequiv.adapters.torch` go through the same code (head sites
-``h.{i}.attn.z`` or ``layers.{i}.attention.z`` are found by name).
+Offline there are no GPT-2 / Pythia weights, so the default run trains small GPT-style models on IOI-template text
+(two architectures x two seeds; the seeds of one architecture train together with
+:func:`jaxequiv.train.fit_stacked`). With ``--checkpoint`` the folders are converted by
+:mod:`jaxequiv.adapters.torch` and the prompts tokenised with each folder's ``tokenizer.json``; only prompts that
+every tokenizer splits into position-aligned clean / counterfactual pairs with single-token names are kept, so
+all models see the same stimuli. Every step goes through :mod:`jaxequiv.equivalence`:
 
-* circuit: importance of head (l, h) = mean over prompts of KL(softmax(clean) || softmax(patched)) at the last
-  prompt token, where "patched" runs the counterfactual prompt with that head's z taken from the clean run (all
-  positions); all heads at once, vmapped over one-hot head masks. The circuit = the top ``circuit_frac`` heads.
-* GetImpl: an implementation patches a random half of the non-circuit heads with their activations on the
-  counterfactual prompts.
-* representation: residual stream (``embed`` and after every block) at the last prompt token, concatenated.
-* congruity (Algorithm 1): n repeats of fresh implementations h1*, h2*; s += [R(h1->h1*) <= R(h1->h2*)] +
-  [R(h2->h2*) <= R(h2->h1*)] with R the held-out sqrt-clipped ridge score; ``1 - |s/n - 1|``. The comparator is
-  the other model's implementation h2* (the spec leaves h2 vs h2* open), so a model compared with itself uses two
-  different implementations and scores ~1 instead of the degenerate 0 of R(h1->h1) = 1.
+* circuit: :func:`~jaxequiv.equivalence.patching_importance`: importance of head (l, h) = mean over prompts of
+  KL(softmax(clean) || softmax(patched)) at the last prompt token, "patched" = the counterfactual prompt with that
+  head's ``z`` taken from the clean run (all positions); the circuit = the top ``circuit_frac`` heads.
+* GetImpl: :func:`~jaxequiv.equivalence.get_impl`: each implementation patches every non-circuit head with
+  probability 1/2 with its activation on the counterfactual prompts (``impls`` implementations per model).
+* representation: residual stream (``embed`` and after every block) at the last *real* prompt token.
+* :func:`~jaxequiv.equivalence.congruity` (Algorithm 1, ridge score; the comparator is a fresh implementation of
+  the other model, ties count 1/2) with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import time
 
 import numpy as np
 
-__all__ = ["IOIConfig", "QUICK", "ARCHS", "train_lms", "head_sites", "head_importance", "implementation_reprs",
-           "congruity", "run_experiment", "main"]
+__all__ = ["IOIConfig", "QUICK", "ARCHS", "train_lms", "head_sites", "check_vocab", "head_importance", "circuit_units",
+           "implementation_reprs", "congruity_matrix", "io_accuracy", "Tokenizer", "tokenize_task", "analyse",
+           "run_experiment", "main"]
 
 ARCHS = {
     "attn-only-2L": dict(n_layer=2, n_head=4, attn_only=True),
@@ -43,26 +44,32 @@ ARCHS = {
 
 @dataclasses.dataclass(frozen=True)
 class IOIConfig:
-    n_train: int = 6000
-    n_eval: int = 200
+    n_train: int = 6000  # training sentences (models trained here)
+    n_eval: int = 200  # IOI prompts of the analysis (the paper's 200)
     steps: int = 1500
     batch_size: int = 64
     d_model: int = 64
     seeds: int = 2
-    circuit_frac: float = 0.25
-    repeats: int = 20
+    answer_weight: float = 1.0  # extra weight of the answer token in the training loss
+    circuit_frac: float = 0.25  # top fraction of heads kept as the circuit
+    impls: int = 10  # implementations per model (the paper's 10)
+    rounds: int = 100  # congruity rounds
     lr: float = 3e-3
     seed: int = 0
 
 
-QUICK = IOIConfig(n_train=400, n_eval=60, steps=60, d_model=16, repeats=6)
+QUICK = IOIConfig(n_train=200, n_eval=40, steps=20, batch_size=32, d_model=16, seeds=2, impls=3, rounds=8)
 
 
 def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, cfg: IOIConfig):
-    """``cfg.seeds`` next-token language models of architecture ``arch``, trained together (vmapped over seeds).
+    """``cfg.seeds`` next-token language models of architecture ``arch``, trained together by
+    :func:`jaxequiv.train.fit_stacked` (vmapped over seeds).
+
+    The loss is the mean next-token cross-entropy over real tokens plus ``cfg.answer_weight`` times the
+    cross-entropy of the last token (the IO name), so small models learn the task within a CPU budget.
 
     Args:
-      ids: ``[N, T]`` right-padded token ids; lengths ``[N]``.
+      ids: ``[N, T]`` right-padded token ids of whole sentences; lengths ``[N]``.
     Returns:
       stacked :class:`Network` and final training losses ``[seeds]``.
     """
@@ -73,42 +80,25 @@ def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, 
 
     from jaxequiv.models.transformer import Transformer, TransformerConfig
     from jaxequiv.network import Network
+    from jaxequiv.train import fit_stacked
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {list(ARCHS)}")
     tcfg = TransformerConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_ctx=ids.shape[1], **ARCHS[arch])
-    net = Network.stack([Network.from_module(Transformer(tcfg, nnx.Rngs(s)), (None,), "int") for s in range(cfg.seeds)])
-    tx = optax.adam(cfg.lr)
-    opt = jax.vmap(tx.init)(net.params)
-    x_all, len_all = jnp.asarray(ids), jnp.asarray(lengths)
+    net = Network.stack([Network.from_module(Transformer(tcfg, nnx.Rngs(cfg.seed * 100 + s)), (None,), "int")
+                         for s in range(cfg.seeds)])
 
     def loss_fn(p, x, n):
         logits = net.apply(p, x[:, :-1])
-        valid = jnp.arange(x.shape[1] - 1)[None] < (n[:, None] - 1)
-        ll = jnp.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], -1)[..., 0]
-        return -(ll * valid).sum() / valid.sum()
+        ll = jnp.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], -1)[..., 0]  # [B, T-1]
+        pos = jnp.arange(x.shape[1] - 1)[None]
+        valid = pos < (n[:, None] - 1)
+        answer = pos == (n[:, None] - 2)  # predicts the last real token (the IO name)
+        return -(ll * valid).sum() / valid.sum() - cfg.answer_weight * (ll * answer).sum() / answer.sum()
 
-    @jax.jit
-    def chunk(params, opt, key):
-        def step(carry, k):
-            params, opt = carry
-            idx = jax.random.randint(k, (cfg.batch_size,), 0, x_all.shape[0])
-
-            def one(p, o):
-                loss, g = jax.value_and_grad(loss_fn)(p, x_all[idx], len_all[idx])
-                upd, o = tx.update(g, o, p)
-                return optax.apply_updates(p, upd), o, loss
-
-            params, opt, loss = jax.vmap(one)(params, opt)
-            return (params, opt), loss
-
-        (params, opt), losses = jax.lax.scan(step, (params, opt), jax.random.split(key, 20))
-        return params, opt, losses[-1]
-
-    params, key = net.params, jax.random.PRNGKey(cfg.seed)
-    for i in range(max(cfg.steps // 20, 1)):
-        params, opt, loss = chunk(params, opt, jax.random.fold_in(key, i))
-    return net.replace_params(params), np.asarray(loss)
+    params, losses = fit_stacked(net.params, loss_fn, (ids, lengths), steps=cfg.steps, batch_size=cfg.batch_size,
+                                 optimizer=optax.adam(cfg.lr), seed=cfg.seed)
+    return net.replace_params(params), losses[-1]
 
 
 def head_sites(net) -> tuple[list[str], list[str]]:
@@ -121,132 +111,205 @@ def head_sites(net) -> tuple[list[str], list[str]]:
     return z, resid
 
 
-def _last(logits_or_acts, last):
-    return logits_or_acts[np.arange(len(last)), last]
+def check_vocab(ids: np.ndarray, vocab_size: int, what: str = "prompt") -> None:
+    """Raise ``ValueError`` if a token id does not exist in a model with ``vocab_size`` tokens."""
+    top = int(ids.max(initial=0))
+    if top >= vocab_size:
+        raise ValueError(
+            f"{what} token id {top} is outside the model's vocabulary of {vocab_size}: the model does not cover "
+            "the task's tokens; tokenise with the model's own tokenizer (tokenizer.json in the checkpoint folder)"
+        )
 
 
-def head_importance(net, clean, corrupt, last, vocab_size: int | None = None):
-    """``[L, H]`` mean KL(clean || corrupt-with-head-patched-from-clean) at the last prompt token.
+def head_importance(net, clean, corrupt, last) -> np.ndarray:
+    """``[L, H]`` mean KL(clean || corrupt-with-head-patched-from-clean) at the last prompt token
+    (:func:`jaxequiv.equivalence.patching_importance`, ``mode="denoise"``, all heads in one batched call)."""
+    from jaxequiv import equivalence as eq
 
-    Args:
-      net: an unstacked :class:`Network` of a jaxequiv Transformer.
-      clean, corrupt: ``[N, T]`` token ids of prompts and counterfactuals (same positions); last ``[N]``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from jaxequiv.sites import Replace, run
-
-    if vocab_size is not None:
-        top = int(max(clean.max(), corrupt.max()))
-        if top >= vocab_size:
-            raise ValueError(f"token id {top} is outside the model's vocabulary of {vocab_size}; use the model's tokenizer")
     z_names, _ = head_sites(net)
-    clean, corrupt, last = jnp.asarray(clean), jnp.asarray(corrupt), jnp.asarray(last)
-    logits, cap = run(net.apply, net.params, clean, capture=z_names)
-    p_clean = jax.nn.log_softmax(_last(logits, last))
-    n_layer, n_head = len(z_names), cap[z_names[0]].shape[2]
-    masks = jnp.eye(n_layer * n_head, dtype=bool).reshape(-1, n_layer, n_head)
-
-    def kl(mask):
-        edits = {k: Replace(cap[k], where=mask[i][None, None, :, None]) for i, k in enumerate(z_names)}
-        out, _ = run(net.apply, net.params, corrupt, edits=edits)
-        p = jax.nn.log_softmax(_last(out, last))
-        return (jnp.exp(p_clean) * (p_clean - p)).sum(-1).mean()
-
-    return np.asarray(jax.lax.map(kl, masks)).reshape(n_layer, n_head)
+    scores = eq.patching_importance(net, clean, corrupt, sites=z_names, positions=last)
+    return np.stack([np.asarray(scores[k]) for k in z_names])
 
 
-def implementation_reprs(net, clean, corrupt, last, circuit, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's representation ``[N, D]`` and ``count`` GetImpl implementations ``[count, N, D]``.
+def circuit_units(importance: np.ndarray, frac: float, z_names: list[str]) -> list[str]:
+    """The top ``frac`` heads of ``importance [L, H]`` as unit specs ``"h.3.attn.z[0,5]"`` (at least one head)."""
+    k = max(1, int(round(frac * importance.size)))
+    top = np.zeros(importance.size, bool)
+    top[np.argsort(importance.ravel(), kind="stable")[-k:]] = True
+    top = top.reshape(importance.shape)
+    return [f"{z}[{','.join(map(str, np.flatnonzero(row)))}]" for z, row in zip(z_names, top) if row.any()]
 
-    Each implementation patches a random half of the heads outside ``circuit`` (``[L, H]`` bool) with their
-    activations on the counterfactual prompts.
-    """
-    import jax
-    import jax.numpy as jnp
 
-    from jaxequiv.sites import Replace, run
+def implementation_reprs(net, clean, corrupt, lengths, circuit: list[str], count: int, seed: int):
+    """The model's representation ``[N, D]`` and ``count`` GetImpl implementations ``[count, N, D]``
+    (:func:`jaxequiv.equivalence.get_impl`): each patches every head outside ``circuit`` with probability 1/2 with
+    its activation on the counterfactual prompts; representation = residual stream (``embed`` and every block)
+    at the last real prompt token."""
+    from jaxequiv import equivalence as eq
 
     z_names, resid = head_sites(net)
-    clean, corrupt, last = jnp.asarray(clean), jnp.asarray(corrupt), jnp.asarray(last)
-    _, cf = run(net.apply, net.params, corrupt, capture=z_names)
-    rng = np.random.default_rng(seed)
-    outside = ~np.asarray(circuit)
-    masks = outside[None] & (rng.random((count, *outside.shape)) < 0.5)
-
-    def reprs(mask):
-        edits = {k: Replace(cf[k], where=mask[i][None, None, :, None]) for i, k in enumerate(z_names)}
-        _, cap = run(net.apply, net.params, clean, capture=resid, edits=edits)
-        return jnp.concatenate([_last(cap[k], last) for k in resid], -1)
-
-    base = reprs(jnp.zeros_like(jnp.asarray(masks[0])))
-    return np.asarray(base), np.asarray(jax.lax.map(reprs, jnp.asarray(masks)))
+    base = eq.get_impl(net, clean, read=resid, n=1, lengths=lengths)[0]
+    impls = eq.get_impl(net, clean, corrupt, read=resid, key=seed, n=count, circuit=circuit, candidates=z_names,
+                        lengths=lengths)
+    return np.asarray(base), np.asarray(impls)
 
 
-def congruity(base1, impls1, base2, impls2, repeats: int, seed: int) -> float:
-    """Algorithm 1 with the reference's ridge score as similarity (higher = closer); see module docstring."""
+def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """CONGRUITY (:func:`jaxequiv.equivalence.congruity`, ridge score) of every pair of ``{name: (base, impls)}``;
+    returns the ``[A, A]`` scores and their 95% bootstrap intervals ``[A, A, 2]``."""
     import jax
 
-    from jaxequiv import similarity as sim
+    from jaxequiv import equivalence as eq
 
-    rng = np.random.default_rng(seed)
-    same = base1 is base2
-    s = 0
-    for r in range(repeats):
-        k = jax.random.PRNGKey(seed * 1000 + r)
-        i, j = rng.choice(len(impls1), 2, replace=False)  # own implementation, and (same model) the comparator
-        if not same:
-            j = rng.integers(len(impls2))
-        own1, other1 = (float(sim.ridge_score(base1, y, key=k, sqrt=True)) for y in (impls1[i], impls2[j]))
-        i2, j2 = rng.choice(len(impls2), 2, replace=False)
-        if not same:
-            i2 = rng.integers(len(impls1))
-        own2, other2 = (float(sim.ridge_score(base2, y, key=k, sqrt=True)) for y in (impls2[j2], impls1[i2]))
-        s += (own1 <= other1) + (own2 <= other2)
-    return 1 - abs(s / repeats - 1)
+    names = list(models)
+    keys = jax.random.split(jax.random.key(seed), len(names) ** 2)
+    mat, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds)
+            mat[i, j], ci[i, j] = r.score, (r.ci_low, r.ci_high)
+    return mat, ci
 
 
-def run_experiment(cfg: IOIConfig, out_dir: str, log=print) -> dict:
-    """Train the models, find circuits, sample implementations, score congruity; write results and a figure."""
-    from jaxequiv.data.ioi import WordVocab, ioi_prompts
+def io_accuracy(net, clean, last, io_ids, s_ids) -> tuple[float, float]:
+    """Fraction of prompts whose IO-name logit beats the S-name logit at the last token, and the mean logit
+    difference."""
+    import jax.numpy as jnp
+
+    logits = np.asarray(net.apply(net.params, jnp.asarray(clean)))[np.arange(len(last)), last]
+    diff = logits[np.arange(len(last)), io_ids] - logits[np.arange(len(last)), s_ids]
+    return float((diff > 0).mean()), float(diff.mean())
+
+
+class Tokenizer:
+    """Tokenises IOI prompts for one model: the checkpoint's ``tokenizer.json`` (Hugging Face ``tokenizers``) when
+    the folder has one, else the built-in word-level :class:`~jaxequiv.data.ioi.WordVocab`."""
+
+    def __init__(self, folder: str | None = None):
+        from jaxequiv.data.ioi import WordVocab
+
+        path = os.path.join(folder, "tokenizer.json") if folder else None
+        self.hf = None
+        if path and os.path.exists(path):
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self.hf = HFTokenizer.from_file(path)
+            self.source = path
+        else:
+            self.vocab = WordVocab.for_ioi()
+            self.source = "built-in word-level IOI vocabulary"
+
+    def encode(self, text: str) -> list[int]:
+        if self.hf is None:
+            return [int(i) for i in self.vocab.encode([text])[0][0]]
+        enc = self.hf.encode(text, add_special_tokens=False)
+        unk = self.hf.token_to_id("[UNK]") if self.hf.token_to_id("[UNK]") is not None else self.hf.token_to_id("<unk>")
+        if unk is not None and unk in enc.ids:
+            raise ValueError(f"tokenizer {self.source} has no token for part of {text!r}: the model's vocabulary does "
+                             "not cover the task's tokens")
+        return list(enc.ids)
+
+    def name_id(self, name: str) -> int | None:
+        """Id of `` name`` (with its leading space) if it is one token, else ``None``."""
+        ids = self.encode(" " + name) if self.hf is not None else self.encode(name)
+        return ids[0] if len(ids) == 1 else None
+
+
+def tokenize_task(data, tokenizers: list[Tokenizer]):
+    """Token ids of the prompts every tokenizer can use for patching (clean and counterfactual of equal length,
+    IO and S names single tokens), the same prompts for all models.
+
+    Returns ``(kept indices, [per tokenizer: dict(clean, corrupt [N, T], lengths [N], io, s [N])])``.
+    """
+    keep, per = [], [dict(clean=[], corrupt=[], io=[], s=[]) for _ in tokenizers]
+    for i, (p, c, io, s) in enumerate(zip(data.prompts, data.counterfactuals, data.io, data.s)):
+        rows = []
+        for tok in tokenizers:
+            a, b, io_id, s_id = tok.encode(p), tok.encode(c), tok.name_id(io), tok.name_id(s)
+            if len(a) != len(b) or io_id is None or s_id is None:
+                break
+            rows.append((a, b, io_id, s_id))
+        else:
+            keep.append(i)
+            for d, row in zip(per, rows):
+                for field, value in zip(("clean", "corrupt", "io", "s"), row):
+                    d[field].append(value)
+    if len(keep) < 10:
+        raise ValueError(f"only {len(keep)} of {len(data)} IOI prompts tokenise into position-aligned clean / "
+                         "counterfactual pairs with single-token names for every model; use more prompts")
+    out = []
+    for d in per:
+        lengths = np.array([len(a) for a in d["clean"]], np.int32)
+        clean = np.zeros((len(keep), lengths.max()), np.int32)
+        corrupt = np.zeros_like(clean)
+        for r, (a, b) in enumerate(zip(d["clean"], d["corrupt"])):
+            clean[r, : len(a)], corrupt[r, : len(b)] = a, b
+        out.append(dict(clean=clean, corrupt=corrupt, lengths=lengths, io=np.array(d["io"]), s=np.array(d["s"])))
+    return keep, out
+
+
+def analyse(name: str, net, task: dict, cfg: IOIConfig, seed: int, log=print):
+    """Circuit, implementations and IO accuracy of one model on tokenised ``task``; returns
+    ``(base, impls, summary)``."""
+    infos = net.sites(1, tokens=2)
+    if "logits" in infos:
+        for key in ("clean", "corrupt"):
+            check_vocab(task[key], int(infos["logits"].shape[-1]), key)
+    last = task["lengths"] - 1
+    acc, diff = io_accuracy(net, task["clean"], last, task["io"], task["s"])
+    imp = head_importance(net, task["clean"], task["corrupt"], last)
+    z_names, _ = head_sites(net)
+    circuit = circuit_units(imp, cfg.circuit_frac, z_names)
+    base, impls = implementation_reprs(net, task["clean"], task["corrupt"], task["lengths"], circuit, cfg.impls, seed)
+    log(f"{name}: IO-vs-S accuracy {acc:.2f}, logit diff {diff:.2f}, circuit {circuit}")
+    return base, impls, {"accuracy": acc, "logit_diff": diff, "head_importance": imp.tolist(), "circuit": circuit,
+                         "repr_dim": int(base.shape[-1])}
+
+
+def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None = None, log=print) -> dict:
+    """Train (or load) the models, find circuits, sample implementations, score congruity; write
+    ``results.json`` and ``congruity.png`` into ``out_dir``.
+
+    Args:
+      checkpoints: Hugging Face GPT-2 / Pythia (GPT-NeoX) folders (or any folder :func:`jaxequiv.adapters.torch.load`
+        reads) to compare instead of training models here.
+    """
+    from experiments.equiv_toy.run import _heatmaps, _write_atomic
+    from jaxequiv.data.ioi import ioi_prompts
 
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
-    vocab = WordVocab.for_ioi()
-    train = ioi_prompts(cfg.n_train, seed=cfg.seed + 1)
-    ids, lengths = vocab.encode(train.sentences())
     ev = ioi_prompts(cfg.n_eval, seed=cfg.seed + 2)
-    t_max = ids.shape[1]
-    clean, lens = vocab.encode(ev.prompts, length=t_max)
-    corrupt, _ = vocab.encode(ev.counterfactuals, length=t_max)
-    last = lens - 1
-    io_ids, s_ids = vocab.ids(ev.io), vocab.ids(ev.s)
     models, results = {}, {"config": dataclasses.asdict(cfg), "models": {}}
-    for arch in ARCHS:
-        stack, loss = train_lms(arch, ids, lengths, len(vocab), cfg)
-        for s in range(cfg.seeds):
-            net = stack[s]
-            logits = np.asarray(net.apply(net.params, clean))[np.arange(len(last)), last]
-            diff = logits[np.arange(len(last)), io_ids] - logits[np.arange(len(last)), s_ids]
-            imp = head_importance(net, clean, corrupt, last, len(vocab))
-            k = max(1, int(round(cfg.circuit_frac * imp.size)))
-            circuit = np.zeros(imp.size, bool)
-            circuit[np.argsort(imp.ravel())[-k:]] = True
-            base, impls = implementation_reprs(net, clean, corrupt, last, circuit.reshape(imp.shape), 10, cfg.seed + s)
-            name = f"{arch} seed{s}"
-            models[name] = (base, impls)
-            results["models"][name] = {"train_loss": float(loss[s]), "logit_diff": float(diff.mean()),
-                                       "accuracy": float((diff > 0).mean()), "head_importance": imp.tolist(),
-                                       "circuit": circuit.reshape(imp.shape).tolist()}
-            log(f"{name}: loss {loss[s]:.3f}, IO-vs-S accuracy {(diff > 0).mean():.2f}, logit diff {diff.mean():.2f}")
-    names = list(models)
-    mat = np.array([[congruity(*models[a], *models[b], cfg.repeats, cfg.seed + 7 * i + j) for j, b in enumerate(names)]
-                    for i, a in enumerate(names)])
-    results["names"], results["congruity"] = names, mat.tolist()
-    results["seconds"] = round(time.time() - t0, 1)
-    from experiments.equiv_toy.run import _heatmaps, _write_atomic
+    if checkpoints:
+        from jaxequiv.adapters.torch import load_network
 
+        toks = [Tokenizer(c) for c in checkpoints]
+        keep, tasks = tokenize_task(ev, toks)
+        results["prompts_kept"] = len(keep)
+        for k, (folder, tok, task) in enumerate(zip(checkpoints, toks, tasks)):
+            name = os.path.basename(os.path.normpath(folder))
+            net = load_network(folder)
+            base, impls, summary = analyse(name, net, task, cfg, cfg.seed + k, log)
+            models[name] = (base, impls)
+            results["models"][name] = {"checkpoint": os.path.abspath(folder), "tokenizer": tok.source, **summary}
+    else:
+        tok = Tokenizer()
+        vocab = tok.vocab
+        train = ioi_prompts(cfg.n_train, seed=cfg.seed + 1)
+        ids, lengths = vocab.encode(train.sentences())
+        _, (task,) = tokenize_task(ev, [tok])
+        for arch in ARCHS:
+            stack, loss = train_lms(arch, ids, lengths, len(vocab), cfg)
+            for s in range(cfg.seeds):
+                name = f"{arch} seed{s}"
+                base, impls, summary = analyse(name, stack[s], task, cfg, cfg.seed + s, log)
+                models[name] = (base, impls)
+                results["models"][name] = {"train_loss": float(loss[s]), **summary}
+    names = list(models)
+    mat, ci = congruity_matrix(models, cfg.rounds, cfg.seed + 7)
+    results["names"], results["congruity"], results["congruity_ci95"] = names, mat.tolist(), ci.tolist()
+    results["seconds"] = round(time.time() - t0, 1)
     _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", mat)], names)
     _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
     log(f"congruity:\n{np.round(mat, 2)}\ndone in {results['seconds']}s")
@@ -254,11 +317,16 @@ def run_experiment(cfg: IOIConfig, out_dir: str, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.equiv_toy.run import single_threaded_xla
+
+    single_threaded_xla()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny run for tests")
+    parser.add_argument("--checkpoint", nargs="+", metavar="DIR",
+                        help="Hugging Face GPT-2 / Pythia folders to compare (instead of training models here)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
-    run_experiment(QUICK if args.quick else IOIConfig(), args.out)
+    run_experiment(QUICK if args.quick else IOIConfig(), args.out, checkpoints=args.checkpoint)
     return 0
 
 
