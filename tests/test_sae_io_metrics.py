@@ -73,6 +73,7 @@ def test_evaluate_streams_like_full_batch_and_readout(tmp_path):
 
 def _all_variants():
     return [sae.ReluL1(d_in=D, d_sae=12), sae.TopK(d_in=D, d_sae=12, k=3), sae.BatchTopK(d_in=D, d_sae=12, k=3),
+            sae.Matryoshka(d_in=D, d_sae=12, k=3, prefixes=(4, 12)),
             sae.JumpReLU(d_in=D, d_sae=12, init_threshold=0.05), sae.STSAE(d_in=D, d_sae=12, theta=0.6, nonneg=True)]
 
 
@@ -96,7 +97,7 @@ def test_save_load_roundtrip_identical_outputs(tmp_path, cfg):
     np.testing.assert_array_equal(a, b)
     doc = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert doc["d_in"] == D and doc["d_sae"] == 12 and doc["architecture"] == {
-        "relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "stsae": "stsae"}[cfg.name]
+        "relu_l1": "standard", "topk": "topk", "matryoshka": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "stsae": "stsae"}[cfg.name]
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["sae"]  # no temporary folders left
 
 

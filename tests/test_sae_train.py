@@ -1,6 +1,7 @@
 """SAE training: determinism, lock-step sweeps, memory-mapped data, checkpoints, divergence, bad input."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from jaxequiv import sae
 from jaxequiv.sae.data import BatchStream
-from jaxequiv.sae.train import CHECKPOINT_FILE, make_optimizer
+from jaxequiv.sae.train import CHECKPOINT_FILE, _meta, make_optimizer
 
 D = 8
 
@@ -132,8 +133,6 @@ def test_divergence_stops_with_step_and_keeps_checkpoint(tmp_path):
         sae.train(sae.ReluL1(d_in=D, d_sae=16), x, settings=st_, checkpoint_dir=tmp_path)
     assert "intact" in str(e.value)
     with np.load(tmp_path / CHECKPOINT_FILE) as z:
-        import json
-
         meta = json.loads(str(z["meta"]))
         assert meta["step"] == 10 and all(np.isfinite(z[f]).all() for f in z.files if f != "meta")
 
@@ -183,8 +182,6 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with np.load(ckpt) as z:
-        import json
-
         killed_at = json.loads(str(z["meta"]))["step"]
     assert 0 < killed_at < 40
     st_ = dataclasses.replace(S, steps=40, checkpoint_every=10)
@@ -192,6 +189,14 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
     fresh = sae.train(STSAE, x, seed=11, settings=st_)
     _same(resumed.params, fresh.params)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in fresh.history]
+
+
+def test_checkpoint_meta_survives_json_for_every_variant():
+    # resuming compares the run's meta with the checkpoint's JSON copy (tuples such as prefixes become lists)
+    cfgs = [cls(d_in=D, d_sae=64) for cls in sae.VARIANTS.values()]
+    meta = _meta(cfgs, list(range(len(cfgs))), S, (64, D))
+    assert json.loads(json.dumps(meta)) == meta
+    assert [sae.VARIANTS[c["variant"]](**{k: v for k, v in c.items() if k != "variant"}) for c in meta["configs"]] == cfgs
 
 
 def test_resume_rejects_mismatched_data(tmp_path):

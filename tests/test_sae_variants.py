@@ -141,6 +141,32 @@ def test_topk_sparse_step_matches_dense_torch(n_dead):
     np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), np.asarray(aux["recon"]), atol=1e-5)
 
 
+@pytest.mark.parametrize("prefixes", [(), (2, 5, K)])
+def test_matryoshka_matches_dense_torch(prefixes):
+    cfg = sae.Matryoshka(d_in=D, d_sae=K, k=4, prefixes=prefixes)
+    sizes = prefixes or (1, 3, 6, K)
+    assert cfg.prefixes == sizes
+    p = cfg.init(jax.random.PRNGKey(6))
+    p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] + 0.05 * jax.random.normal(jax.random.PRNGKey(1), (K,))}
+    x = _x(5)
+    (jl, aux), g = _value_and_grad(cfg, p, x, None, cfg.init_state())
+    tp = {n: _t(v) for n, v in p.items()}
+    tx = torch.tensor(x, dtype=torch.float64)
+    pre = (tx - tp["b_dec"]) @ tp["W_enc"] + tp["b_enc"]
+    top = torch.topk(pre, 4, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    loss = sum(((z[:, :m] @ tp["W_dec"][:m] + tp["b_dec"] - tx) ** 2).mean() for m in sizes)
+    loss.backward()
+    np.testing.assert_allclose(float(jl), loss.item(), rtol=1e-5)
+    _grads_close(g, tp, p.keys())
+    full = z.detach() @ tp["W_dec"].detach() + tp["b_dec"].detach()
+    np.testing.assert_allclose(np.asarray(aux["recon"]), full.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), full.numpy(), rtol=1e-5, atol=1e-6)
+    for bad in ((3, 2, K), (2, 5), (0, K)):
+        with pytest.raises(ValueError, match="prefixes must be increasing"):
+            sae.Matryoshka(d_in=D, d_sae=K, k=2, prefixes=bad)
+
+
 def test_batchtopk_keeps_k_per_row_on_average_and_thresholds():
     cfg = sae.BatchTopK(d_in=D, d_sae=K, k=2, threshold_lr=0.5)
     p = cfg.init(jax.random.PRNGKey(0))

@@ -41,12 +41,12 @@ def register(subparsers) -> None:
     common.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", parents=[common], help="train one SAE")
-    t.add_argument("--arch", default="stsae", help="stsae, relu_l1, topk, batchtopk or jumprelu")
+    t.add_argument("--arch", default="stsae", help="stsae, relu_l1, topk, matryoshka, batchtopk or jumprelu")
     t.add_argument("--expansion", type=int, default=3, help="K = expansion * d")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--theta", type=float, default=0.8, help="stsae threshold")
     t.add_argument("--l1", type=float, default=None, help="stsae dictionary L1 / relu_l1 code L1")
-    t.add_argument("--k", type=int, default=32, help="topk / batchtopk k")
+    t.add_argument("--k", type=int, default=32, help="topk / matryoshka / batchtopk k")
     t.add_argument("--l0", type=float, default=1e-3, help="jumprelu L0 weight")
     t.add_argument("--nonneg", action="store_true", help="stsae non-negative dictionary")
     t.set_defaults(func=_train)
@@ -117,7 +117,7 @@ def _train(args) -> int:
     hyper = {"stsae": {"theta": args.theta, "l1": 5e-5 if args.l1 is None else args.l1, "hidden": args.hidden,
                        "nonneg": args.nonneg},
              "relu_l1": {"l1": 1e-3 if args.l1 is None else args.l1},
-             "topk": {"k": args.k}, "batchtopk": {"k": args.k}, "jumprelu": {"l0": args.l0}}
+             "topk": {"k": args.k}, "matryoshka": {"k": args.k}, "batchtopk": {"k": args.k}, "jumprelu": {"l0": args.l0}}
     if args.arch not in hyper:
         raise ValueError(f"unknown --arch {args.arch!r}; expected one of {sorted(hyper)}")
     cfg = make(args.arch, d, expansion=args.expansion, **hyper[args.arch])

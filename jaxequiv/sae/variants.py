@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ReluL1", "TopK", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
+__all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
 
 Params = dict[str, jax.Array]
 
@@ -92,7 +92,10 @@ class _Base:
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able hyper-parameters (floats for leaves, which must be concrete)."""
-        return {f.name: (float(getattr(self, f.name)) if not f.metadata.get("static") else getattr(self, f.name))
+        def plain(v):
+            return list(v) if isinstance(v, tuple) else v
+
+        return {f.name: (float(getattr(self, f.name)) if not f.metadata.get("static") else plain(getattr(self, f.name)))
                 for f in dataclasses.fields(self)}
 
     def static_key(self) -> tuple:
@@ -289,6 +292,45 @@ class TopK(_Base):
 
     def update_state(self, state, aux):
         return {**state, "since_fired": jnp.where(aux["fired"], 0, state["since_fired"] + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@_register
+class Matryoshka(TopK):
+    """Matryoshka TopK SAE (Bussmann et al. 2025; Nabeshima 2024): nested dictionaries.
+
+    Codes are TopK's; each prefix ``W_dec[:m]`` of the dictionary (m in ``prefixes``, increasing, the last is
+    d_sae) must reconstruct x on its own from the codes of its first m latents, so early latents learn general
+    features. loss = sum over prefixes of MSE(prefix reconstruction) + ``aux_coef`` * AuxK. ``prefixes=()`` means
+    (d_sae/8, d_sae/4, d_sae/2, d_sae). Inference is a plain TopK SAE (saved with SAELens's ``topk`` architecture).
+    """
+
+    prefixes: tuple[int, ...] = _static(default=())
+    architecture: ClassVar[str] = "topk"
+    name: ClassVar[str] = "matryoshka"
+
+    def __post_init__(self):
+        super().__post_init__()
+        sizes = tuple(self.prefixes) or tuple(sorted({max(self.d_sae >> i, 1) for i in range(4)}))
+        if (not all(isinstance(m, int) for m in sizes) or sizes[-1] != self.d_sae
+                or any(a >= b for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1):
+            raise ValueError(f"Matryoshka: prefixes must be increasing positive ints ending at d_sae={self.d_sae}, "
+                             f"got {self.prefixes!r}")
+        object.__setattr__(self, "prefixes", sizes)
+
+    def loss(self, params, x, key, state, with_aux=True):
+        xc = x - params["b_dec"]
+        pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])
+        vals, idx = self._select(params, xc, pre, self.k)
+        x_hat, total = params["b_dec"], 0.0
+        for lo, hi in zip((0,) + self.prefixes[:-1], self.prefixes):  # add each band of latents [lo, hi)
+            x_hat = x_hat + _sparse_decode(jnp.where((idx >= lo) & (idx < hi), vals, 0.0), idx, params["W_dec"])
+            total = total + _mse(x_hat, x)
+        mse = _mse(x_hat, x)
+        aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state, with_aux)
+        fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
+        return total + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
+                                             "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -547,7 +589,7 @@ class STSAE(_Base):
         return mse + self.l1 * jnp.mean(jnp.abs(params["W_dec"])), {"mse": mse, "recon": x_hat, "codes": z}
 
 
-VARIANTS = {c.name: c for c in (ReluL1, TopK, BatchTopK, JumpReLU, STSAE)}
+VARIANTS = {c.name: c for c in (ReluL1, TopK, Matryoshka, BatchTopK, JumpReLU, STSAE)}
 
 
 def make(variant: str, d_in: int, expansion: int | None = None, d_sae: int | None = None, **hyper):
