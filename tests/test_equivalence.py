@@ -134,32 +134,32 @@ def _planted(seed, n=120, latent=4, d=8, m=6, noise=0.3):
 
 def test_congruity_planted_equivalence():
     a, a2, b = _planted(0)
-    same = eq.congruity(a[0], a[1:], a2[0], a2[1:], key=0, n_rounds=200, n_boot=200)
-    diff = eq.congruity(a[0], a[1:], b[0], b[1:], key=0, n_rounds=200, n_boot=200)
+    same = eq.congruity(a[0], a[1:], a2[0], a2[1:], key=0, n_rounds=100, n_boot=100)
+    diff = eq.congruity(a[0], a[1:], b[0], b[1:], key=0, n_rounds=100, n_boot=100)
     assert same.score >= 0.8 and diff.score <= 0.2
     assert same.ci_low <= same.score <= same.ci_high
-    assert same.indicators.shape == (200, 2)
-    again = eq.congruity(a[0], a[1:], a2[0], a2[1:], key=0, n_rounds=200, n_boot=200)
+    assert same.indicators.shape == (100, 2)
+    again = eq.congruity(a[0], a[1:], a2[0], a2[1:], key=0, n_rounds=100, n_boot=100)
     assert again.score == same.score and np.array_equal(again.indicators, same.indicators)
     # a distance measure and the "model" comparator plug in the same way
-    dist = eq.congruity(a[0], a[1:], b[0], b[1:], key=1, n_rounds=100, n_boot=50, measure=sim.PROCRUSTES, compare_to="model")
+    dist = eq.congruity(a[0], a[1:], b[0], b[1:], key=1, n_rounds=50, n_boot=50, measure=sim.PROCRUSTES, compare_to="model")
     assert dist.score <= 0.2
     # one model against itself: own and other implementations come from the same pool (ties count 1/2)
-    ident = eq.congruity(a[0], a[1:], a[0], a[1:], key=2, n_rounds=200, n_boot=20, measure=sim.LINEAR_CKA)
+    ident = eq.congruity(a[0], a[1:], a[0], a[1:], key=2, n_rounds=100, n_boot=20, measure=sim.LINEAR_CKA)
     assert ident.score >= 0.8
 
 
 def test_distinguishability_grid_planted():
     a, a2, b = _planted(1, m=5)
     reprs = np.stack([a, a2, b])
-    grid = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=8, trials=20, distinct=True))
+    grid = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=5, trials=20, distinct=True))
     assert grid.shape == (3, 3)
     assert grid[0, 2] == 1.0 and grid[2, 0] == 1.0 and grid[1, 2] == 1.0  # different latents: always rejected
     assert grid[0, 0] <= 0.25 and grid[0, 1] <= 0.25  # same latent: rarely rejected
-    again = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=8, trials=20, distinct=True))
-    np.testing.assert_array_equal(grid, again)
     dist = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=4, trials=10, measure=sim.PROCRUSTES))
     assert dist[0, 2] == 1.0
+    again = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=4, trials=10, measure=sim.PROCRUSTES))
+    np.testing.assert_array_equal(dist, again)
 
 
 def test_congruity_and_grid_bad_input():

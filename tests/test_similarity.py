@@ -31,7 +31,7 @@ def _orth(d, seed):
 # ridge
 
 
-@pytest.mark.parametrize("n,d,t", [(120, 10, 5), (60, 200, 7), (300, 40, 30), (40, 39, 2), (70, 60, 1)])
+@pytest.mark.parametrize("n,d,t", [(120, 10, 5), (60, 200, 7), (40, 39, 2), (70, 60, 1)])
 def test_ridge_matches_sklearn_ridgecv(n, d, t):
     X, Y = _data(n, d, t, seed=n + d)
     tr, te = train_test_split(np.arange(n), test_size=0.1, random_state=0)
@@ -336,7 +336,7 @@ def test_d_repr_properties():
 # pairwise, metadata, bad input
 
 
-@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_unbiased", "procrustes", "rsa"])
+@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_unbiased", "procrustes"])
 def test_pairwise_equals_loop(name):
     rng = np.random.default_rng(13)
     Xs = rng.normal(size=(4, 24, 6)).astype(np.float32)

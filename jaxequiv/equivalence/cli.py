@@ -158,7 +158,7 @@ def register(subparsers) -> None:
     pw.add_argument("--measure", default="linear_cka", help="similarity measure (see jaxequiv.similarity.MEASURES)")
     pw.add_argument("--out", required=True, help="output folder")
     pw.add_argument("--seed", type=int, default=0, help="seed for randomised measures (ridge splits)")
-    pw.add_argument("--chunk", type=int, default=256, help="memory knob: rows / samples per batch")
+    pw.add_argument("--chunk", type=int, default=64, help="memory knob (see jaxequiv.similarity.pairwise)")
     pw.set_defaults(func=_pairwise)
     cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap")
     cg.add_argument("models", nargs="+", help="model files (.npz/.safetensors with 'base' and 'impls')")

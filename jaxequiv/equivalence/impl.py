@@ -191,10 +191,12 @@ def get_impl(
         flags = jnp.zeros((n, 0), bool)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
 
-    def represent(params, flag):
+    def counterfactual_acts(params):
+        return _sites.run(member.apply, params, counterfactual, *extra_args, capture=patch_sites)[1] if patching else {}
+
+    def represent(params, cf, flag):
         edits = {}
         if patching:
-            _, cf = _sites.run(member.apply, params, counterfactual, *extra_args, capture=patch_sites)
             masks = _site_masks(units, flag, infos)
             edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
         _, cap = _sites.run(member.apply, params, clean, *extra_args, capture=read_sites, edits=edits)
@@ -202,9 +204,12 @@ def get_impl(
 
     @jax.jit
     def all_impls(params, flags):
-        if stacked is None:
-            return jax.lax.map(lambda f: represent(params, f), flags, batch_size=min(chunk, n))
-        return jax.lax.map(lambda pf: represent(*pf), (params, flags), batch_size=min(chunk, n))
+        if stacked is None:  # counterfactual activations once, shared by every implementation
+            cf = counterfactual_acts(params)
+            return jax.lax.map(lambda f: represent(params, cf, f), flags, batch_size=min(chunk, n))
+        return jax.lax.map(
+            lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), (params, flags), batch_size=min(chunk, n)
+        )
 
     return all_impls(network.params, flags)
 

@@ -107,8 +107,8 @@ class Measure:
         ridge decomposition of X for all targets); defaults to a vmap of ``kernel`` with the same key.
       pairwise_kernel: optional jittable ``(Xs (m, n, d1), Ys (k, n, d2) or None for Xs, key, chunk) -> (m, k)``
         that exploits
-        structure (e.g. Gram inner products for CKA); :func:`jaxequiv.similarity.pairwise` falls back to
-        ``one_to_many`` per row.
+        structure (e.g. Gram inner products for CKA); :func:`jaxequiv.similarity.pairwise` otherwise maps
+        ``kernel`` over chunks of pairs.
       needs_key: the kernel uses ``key`` (random splits).
     """
 

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from jaxequiv.similarity.base import Measure, check_reprs
 
 __all__ = ["pairwise"]
 
 
-def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 256) -> jax.Array:
+def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 64) -> jax.Array:
     """Matrix of ``measure(Xs[i], Ys[j])`` for stacks ``Xs`` (m, n, d1) and ``Ys`` (k, n, d2); shape (m, k).
 
-    ``Ys=None`` compares ``Xs`` with itself. Structure is exploited where the measure provides it
-    (CKA: centred Grams once per representation, then one matrix of inner products over row blocks of
-    ``chunk`` samples; ridge: one decomposition per ``Xs[i]`` shared by every target); otherwise rows of the
-    matrix are computed ``chunk`` at a time, each a vmap over all targets, in one jitted ``lax.map``.
-    Randomised measures (ridge) use one split per row, drawn from ``key``.
+    ``Ys=None`` compares ``Xs`` with itself. Structure is exploited where the measure provides it (CKA:
+    centred Grams once per representation, accumulated as one matrix of inner products over row blocks of
+    ``chunk`` samples; ridge: one decomposition per ``Xs[i]`` shared by every target, one split per row drawn
+    from ``key``); otherwise ``chunk`` pairs are evaluated at a time (a vmap) inside one jitted ``lax.map``.
+    ``chunk`` is the memory knob.
     """
     if not isinstance(measure, Measure):
         raise TypeError(f"pairwise: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
@@ -38,10 +39,13 @@ def _run(measure, Xs, Ys, key, chunk, same):
         if same:
             return jax.jit(lambda X, k: measure.pairwise_kernel(X, None, k, chunk))(Xs, key)
         return jax.jit(lambda X, Y, k: measure.pairwise_kernel(X, Y, k, chunk))(Xs, Ys, key)
-    keys = jax.random.split(key, Xs.shape[0])
+    m, k = Xs.shape[0], Ys.shape[0]
+    keys = jax.random.split(key, m * k)
 
     @jax.jit
-    def rows(Xs, Ys, keys):
-        return jax.lax.map(lambda xk: measure.many_kernel(xk[0], Ys, xk[1]), (Xs, keys), batch_size=min(chunk, Xs.shape[0]))
+    def pairs(Xs, Ys, keys):
+        i, j = jnp.divmod(jnp.arange(m * k), k)
+        one = lambda a: measure.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
+        return jax.lax.map(one, (i, j, keys), batch_size=min(chunk, m * k)).reshape(m, k)
 
-    return rows(Xs, Ys, keys)
+    return pairs(Xs, Ys, keys)

@@ -91,27 +91,28 @@ def _basis(Xtr, Xte):
 def _chol_basis(Xtr, Xte, alphas):
     """Per-alpha Cholesky factors of ``Xc'Xc + alpha I`` (covariance form, ``n > d``), shared by all targets.
 
-    Returns ``(Xc, W, Wt, hat)``: ``W = L^-1 Xc'`` (A, d, n), ``Wt = L^-1 Xt'`` (A, d, m), hat diagonals (A, n).
+    Returns ``(Xc, Li, W, Wt, hat)``: ``Li = L^-1`` (A, d, d), ``W = L^-1 Xc'`` (A, d, n), ``Wt = L^-1 Xt'``
+    (A, d, m) and the hat diagonals ``sum_k W_ki^2`` (A, n).
     """
     mu = jnp.mean(Xtr, axis=0)
     Xc, Xt = Xtr - mu, Xte - mu
     hi = jax.lax.Precision.HIGHEST
     C = jnp.matmul(Xc.T, Xc, precision=hi)
     eye = jnp.eye(C.shape[0], dtype=C.dtype)
-    Ls = jax.vmap(lambda a: jnp.linalg.cholesky(C + a * eye))(alphas)
-    solve = jax.vmap(lambda L, B: jax.scipy.linalg.solve_triangular(L, B, lower=True), in_axes=(0, None))
-    W = solve(Ls, Xc.T)
-    return Xc, Ls, W, solve(Ls, Xt.T), jnp.sum(W * W, axis=1)
+    # explicit inverse factors L^-1 (a d x d triangular solve), then plain matrix products
+    Li = jax.vmap(lambda a: jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(C + a * eye), eye, lower=True))(alphas)
+    W = jnp.einsum("ade,ne->adn", Li, Xc, precision=hi)
+    return Xc, Li, W, jnp.einsum("ade,me->adm", Li, Xt, precision=hi), jnp.sum(W * W, axis=1)
 
 
 def _chol_fit_eval(basis, Ytr, Yte, alphas):
-    Xc, Ls, W, Wt, hat = basis
+    Xc, Li, W, Wt, hat = basis
     n = Ytr.shape[0]
     hi = jax.lax.Precision.HIGHEST
     ym = jnp.mean(Ytr, axis=0)
     Yc = Ytr - ym
     P = jnp.matmul(Xc.T, Yc, precision=hi)  # (d, t)
-    Q = jax.vmap(lambda L: jax.scipy.linalg.solve_triangular(L, P, lower=True))(Ls)  # (A, d, t)
+    Q = jnp.matmul(Li, P, precision=hi)  # (A, d, t)
     fits = jnp.einsum("adn,adt->ant", W, Q, precision=hi)
     looe = (Yc[None] - fits) / (1.0 - hat - 1.0 / n)[:, :, None]
     best = jnp.argmin(jnp.mean(looe**2, axis=(1, 2)))
@@ -300,8 +301,9 @@ def ridge_measure(
 
     def pairwise_kernel(Xs, Ys, key, chunk):
         Ys = Xs if Ys is None else Ys
-        keys = jax.random.split(key, Xs.shape[0])
-        return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=chunk)
+        keys = jax.random.split(key, Xs.shape[0])  # rows vmapped chunk // k at a time (each vmaps over all k targets)
+        rows = max(1, min(Xs.shape[0], chunk // Ys.shape[0]))
+        return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=rows)
 
     return Measure(
         name="ridge_sqrt" if sqrt else "ridge",
