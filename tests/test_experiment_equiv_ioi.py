@@ -3,15 +3,18 @@ the --checkpoint path on random Hugging Face GPT-2 / GPT-NeoX folders with their
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from experiments.equiv_ioi import run as ioi
 from experiments.equiv_toy.run import equal_width
+from jaxequiv import equivalence as eq
 from jaxequiv.data.ioi import WordVocab, ioi_prompts
 from jaxequiv.models.transformer import Transformer, TransformerConfig
 from jaxequiv.network import Network
+from jaxequiv.sites import run
 
 
 @pytest.fixture(scope="module")
@@ -27,30 +30,41 @@ def _net(vocab_size, n_ctx, naming, d):
     return Network.from_module(Transformer(cfg, nnx.Rngs(0)), (None,), "int")
 
 
-def test_importance_impls_and_congruity_across_widths(task):
+def test_importance_circuit_and_implementations(task):
     tok, t = task
     assert t["clean"].shape == t["corrupt"].shape and (t["clean"] != t["corrupt"]).sum(1).tolist() == [1] * 12
     last = t["lengths"] - 1
-    models = {}
-    for naming, d in (("gpt2", 16), ("neox", 8)):
-        net = _net(len(tok.vocab), t["clean"].shape[1], naming, d)
-        imp = ioi.head_importance(net, t["clean"], t["corrupt"], last)
-        assert imp.shape == (2, 2) and (imp >= -1e-6).all() and imp.max() > 0
-        z_names, resid = ioi.head_sites(net)
-        circuit = ioi.circuit_units(imp, 0.25, z_names)
-        l, h = np.unravel_index(imp.argmax(), imp.shape)
-        assert circuit == [f"{z_names[l]}[{h}]"]  # the single most important head
-        base, impls = ioi.implementation_reprs(net, t["clean"], t["corrupt"], t["lengths"], circuit, 3, seed=0)
-        assert base.shape == (12, 3 * d) and impls.shape == (3, 12, 3 * d)
-        models[naming] = (base, impls)
-    mat, ci = ioi.congruity_matrix(models, rounds=6, seed=0)
-    assert mat.shape == (2, 2) and ((0 <= mat) & (mat <= 1)).all() and (ci[..., 0] <= mat + 1e-9).all()
-    # different widths (48 vs 24) give exactly the scores of the width-equalised (ridge-invariant) embedding
-    (b1, b2), (i1, i2) = equal_width([models["gpt2"][0], models["neox"][0]]), equal_width([models["gpt2"][1], models["neox"][1]])
-    same, _ = ioi.congruity_matrix({"gpt2": (b1, i1), "neox": (b2, i2)}, rounds=6, seed=0)
-    np.testing.assert_allclose(same, mat)
+    net = _net(len(tok.vocab), t["clean"].shape[1], "gpt2", 16)
+    imp = ioi.head_importance(net, t["clean"], t["corrupt"], last)
+    assert imp.shape == (2, 2) and (imp >= -1e-6).all() and imp.max() > 0
+    z_names, resid = ioi.head_sites(net)
+    assert z_names == ["h.0.attn.z", "h.1.attn.z"] and resid == ["embed", "h.0", "h.1"]
+    circuit = ioi.circuit_units(imp, 0.25, z_names)
+    l, h = np.unravel_index(imp.argmax(), imp.shape)
+    assert circuit == [f"{z_names[l]}[{h}]"]  # the single most important head
+    base, impls = ioi.implementation_reprs(net, t["clean"], t["corrupt"], t["lengths"], circuit, 3, seed=0)
+    assert base.shape == (12, 3 * 16) and impls.shape == (3, 12, 3 * 16)
+    # the representation is the residual stream at the last real prompt token
+    _, cap = jax.jit(lambda p, x: run(net.apply, p, x, capture=resid))(net.params, t["clean"])
+    want = np.concatenate([np.asarray(cap[k])[np.arange(12), last] for k in resid], 1)
+    np.testing.assert_allclose(base, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="does not cover the task's tokens"):
         ioi.check_vocab(t["clean"], 5)
+
+
+def test_congruity_of_models_with_different_widths():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 3))
+    models = {}
+    for name, d in (("wide", 6), ("narrow", 4)):
+        mix = rng.normal(size=(3, d))
+        models[name] = ((z @ mix).astype(np.float32), (z @ mix + 0.3 * rng.normal(size=(3, 30, d))).astype(np.float32))
+    r = eq.congruity(*models["wide"], *models["narrow"], key=0, n_rounds=8)
+    assert 0 <= r.ci_low <= r.score <= r.ci_high <= 1
+    # exactly the result of the width-equalised (ridge-invariant) embedding, where both have 12 features
+    (b1, b2), (i1, i2) = equal_width([m[0] for m in models.values()]), equal_width([m[1] for m in models.values()])
+    same = eq.congruity(b1, i1, b2, i2, key=0, n_rounds=8)
+    np.testing.assert_array_equal(same.indicators, r.indicators)
 
 
 def test_quick_run_trains_and_scores(tmp_path):
@@ -58,9 +72,10 @@ def test_quick_run_trains_and_scores(tmp_path):
         ioi.train_lms("cnn", np.zeros((4, 3), np.int32), np.full(4, 3), 10, ioi.QUICK)
     assert ioi.main(["--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    assert len(res["names"]) == len(ioi.ARCHS) * ioi.QUICK.seeds
+    k = len(ioi.ARCHS) * ioi.QUICK.seeds
+    assert len(res["names"]) == k
     mat = np.array(res["congruity"])
-    assert mat.shape == (4, 4) and ((0 <= mat) & (mat <= 1)).all() and (tmp_path / "congruity.png").exists()
+    assert mat.shape == (k, k) and ((0 <= mat) & (mat <= 1)).all() and (tmp_path / "congruity.png").exists()
     for m in res["models"].values():
         assert 0 <= m["accuracy"] <= 1 and np.isfinite(m["train_loss"]) and m["circuit"]
 

@@ -58,7 +58,7 @@ class IOIConfig:
     seed: int = 0
 
 
-QUICK = IOIConfig(n_train=200, n_eval=40, steps=20, batch_size=32, d_model=16, seeds=2, impls=3, rounds=8)
+QUICK = IOIConfig(n_train=200, n_eval=40, steps=20, batch_size=32, d_model=16, seeds=1, impls=3, rounds=8)
 
 
 def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, cfg: IOIConfig):
@@ -156,7 +156,7 @@ def implementation_reprs(net, clean, corrupt, lengths, circuit: list[str], count
 
 def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """CONGRUITY (:func:`jaxequiv.equivalence.congruity`, ridge score) of every pair of ``{name: (base, impls)}``;
-    returns the ``[A, A]`` scores and their 95% bootstrap intervals ``[A, A, 2]``."""
+    returns the symmetric ``[A, A]`` scores and their 95% bootstrap intervals ``[A, A, 2]``."""
     import jax
 
     from jaxequiv import equivalence as eq
@@ -165,18 +165,20 @@ def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, 
     keys = jax.random.split(jax.random.key(seed), len(names) ** 2)
     mat, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     for i, a in enumerate(names):
-        for j, b in enumerate(names):
+        for j, b in enumerate(names[i:], i):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
             r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds)
-            mat[i, j], ci[i, j] = r.score, (r.ci_low, r.ci_high)
+            mat[i, j] = mat[j, i] = r.score
+            ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
     return mat, ci
 
 
 def io_accuracy(net, clean, last, io_ids, s_ids) -> tuple[float, float]:
     """Fraction of prompts whose IO-name logit beats the S-name logit at the last token, and the mean logit
     difference."""
+    import jax
     import jax.numpy as jnp
 
-    logits = np.asarray(net.apply(net.params, jnp.asarray(clean)))[np.arange(len(last)), last]
+    logits = np.asarray(jax.jit(net.apply)(net.params, jnp.asarray(clean)))[np.arange(len(last)), last]
     diff = logits[np.arange(len(last)), io_ids] - logits[np.arange(len(last)), s_ids]
     return float((diff > 0).mean()), float(diff.mean())
 

@@ -31,18 +31,18 @@ class ToyConfig:
     """Sizes of one run (defaults: the full run; :data:`QUICK` for tests)."""
 
     n: int = 5  # sequence length; tokens in {0..n-1}, module vocabulary {0..n}
-    n_data: int = 200  # task inputs (half permutations): the N stimuli of every representation
+    n_data: int = 100  # task inputs (half permutations): the N stimuli of every representation
     interpretations: tuple[str, ...] | None = None  # default: all of programs.INTERPRETATIONS
     variants: int = 5  # compiled variants per subroutine (variant 0 = tracr's model, the base of congruity)
     seeds: int = 4  # trained models per subroutine
-    steps: int = 800  # training steps of the vmapped job
+    steps: int = 600  # training steps of the vmapped job
     n_train: int = 2000  # training inputs per subroutine
-    batch_size: int = 128
+    batch_size: int = 64
     d_model: int = 32
     impls: int = 16  # implementations sampled per interpretation
     straps: int = 40  # bootstrap rounds of the distinguishability test
     trials: int = 20  # trials per round
-    rounds: int = 100  # rounds of the congruity estimator
+    rounds: int = 60  # rounds of the congruity estimator
     seed: int = 0
 
 
@@ -238,9 +238,10 @@ def score(sets: dict[str, np.ndarray], bases: dict[str, np.ndarray], cfg: ToyCon
     cong, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     keys = jax.random.split(k_cong, len(names) ** 2).reshape(len(names), len(names))
     for i in range(len(names)):
-        for j in range(len(names)):
+        for j in range(i, len(names)):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
             r = eq.congruity(base[i], reprs[i], base[j], reprs[j], key=keys[i, j], n_rounds=cfg.rounds)
-            cong[i, j], ci[i, j] = r.score, (r.ci_low, r.ci_high)
+            cong[i, j] = cong[j, i] = r.score
+            ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
     return grid, cong, ci
 
 
@@ -315,6 +316,7 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
         }
         panels_c.append((f"congruity ({kind} implementations)", cong))
         panels_d.append((f"distinguishability rate ({kind})", grid))
+        log(f"[{kind}] representation widths {sorted({v.shape[-1] for v in sets.values()})}")
         log(f"[{kind}] scored in {time.time() - t0:.1f}s; congruity family means: "
             f"{results['kinds'][kind]['congruity_family_means']}")
     results["final_training_loss"] = built["losses"][-1].tolist()
