@@ -333,3 +333,22 @@ def test_stacked_resnets_vmap_equals_loop():
     for i, net in enumerate(nets):
         np.testing.assert_allclose(out[i], net(x), rtol=1e-5, atol=1e-6)
     assert not np.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("hw,k,stride", [(1, 3, 1), (2, 3, 1), (3, 3, 2), (4, 3, 2), (2, 1, 1), (4, 1, 2), (5, 3, 1)])
+def test_small_map_conv_equals_lax_conv(hw, k, stride):
+    """The patch-matmul path for tiny output maps equals lax.conv_general_dilated (value and gradient)."""
+    from jaxequiv.models.resnet import _conv_general_dilated
+
+    x = jax.random.normal(jax.random.key(0), (3, hw, hw, 5))
+    w = jax.random.normal(jax.random.key(1), (k, k, 5, 4))
+    p = (k - 1) // 2
+    args = ((stride, stride), ((p, p), (p, p)))
+    dn = ("NHWC", "HWIO", "NHWC")
+    want = jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+    dnums = jax.lax.conv_dimension_numbers(x.shape, w.shape, dn)  # as nnx.Conv passes them
+    got = _conv_general_dilated(x, w, *args, dimension_numbers=dnums)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g_want = jax.grad(lambda w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn))))(w)
+    g_got = jax.grad(lambda w: jnp.sum(jnp.sin(_conv_general_dilated(x, w, *args, dimension_numbers=dnums))))(w)
+    np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-4)
