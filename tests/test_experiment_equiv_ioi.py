@@ -123,3 +123,14 @@ def test_checkpoints_end_to_end(tmp_path, hf_folders):
     # a model without tokenizer.json whose vocabulary is smaller than the word-level IOI vocabulary
     with pytest.raises(ValueError, match="does not cover the task's tokens"):
         ioi.main(["--quick", "--checkpoint", str(small), "--out", str(tmp_path / "bad")])
+
+
+def test_tokenizer_without_the_task_words(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "Mary": 1, "to": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    t = ioi.Tokenizer(str(tmp_path))
+    assert t.encode("Mary to") == [1, 2] and t.name_id("Mary") == 1
+    with pytest.raises(ValueError, match="does not cover the task's tokens"):
+        ioi.tokenize_task(ioi_prompts(4, seed=0), [t])
