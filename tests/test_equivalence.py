@@ -149,6 +149,13 @@ def test_congruity_planted_equivalence():
     assert ident.score >= 0.8
 
 
+def test_congruity_models_of_different_widths():
+    a, _, b = _planted(3, m=4)
+    wide = np.concatenate([b, b[..., :3]], axis=-1)  # model 2 has D = 11, model 1 has D = 8
+    r = eq.congruity(a[0], a[1:], wide[0], wide[1:], key=0, n_rounds=40, n_boot=20, measure=sim.LINEAR_CKA)
+    assert r.score <= 0.2
+
+
 def test_distinguishability_grid_planted():
     a, a2, b = _planted(1, m=5)
     reprs = np.stack([a, a2, b])
