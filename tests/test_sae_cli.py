@@ -10,7 +10,11 @@ from flax import nnx
 from jaxequiv import Network, site
 from jaxequiv.cli import main
 from jaxequiv.contributions import build_store, open_store
-from jaxequiv.sae import Scaled, evaluate, global_std, load_sae
+from jaxequiv.sae import Scaled, codec_sweep, evaluate, global_std, load_sae
+from jaxequiv.sae.cli import sweep_names
+
+# the settings of tests/test_sae_train.py (d = 8 here too), so that these runs reuse its compiled steps
+TRAIN = ["--steps", "10", "--batch-size", "32", "--log-every", "10", "--lr", "3e-3"]
 
 
 class TinyMLP(nnx.Module):
@@ -34,31 +38,32 @@ def store(tmp_path_factory):
 
 def test_sae_train_and_resume(store, tmp_path, capsys):
     args = ["sae", "train", "--store", str(store), "--site", "fc1", "--variant", "activations", "--out",
-            str(tmp_path / "o"), "--steps", "6", "--batch-size", "16", "--log-every", "3", "--lr", "1e-2",
-            "--theta", "0.5", "--expansion", "2", "--no-progress"]
+            str(tmp_path / "o"), *TRAIN, "--theta", "0.5", "--l1", "0", "--expansion", "1", "--no-progress"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert len(summary) == 1 and summary[0]["name"] == "stsae_x2_seed0"
-    cfg, params, state = load_sae(tmp_path / "o" / "stsae_x2_seed0")
-    doc = json.loads((tmp_path / "o" / "stsae_x2_seed0" / "cfg.json").read_text())
+    assert len(summary) == 1 and summary[0]["name"] == "stsae_x1_seed0"
+    cfg, params, state = load_sae(tmp_path / "o" / "stsae_x1_seed0")
+    doc = json.loads((tmp_path / "o" / "stsae_x1_seed0" / "cfg.json").read_text())
     data = open_store(store).array("fc1", "activations")
     assert doc["metadata"]["hook_name"] == "fc1" and np.isclose(doc["metadata"]["input_scale"], 1 / global_std(data))
     ev = evaluate(cfg, params, Scaled(data, doc["metadata"]["input_scale"]), state)
     assert np.isclose(ev["r2_codec"], summary[0]["r2_codec"], rtol=1e-6)
     assert main(args) == 0  # finished checkpoint: resumes at the end, same result
-    _, params2, _ = load_sae(tmp_path / "o" / "stsae_x2_seed0")
+    _, params2, _ = load_sae(tmp_path / "o" / "stsae_x1_seed0")
     np.testing.assert_array_equal(np.asarray(params["W_dec"]), np.asarray(params2["W_dec"]))
     assert "r2_codec=" in capsys.readouterr().out
 
 
 def test_sae_sweep_and_errors(store, tmp_path, capsys):
     out = tmp_path / "sw"
-    assert main(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(out), "--steps", "3",
-                 "--batch-size", "16", "--log-every", "3", "--lr", "1e-2", "--expansions", "2", "--thetas", "0.5",
-                 "--l1s", "0,1e-2", "--seeds", "1,2", "--no-progress"]) == 0
+    assert main(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(out), *TRAIN,
+                 "--expansions", "1", "--thetas", "0.5", "--l1s", "0", "--seeds", "1", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary] == ["stsae_x2_theta0.5_l10_seed1", "stsae_x2_theta0.5_l10_seed2",
-                                            "stsae_x2_theta0.5_l10.01_seed1", "stsae_x2_theta0.5_l10.01_seed2"]
+    assert [s["name"] for s in summary] == ["stsae_x1_theta0.5_l10_seed1"]
+    assert sweep_names(*codec_sweep(8, (1, 2), (0.5,), (0.0, 1e-2), (1, 2))) == [
+        "stsae_x1_theta0.5_l10_seed1", "stsae_x1_theta0.5_l10_seed2", "stsae_x1_theta0.5_l10.01_seed1",
+        "stsae_x1_theta0.5_l10.01_seed2", "stsae_x2_theta0.5_l10_seed1", "stsae_x2_theta0.5_l10_seed2",
+        "stsae_x2_theta0.5_l10.01_seed1", "stsae_x2_theta0.5_l10.01_seed2"]
     assert all((out / s["name"] / "sae_weights.safetensors").exists() for s in summary)
     assert main(["sae", "train", "--store", str(store), "--site", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "no site 'nope'" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def _all_variants():
 def test_save_load_roundtrip_identical_outputs(tmp_path, cfg):
     x = _x(n=20)
     # every tensor perturbed (non-zero biases, thresholds), as after training
-    params = {k: v + 0.05 * jax.random.normal(jax.random.PRNGKey(i), v.shape)
+    params = {k: v + 0.05 * np.random.default_rng(i).normal(size=v.shape).astype(np.float32)
               for i, (k, v) in enumerate(cfg.init(jax.random.PRNGKey(0)).items())}
     state = cfg.init_state()
     if isinstance(cfg, sae.BatchTopK):  # per-latent thresholds, some latents never seen

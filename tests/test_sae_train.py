@@ -57,11 +57,11 @@ def test_training_learns_and_is_deterministic():
 def test_train_many_equals_separate_runs_across_groups():
     x = _sparse_data()
     # vmapped groups of two stsae (different theta, l1) and two topk whose AuxK switches on mid-run (group-level
-    # lax.cond), and a lone relu_l1 group
+    # lax.cond), interleaved
     topk = [sae.TopK(d_in=D, d_sae=2 * D, k=2, dead_steps=4), sae.TopK(d_in=D, d_sae=2 * D, k=2, dead_steps=4,
                                                                         aux_coef=0.5)]
-    cfgs = [STSAE, topk[0], sae.STSAE(d_in=D, d_sae=D, theta=0.9, l1=1e-4), topk[1], sae.ReluL1(d_in=D, d_sae=16)]
-    seeds = [1, 3, 4, 5, 6]
+    cfgs = [STSAE, topk[0], sae.STSAE(d_in=D, d_sae=D, theta=0.9, l1=1e-4), topk[1]]
+    seeds = [1, 3, 4, 5]
     st_ = dataclasses.replace(S, steps=20, data_seed=7)
     many = sae.train_many(cfgs, x, seeds=seeds, settings=st_)
     for c, s, r in zip(cfgs, seeds, many):

@@ -19,6 +19,10 @@ def _x(seed=0, n=B, d=D):
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
 
 
+def _noise(shape, seed, scale=0.05):
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype(np.float32)
+
+
 def _t(a):
     return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True)
 
@@ -37,7 +41,7 @@ def _grads_close(jg, tg, names, rtol=1e-4, atol=1e-6):
 def test_stsae_matches_torch_forward_and_grads():
     cfg = sae.STSAE(d_in=D, d_sae=K, hidden=5, theta=0.5, l1=1e-2, dropout=0.0)
     p = cfg.init(jax.random.PRNGKey(0))
-    p = {k: v + 0.05 * jax.random.normal(jax.random.PRNGKey(i), v.shape) for i, (k, v) in enumerate(p.items())}
+    p = {k: v + _noise(v.shape, i) for i, (k, v) in enumerate(p.items())}
     x = _x()
     tp = {k: _t(v) for k, v in p.items()}
     tx = torch.tensor(x, dtype=torch.float64)
@@ -126,7 +130,7 @@ def _torch_topk_loss(p, x, k, dead=None, k_aux=None, aux_coef=0.0):
 def test_topk_sparse_step_matches_dense_torch(n_dead):
     cfg = sae.TopK(d_in=D, d_sae=K, k=3, dead_steps=10, k_aux=4, aux_coef=0.5)
     p = cfg.init(jax.random.PRNGKey(2))
-    p["b_enc"] = p["b_enc"] + 0.05 * jax.random.normal(jax.random.PRNGKey(5), (K,))
+    p["b_enc"] = p["b_enc"] + _noise((K,), 5)
     x = _x(2)
     state = cfg.init_state()
     dead = np.zeros(K, bool)
@@ -141,13 +145,12 @@ def test_topk_sparse_step_matches_dense_torch(n_dead):
     np.testing.assert_allclose(np.asarray(cfg.decode(p, cfg.encode(p, x))), np.asarray(aux["recon"]), atol=1e-5)
 
 
-@pytest.mark.parametrize("prefixes", [(), (2, 5, K)])
-def test_matryoshka_matches_dense_torch(prefixes):
-    cfg = sae.Matryoshka(d_in=D, d_sae=K, k=4, prefixes=prefixes)
-    sizes = prefixes or (1, 3, 6, K)
-    assert cfg.prefixes == sizes
+def test_matryoshka_matches_dense_torch():
+    assert sae.Matryoshka(d_in=D, d_sae=K, k=4).prefixes == (1, 3, 6, K)  # default: d_sae / 8, / 4, / 2, / 1
+    sizes = (2, 5, K)
+    cfg = sae.Matryoshka(d_in=D, d_sae=K, k=4, prefixes=sizes)
     p = cfg.init(jax.random.PRNGKey(6))
-    p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] + 0.05 * jax.random.normal(jax.random.PRNGKey(1), (K,))}
+    p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] + _noise((K,), 1)}
     x = _x(5)
     (jl, aux), g = _value_and_grad(cfg, p, x, None, cfg.init_state())
     tp = {n: _t(v) for n, v in p.items()}

@@ -135,5 +135,9 @@ def _sweep(args) -> int:
     cfgs, seeds = codec_sweep(data.shape[1], args.expansions, args.thetas, args.l1s, args.seeds, hidden=args.hidden)
     rs = train_many(cfgs, data, seeds=seeds, settings=_settings(args),
                     checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
-    names = [f"stsae_x{c.d_sae // c.d_in}_theta{c.theta:g}_l1{c.l1:g}_seed{s}" for c, s in zip(cfgs, seeds)]
-    return _finish(args, rs, data, scale, names)
+    return _finish(args, rs, data, scale, sweep_names(cfgs, seeds))
+
+
+def sweep_names(cfgs, seeds) -> list[str]:
+    """Output folder names of a CODEC sweep's SAEs, e.g. ``stsae_x3_theta0.7_l10.0001_seed483``."""
+    return [f"stsae_x{c.d_sae // c.d_in}_theta{c.theta:g}_l1{c.l1:g}_seed{s}" for c, s in zip(cfgs, seeds)]

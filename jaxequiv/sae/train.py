@@ -137,12 +137,17 @@ def _group(configs) -> list[list[int]]:
     return list(groups.values())
 
 
+@jax.jit
+def _init_params(cfg, keys):
+    """Stacked initial params and statistics of a stacked group of configs, one compiled call."""
+    return jax.vmap(lambda c, k: (c.post_update(c.init(jax.random.fold_in(k, 0))), c.init_state()))(cfg, keys)
+
+
 def _init_group(cfgs, seeds, tx):
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     cfg = _stack(cfgs)
-    params = jax.vmap(lambda c, k: c.post_update(c.init(jax.random.fold_in(k, 0))))(cfg, keys)
+    params, state = _init_params(cfg, keys)
     opt = jax.vmap(tx.init)(params)
-    state = jax.vmap(lambda c: c.init_state())(cfg)
     return cfg, keys, (params, opt, state)
 
 
