@@ -196,8 +196,9 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
                 else:
                     new, finite, m = group_step(True)
             ok = finite & (b < 0)
-            keep = lambda a, o: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, o)  # noqa: E731
-            new_groups.append((cfg, keys, jax.tree_util.tree_map(keep, new, trio)))
+            # an SAE that went non-finite keeps stepping (the SAEs are independent); the loop raises after the chunk
+            # without using this carry, so the last good state is the checkpoint on disk
+            new_groups.append((cfg, keys, new))
             new_bad.append(jnp.where((b < 0) & ~finite, step, b))
             mets.append(jnp.where(ok[:, None], m, 0.0))
         return (tuple(new_groups), tuple(new_bad)), tuple(mets)
