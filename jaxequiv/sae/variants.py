@@ -14,6 +14,9 @@ Every config exposes the same methods:
 * ``update_state(state, aux) -> state`` and ``post_update(params) -> params`` (run after each optimiser step);
 * ``atoms(params) -> (d_sae, d_in)`` dictionary rows as used by ``decode``.
 
+Variants with an auxiliary loss that is usually off (TopK's AuxK) also expose ``aux_needed(state) -> bool`` and
+accept ``loss(..., with_aux=False)``, so that a vmapped group can skip it when no member needs it.
+
 Reconstruction error is always the mean over batch and features of ``(x_hat - x)**2``.
 """
 
@@ -218,7 +221,8 @@ def _dense_from_topk(vals, idx, d_sae):
 class TopK(_Base):
     """TopK SAE (Gao et al. 2024): keep the ``k`` largest pre-activations per row (then ReLU).
 
-    Training decodes only the k active latents (gathered decoder rows) and adds AuxK: the residual (detached) is
+    Training does one dense matmul (the detached pre-activations, for the selection); custom VJPs then make the
+    decoder and both gradients touch only the k selected latents per row. AuxK: the residual (detached) is
     reconstructed from the ``k_aux`` largest pre-activations among latents dead for ``dead_steps`` steps, weighted
     by ``aux_coef`` and by min(#dead / k_aux, 1). Decoder rows are renormalised to unit norm after each step.
     """
