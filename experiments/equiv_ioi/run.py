@@ -166,7 +166,8 @@ def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, 
     mat, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     for i, a in enumerate(names):
         for j, b in enumerate(names[i:], i):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
-            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds)
+            # chunk=1: unbatched ridge fits (batched eigh can deadlock jaxlib's CPU LAPACK kernel)
+            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds, chunk=1)
             mat[i, j] = mat[j, i] = r.score
             ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
     return mat, ci
