@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-# single-threaded Eigen: XLA CPU's multi-threaded Eigen pool can wedge (never-finishing executions) on loaded hosts
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

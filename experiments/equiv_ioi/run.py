@@ -320,9 +320,6 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.equiv_toy.run import single_threaded_xla
-
-    single_threaded_xla()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
     parser.add_argument("--checkpoint", nargs="+", metavar="DIR",

@@ -331,15 +331,7 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     return results
 
 
-def single_threaded_xla() -> None:
-    """Before JAX starts: run XLA's CPU kernels single-threaded. Its multi-threaded Eigen pool can wedge (an
-    execution that never finishes) on a loaded host; with 2 cores the cost is small."""
-    if "jax" not in sys.modules and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-
-
 def main(argv: list[str] | None = None) -> int:
-    single_threaded_xla()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
