@@ -10,7 +10,8 @@ from flax import nnx
 from jaxequiv import Network, site
 from jaxequiv.cli import main
 from jaxequiv.contributions import build_store, open_store
-from jaxequiv.sae import Scaled, codec_sweep, evaluate, global_std, load_sae
+from jaxequiv.contributions import global_std
+from jaxequiv.sae import Scaled, codec_sweep, evaluate, load_sae
 from jaxequiv.sae.cli import sweep_names
 
 # the settings of tests/test_sae_train.py (d = 8 here too), so that these runs reuse its compiled steps

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxequiv import sae
+from jaxequiv.contributions import global_std
 from jaxequiv.sae.data import BatchStream
 from jaxequiv.sae.train import CHECKPOINT_FILE, _meta, make_optimizer
 
@@ -84,7 +85,7 @@ def test_memmap_data_streams_like_in_memory(tmp_path):
     _same(a.params, b.params)
     scaled = sae.Scaled(mm, 0.5)
     np.testing.assert_allclose(scaled[np.array([0, 5])], x[[0, 5]] * 0.5)
-    np.testing.assert_allclose(sae.global_std(mm, rows=7), x.astype(np.float64).std(), rtol=1e-6)
+    np.testing.assert_allclose(global_std(mm, chunk_rows=7), x.astype(np.float64).std(), rtol=1e-6)
 
 
 @settings(max_examples=20, deadline=None)

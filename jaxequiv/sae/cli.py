@@ -61,7 +61,8 @@ def register(subparsers) -> None:
 
 def _load(args):
     from jaxequiv.contributions import open_store
-    from jaxequiv.sae.data import Scaled, check_rows, global_std
+    from jaxequiv.contributions.reduce import global_std
+    from jaxequiv.sae.data import Scaled, check_rows
 
     data = open_store(args.store).array(args.site, args.variant)
     check_rows(data, f"{args.site}/{args.variant}")

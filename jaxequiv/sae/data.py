@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_rows", "global_std", "Scaled", "BatchStream", "iter_chunks"]
+__all__ = ["check_rows", "Scaled", "BatchStream", "iter_chunks"]
 
 
 def check_rows(data: Any, what: str = "data") -> tuple[int, int]:
@@ -45,18 +45,6 @@ def iter_chunks(data: Any, rows: int = 8192, what: str = "data"):
         block = np.asarray(data[s:min(s + rows, n)], dtype=np.float32)
         _check_finite(block, s, what)
         yield s, block
-
-
-def global_std(data: Any, rows: int = 8192) -> float:
-    """Global scalar standard deviation of all entries (CODEC's normalisation), streamed in float64."""
-    n, d = check_rows(data)
-    s = ss = 0.0
-    for _, block in iter_chunks(data, rows):
-        b = block.astype(np.float64)
-        s += b.sum()
-        ss += np.square(b).sum()
-    m = s / (n * d)
-    return float(math.sqrt(max(ss / (n * d) - m * m, 0.0)))
 
 
 class Scaled:
