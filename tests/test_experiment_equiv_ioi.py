@@ -40,8 +40,8 @@ def test_importance_circuit_and_implementations(task):
     z_names, resid = ioi.head_sites(net)
     assert z_names == ["h.0.attn.z", "h.1.attn.z"] and resid == ["embed", "h.0", "h.1"]
     circuit = ioi.circuit_units(imp, 0.25, z_names)
-    l, h = np.unravel_index(imp.argmax(), imp.shape)
-    assert circuit == [f"{z_names[l]}[{h}]"]  # the single most important head
+    l, h = np.unravel_index(imp.argmin(), imp.shape)
+    assert circuit == [f"{z_names[l]}[{h}]"]  # the head whose clean activation restores the clean output best
     base, impls = ioi.implementation_reprs(net, t["clean"], t["corrupt"], t["lengths"], circuit, 3, seed=0)
     assert base.shape == (12, 3 * 16) and impls.shape == (3, 12, 3 * 16)
     # the representation is the residual stream at the last real prompt token

@@ -12,7 +12,8 @@ all models see the same stimuli. Every step goes through :mod:`jaxequiv.equivale
 
 * circuit: :func:`~jaxequiv.equivalence.patching_importance`: importance of head (l, h) = mean over prompts of
   KL(softmax(clean) || softmax(patched)) at the last prompt token, "patched" = the counterfactual prompt with that
-  head's ``z`` taken from the clean run (all positions); the circuit = the top ``circuit_frac`` heads.
+  head's ``z`` taken from the clean run (all positions); the circuit = the ``circuit_frac`` heads with the
+  lowest KL (those that alone restore the clean output).
 * GetImpl: :func:`~jaxequiv.equivalence.get_impl`: each implementation patches every non-circuit head with
   probability 1/2 with its activation on the counterfactual prompts (``impls`` implementations per model).
 * representation: residual stream (``embed`` and after every block) at the last *real* prompt token.
@@ -51,7 +52,7 @@ class IOIConfig:
     d_model: int = 64
     seeds: int = 2
     answer_weight: float = 1.0  # extra weight of the answer token in the training loss
-    circuit_frac: float = 0.25  # top fraction of heads kept as the circuit
+    circuit_frac: float = 0.25  # fraction of heads kept as the circuit (lowest denoising KL)
     impls: int = 10  # implementations per model (the paper's 10)
     rounds: int = 100  # congruity rounds
     lr: float = 3e-3
@@ -123,7 +124,8 @@ def check_vocab(ids: np.ndarray, vocab_size: int, what: str = "prompt") -> None:
 
 def head_importance(net, clean, corrupt, last) -> np.ndarray:
     """``[L, H]`` mean KL(clean || corrupt-with-head-patched-from-clean) at the last prompt token
-    (:func:`jaxequiv.equivalence.patching_importance`, ``mode="denoise"``, all heads in one batched call)."""
+    (:func:`jaxequiv.equivalence.patching_importance`, ``mode="denoise"``, all heads in one batched call); a low
+    value means the head alone carries the clean behaviour."""
     from jaxequiv import equivalence as eq
 
     z_names, _ = head_sites(net)
@@ -131,12 +133,13 @@ def head_importance(net, clean, corrupt, last) -> np.ndarray:
     return np.stack([np.asarray(scores[k]) for k in z_names])
 
 
-def circuit_units(importance: np.ndarray, frac: float, z_names: list[str]) -> list[str]:
-    """The top ``frac`` heads of ``importance [L, H]`` as unit specs ``"h.3.attn.z[0,5]"`` (at least one head)."""
-    k = max(1, int(round(frac * importance.size)))
-    top = np.zeros(importance.size, bool)
-    top[np.argsort(importance.ravel(), kind="stable")[-k:]] = True
-    top = top.reshape(importance.shape)
+def circuit_units(kl: np.ndarray, frac: float, z_names: list[str]) -> list[str]:
+    """The circuit: the ``frac`` heads (at least one) whose clean activation restores the clean output best, i.e.
+    the smallest denoising KL in ``kl [L, H]`` (:func:`head_importance`), as unit specs ``"h.3.attn.z[0,5]"``."""
+    k = max(1, int(round(frac * kl.size)))
+    top = np.zeros(kl.size, bool)
+    top[np.argsort(kl.ravel(), kind="stable")[:k]] = True
+    top = top.reshape(kl.shape)
     return [f"{z}[{','.join(map(str, np.flatnonzero(row)))}]" for z, row in zip(z_names, top) if row.any()]
 
 
