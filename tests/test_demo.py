@@ -1,9 +1,7 @@
 """``jaxequiv demo``: runs the CODEC pipeline into --out; reports are written atomically; bad --out is a clean error."""
 
-import pytest
-
 from jaxequiv import cli, demo
-from jaxequiv.codec import report
+from jaxequiv.files import write_text
 
 
 def test_demo_runs_the_codec_pipeline(tmp_path, capsys, monkeypatch):
@@ -17,7 +15,7 @@ def test_demo_runs_the_codec_pipeline(tmp_path, capsys, monkeypatch):
     def fake_run(cfg, out_dir, title, **kw):
         calls.append((cfg, out_dir, title))
         path = tmp_path / "demo" / "report.md"
-        report.atomic_write_text(str(path), "# report")
+        write_text(path, "# report")
         return str(path)
 
     monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
@@ -41,17 +39,3 @@ def test_demo_out_must_be_a_folder(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(f), "--quick"]) == 2
     assert "must be a folder" in capsys.readouterr().err
     assert f.read_text() == "keep me"
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "report.md"
-    report.atomic_write_text(str(path), "old")
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        report.atomic_write_text(str(path), "new")
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]

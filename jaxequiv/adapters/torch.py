@@ -33,7 +33,6 @@ import dataclasses
 import fnmatch
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from jaxequiv.adapters.safetensors_io import SafetensorsError, read_safetensors, write_safetensors
+from jaxequiv.files import write_json
 from jaxequiv.models.resnet import BatchNorm as TorchBatchNorm
 
 __all__ = [
@@ -542,10 +542,7 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str
     write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, {"format": FORMAT, **(metadata or {})})
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
               "config": ARCHS[arch].family.config_dict(model)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=out_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "config.json"))
+    write_json(os.path.join(out_dir, "config.json"), config, indent=2)
     return out_dir
 
 

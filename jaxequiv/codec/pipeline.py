@@ -143,7 +143,8 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     from jaxequiv.codec import metrics as M
     from jaxequiv.codec.analysis import layer_statistics, mode_selectivity
     from jaxequiv.codec.pictures import mode_picture_maps, picture_mask
-    from jaxequiv.codec.report import CodecResults, atomic_write_text, findings, write_report
+    from jaxequiv.codec.report import CodecResults, findings, write_report
+    from jaxequiv.files import write_json
     from jaxequiv.contributions.driver import build_store
     from jaxequiv.contributions.reduce import normalise_global_std
     from jaxequiv.sae import make, train_many
@@ -264,6 +265,6 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
                               "after": superclass[kind].perturbed[:, 0].tolist()} for kind in I.KINDS},
         "sae_r2": {f"{src}/{s}": r2[(src, s)] for src, s in r2},
     }
-    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(summary, indent=1))
+    write_json(os.path.join(out_dir, "results.json"), summary)
     log(f"[codec] total {timings['total']:.1f} s; report: {path}")
     return path

@@ -18,8 +18,9 @@ import numpy as np
 
 from jaxequiv.codec.analysis import LayerStats, ModeSelectivity
 from jaxequiv.codec.interventions import KINDS, InterventionResult, auc_summary, curves
+from jaxequiv.files import atomic_path, write_text
 
-__all__ = ["PAPER", "paper_layer", "CodecResults", "findings", "write_report", "atomic_write_text"]
+__all__ = ["PAPER", "paper_layer", "CodecResults", "findings", "write_report"]
 
 # ResNet-50 values read off the paper's figures (codec.md §6; about +-0.03), indexed by layer L0..L15.
 PAPER = {
@@ -129,23 +130,9 @@ def findings(res: CodecResults) -> dict[str, dict[str, Any]]:
 # Writing
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def _plt():
@@ -387,5 +374,5 @@ def write_report(out_dir: str, res: CodecResults, title: str = "CODEC report") -
         figures["Mode pictures"] = "mode_pictures.png"
         _pictures(res.pictures, os.path.join(out_dir, figures["Mode pictures"]))
     path = os.path.join(out_dir, "report.md")
-    atomic_write_text(path, report_markdown(res, figures, title))
+    write_text(path, report_markdown(res, figures, title))
     return path

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxequiv.files import write_json
+
 __all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX"]
 
 FORMAT = "jaxequiv.contributions/1"
@@ -33,12 +35,7 @@ ACTIVATIONS = "activations"
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _check_site_name(name: str) -> None:

@@ -87,9 +87,9 @@ def _settings(args):
 
 
 def _finish(args, results, data, scale, names) -> int:
-    import json
     import os
 
+    from jaxequiv.files import write_json
     from jaxequiv.sae import evaluate, save_sae
 
     summary = []
@@ -101,10 +101,7 @@ def _finish(args, results, data, scale, names) -> int:
         summary.append({"name": name, "variant": r.cfg.name, "seed": r.seed, **r.cfg.config_dict(),
                         **{k: v for k, v in ev.items() if k not in ("density", "alive")}})
         print(f"{name}: r2_codec={ev['r2_codec']:.4f} l0={ev['l0']:.2f} alive={ev['n_alive']}/{r.cfg.d_sae}")
-    tmp = os.path.join(args.out, "summary.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(args.out, "summary.json"))
+    write_json(os.path.join(args.out, "summary.json"), summary, indent=2)
     return 0
 
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxequiv.files import atomic_path
 from jaxequiv.sae import variants as V
 from jaxequiv.sae.data import BatchStream
 
@@ -221,12 +222,8 @@ def _save_checkpoint(path, trios, step, meta, history):
     leaves = jax.tree_util.tree_leaves(trios)
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays["meta"] = np.array(json.dumps({**meta, "step": step, "history": history}))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load_checkpoint(path, trios, meta):
