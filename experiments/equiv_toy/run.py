@@ -40,8 +40,8 @@ class ToyConfig:
     batch_size: int = 64
     d_model: int = 32
     impls: int = 16  # implementations sampled per interpretation
-    straps: int = 40  # bootstrap rounds of the distinguishability test
-    trials: int = 20  # trials per round
+    straps: int = 20  # bootstrap rounds of the distinguishability test (reference: 40)
+    trials: int = 10  # trials per round (reference: 20)
     rounds: int = 60  # rounds of the congruity estimator
     seed: int = 0
 
