@@ -1,5 +1,6 @@
 """jaxequiv.equivalence: GetImpl through sites, patching importance vs a per-head loop, congruity and the grid."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -184,3 +185,12 @@ def test_congruity_and_grid_bad_input():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         eq.distinguishability_grid(bad, key=0)
+
+
+def test_default_chunk_is_unbatched_on_cpu():
+    from jaxequiv.equivalence.congruity import default_chunk
+
+    assert default_chunk(7, 64) == 7
+    assert default_chunk(None, 64) == (1 if jax.default_backend() == "cpu" else 64)
+    with pytest.raises(ValueError, match="chunk"):
+        default_chunk(0, 64)

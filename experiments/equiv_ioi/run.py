@@ -169,8 +169,7 @@ def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, 
     mat, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     for i, a in enumerate(names):
         for j, b in enumerate(names[i:], i):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
-            # chunk=1: unbatched ridge fits (batched eigh can deadlock jaxlib's CPU LAPACK kernel)
-            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds, chunk=1)
+            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds)
             mat[i, j] = mat[j, i] = r.score
             ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
     return mat, ci

@@ -234,15 +234,12 @@ def score(sets: dict[str, np.ndarray], bases: dict[str, np.ndarray], cfg: ToyCon
     reprs = equal_width([sets[a] for a in names]).astype(np.float32)
     base = equal_width([bases[a] for a in names]).astype(np.float32)
     k_grid, k_cong = jax.random.split(jax.random.key(key))
-    # chunk=1: one ridge fit at a time. Batched eigh (vmapped fits) can deadlock jaxlib's CPU LAPACK kernel, which
-    # waits for batch work queued on the XLA thread pool that its own callers occupy.
-    grid = np.asarray(eq.distinguishability_grid(reprs, key=k_grid, straps=cfg.straps, trials=cfg.trials, distinct=True,
-                                                 chunk=1))
+    grid = np.asarray(eq.distinguishability_grid(reprs, key=k_grid, straps=cfg.straps, trials=cfg.trials, distinct=True))
     cong, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     keys = jax.random.split(k_cong, len(names) ** 2).reshape(len(names), len(names))
     for i in range(len(names)):
         for j in range(i, len(names)):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
-            r = eq.congruity(base[i], reprs[i], base[j], reprs[j], key=keys[i, j], n_rounds=cfg.rounds, chunk=1)
+            r = eq.congruity(base[i], reprs[i], base[j], reprs[j], key=keys[i, j], n_rounds=cfg.rounds)
             cong[i, j] = cong[j, i] = r.score
             ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
     return grid, cong, ci

@@ -54,6 +54,18 @@ def _own_and_other(measure, X, own, other, key):
     return jnp.stack([measure.many_kernel(X, own[None], key)[0], measure.many_kernel(X, other[None], key)[0]])
 
 
+def default_chunk(chunk: int | None, accelerator_default: int) -> int:
+    """Fits per vmapped batch: ``chunk`` if given, else ``accelerator_default`` on GPU/TPU and 1 on the CPU.
+
+    On the CPU, a batched (vmapped) LAPACK ``eigh`` queues its work on the XLA thread pool its callers already
+    occupy and was seen to deadlock under load; unbatched fits cost little on a few cores."""
+    if chunk is not None:
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        return int(chunk)
+    return 1 if jax.default_backend() == "cpu" else accelerator_default
+
+
 @functools.partial(jax.jit, static_argnames=("measure", "n_rounds", "compare_to", "n_boot", "chunk"))
 def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, compare_to, n_boot, chunk):
     k_draw, k_fit, k_boot = jax.random.split(key, 3)
@@ -91,7 +103,7 @@ def congruity(
     compare_to: str = "implementation",
     n_boot: int = 1000,
     ci: float = 0.95,
-    chunk: int = 64,
+    chunk: int | None = None,
 ) -> CongruityResult:
     """Congruity of two models from representations of the models and of their implementations.
 
@@ -107,7 +119,7 @@ def congruity(
       key: PRNG key (or int); the result is exact for a given key.
       measure: a :class:`~jaxequiv.similarity.Measure` (ridge R^2 by default; distances are handled).
       n_boot, ci: bootstrap resamples of rounds and the percentile interval's coverage.
-      chunk: rounds evaluated per vmapped batch (memory knob).
+      chunk: rounds evaluated per vmapped batch (memory knob); default see :func:`default_chunk`.
     """
     if not isinstance(measure, Measure):
         raise TypeError(f"congruity: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
@@ -124,7 +136,7 @@ def congruity(
     if isinstance(key, int):
         key = jax.random.key(key)
     score, boots, ind = _congruity_kernel(
-        base1, impls1, base2, impls2, key, measure, int(n_rounds), compare_to, int(n_boot), int(chunk)
+        base1, impls1, base2, impls2, key, measure, int(n_rounds), compare_to, int(n_boot), default_chunk(chunk, 64)
     )
     lo, hi = np.quantile(np.asarray(boots), [(1 - ci) / 2, (1 + ci) / 2])
     return CongruityResult(float(score), float(lo), float(hi), np.asarray(ind))
@@ -166,7 +178,7 @@ def distinguishability_grid(
     measure: Measure = RIDGE,
     z: float = 1.96,
     distinct: bool = False,
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> jax.Array:
     """The toy task's statistic: for each ordered pair (a, b) of interpretations, the fraction of ``straps``
     bootstrap rounds in which a one-sided z-test says a's implementations are closer to each other than to b's.
@@ -180,7 +192,7 @@ def distinguishability_grid(
       reprs: (A, M, N, D): M implementations of each of A interpretations on the same N stimuli.
       distinct: forbid X' == X (the reference allows it; then ``within`` is often a self-fit, R^2 ~ 1, which
         makes even identical interpretations look distinguishable).
-      chunk: trials per vmapped batch (memory knob).
+      chunk: trials per vmapped batch (memory knob); default see :func:`default_chunk`.
 
     Returns:
       (A, A) array of rejection rates in [0, 1]; row a is the base interpretation.
@@ -203,4 +215,4 @@ def distinguishability_grid(
         reprs = reprs.astype(jnp.float32)
     if isinstance(key, int):
         key = jax.random.key(key)
-    return _grid_kernel(reprs, key, measure, int(straps), int(trials), float(z), bool(distinct), int(chunk))
+    return _grid_kernel(reprs, key, measure, int(straps), int(trials), float(z), bool(distinct), default_chunk(chunk, 32))
