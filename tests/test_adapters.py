@@ -19,13 +19,7 @@ from jaxequiv.adapters.reference_torch import torch_resnet  # noqa: E402
 from jaxequiv.sites import list_sites, run  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-RTOL = 1e-4
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+from parity import RTOL, rel_err  # noqa: E402
 
 
 def hook_capture(model: nn.Module, specs: dict):

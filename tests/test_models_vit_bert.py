@@ -20,13 +20,7 @@ transformers.logging.set_verbosity_error()
 from jaxequiv.adapters import torch as ad  # noqa: E402
 from jaxequiv.adapters.reference_torch import TorchViT  # noqa: E402
 
-RTOL = 1e-4
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+from parity import RTOL, rel_err  # noqa: E402
 
 
 def jrun(model, *args, capture):
