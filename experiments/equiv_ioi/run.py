@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -279,7 +278,9 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
       checkpoints: Hugging Face GPT-2 / Pythia (GPT-NeoX) folders (or any folder :func:`jaxequiv.adapters.torch.load`
         reads) to compare instead of training models here.
     """
-    from experiments.equiv_toy.run import _heatmaps, _write_atomic
+    from experiments.equiv_toy.run import _heatmaps
+
+    from jaxequiv.files import write_json
     from jaxequiv.data.ioi import ioi_prompts
 
     t0 = time.time()
@@ -316,7 +317,7 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
     results["names"], results["congruity"], results["congruity_ci95"] = names, mat.tolist(), ci.tolist()
     results["seconds"] = round(time.time() - t0, 1)
     _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", mat)], names)
-    _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
+    write_json(os.path.join(out_dir, "results.json"), results)
     log(f"congruity:\n{np.round(mat, 2)}\ndone in {results['seconds']}s")
     return results
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from jaxequiv.files import atomic_path, write_json
 
 __all__ = ["ToyConfig", "QUICK", "compile_subroutines", "build_implementations", "sample_implementations",
            "equal_width", "score", "family_means", "run_experiment", "main"]
@@ -277,17 +277,9 @@ def _heatmaps(path: str, panels: list[tuple[str, np.ndarray]], names) -> None:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
@@ -323,7 +315,7 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     results["seconds"] = round(time.time() - t_start, 1)
     _heatmaps(os.path.join(out_dir, "congruity.png"), panels_c, names)
     _heatmaps(os.path.join(out_dir, "distinguishability.png"), panels_d, names)
-    _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
+    write_json(os.path.join(out_dir, "results.json"), results)
     log(f"done in {results['seconds']}s -> {out_dir}")
     return results
 
