@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxequiv.adapters.safetensors_io import read_safetensors, write_safetensors
 from jaxequiv.sae import variants as V
 
 __all__ = ["save_sae", "load_sae", "CFG_FILE", "WEIGHTS_FILE"]
@@ -43,8 +44,6 @@ def save_sae(path: str | os.PathLike, cfg, params: dict, state: dict | None = No
 
     ``metadata`` (JSON-able, e.g. ``{"hook_name": site, "input_scale": s}``) goes to cfg.json's ``metadata``.
     """
-    from safetensors.numpy import save_file
-
     path = os.fspath(path)
     tensors = _tensors(cfg, params, state)
     linear = not isinstance(cfg, V.STSAE)
@@ -58,7 +57,7 @@ def save_sae(path: str | os.PathLike, cfg, params: dict, state: dict | None = No
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, WEIGHTS_FILE))
+        write_safetensors(os.path.join(tmp, WEIGHTS_FILE), tensors)
         with open(os.path.join(tmp, CFG_FILE), "w") as f:
             json.dump(doc, f, indent=2)
         old = None
@@ -79,8 +78,6 @@ def load_sae(path: str | os.PathLike):
 
     Returns ``(cfg, params, state)``; ``state`` is None except for batchtopk (its thresholds).
     """
-    from safetensors.numpy import load_file
-
     path = os.fspath(path)
     cfg_path, w_path = os.path.join(path, CFG_FILE), os.path.join(path, WEIGHTS_FILE)
     for p in (cfg_path, w_path):
@@ -88,7 +85,7 @@ def load_sae(path: str | os.PathLike):
             raise FileNotFoundError(f"{p} not found: an SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}")
     with open(cfg_path) as f:
         doc = json.load(f)
-    t = {k: jnp.asarray(v) for k, v in load_file(w_path).items()}
+    t = {k: jnp.asarray(v) for k, v in read_safetensors(w_path)[0].items()}
     mine = doc.get("jaxequiv")
     if mine:
         cfg = V.VARIANTS[mine["variant"]](**mine["config"])
