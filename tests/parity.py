@@ -9,3 +9,16 @@ def rel_err(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, (got.shape, want.shape)
     return float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+
+
+def torch_hooks(model, specs: dict):
+    """Register forward hooks on a torch module: ``{name: (module_name, "in" | "out", fn)}`` -> (dict filled with
+    ``fn(numpy value)`` on the next forward, hook handles)."""
+    out, handles = {}, []
+    modules = dict(model.named_modules())
+    for name, (module_name, where, fn) in specs.items():
+        def hook(mod, inputs, output, name=name, where=where, fn=fn):
+            value = inputs[0] if where == "in" else (output[0] if isinstance(output, tuple) else output)
+            out[name] = fn(value.detach().numpy())
+        handles.append(modules[module_name].register_forward_hook(hook))
+    return out, handles

@@ -19,19 +19,7 @@ from jaxequiv.adapters.reference_torch import torch_resnet  # noqa: E402
 from jaxequiv.sites import list_sites, run  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-from parity import RTOL, rel_err  # noqa: E402
-
-
-def hook_capture(model: nn.Module, specs: dict):
-    """Register hooks: ``{name: (module_name, "in" | "out", fn)}`` -> dict filled on the next forward."""
-    out, handles = {}, []
-    modules = dict(model.named_modules())
-    for name, (module_name, where, fn) in specs.items():
-        def hook(mod, inputs, output, name=name, where=where, fn=fn):
-            value = inputs[0] if where == "in" else (output[0] if isinstance(output, tuple) else output)
-            out[name] = fn(value.detach().numpy())
-        handles.append(modules[module_name].register_forward_hook(hook))
-    return out, handles
+from parity import RTOL, rel_err, torch_hooks  # noqa: E402
 
 
 def jrun(model, *args, capture):
@@ -73,7 +61,7 @@ def test_gpt2_parity_every_site():
         specs[f"h.{i}.resid_mid"] = (f"transformer.h.{i}.ln_2", "in", lambda a: a)
         specs[f"h.{i}.mlp.act"] = (f"transformer.h.{i}.mlp.c_proj", "in", lambda a: a)
         specs[f"h.{i}.mlp"] = (f"transformer.h.{i}.mlp", "out", lambda a: a)
-    want, handles = hook_capture(hf, specs)
+    want, handles = torch_hooks(hf, specs)
     with torch.no_grad():
         out = hf(torch.tensor(ids), output_hidden_states=True, output_attentions=True)
     for hd in handles:
@@ -147,7 +135,7 @@ def test_neox_parity_every_site(parallel):
         specs[f"{pre}.mlp"] = (f"gpt_neox.{pre}.mlp", "out", lambda a: a)
         if not parallel:
             specs[f"{pre}.resid_mid"] = (f"gpt_neox.{pre}.post_attention_layernorm", "in", lambda a: a)
-    want, handles = hook_capture(hf, specs)
+    want, handles = torch_hooks(hf, specs)
     with torch.no_grad():
         out = hf(torch.tensor(ids), output_hidden_states=True, output_attentions=True)
     for hd in handles:
@@ -186,7 +174,7 @@ def test_resnet_parity_torchvision_names(depth, tmp_path):
     for i, n in enumerate((2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)):
         for j in range(n):
             specs[f"layer{i + 1}.{j}"] = (f"layer{i + 1}.{j}", "out", nhwc)
-    want, handles = hook_capture(ref, specs)
+    want, handles = torch_hooks(ref, specs)
     with torch.no_grad():
         want["fc"] = ref(torch.tensor(x)).numpy()
     for hd in handles:

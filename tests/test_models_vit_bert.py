@@ -20,23 +20,12 @@ transformers.logging.set_verbosity_error()
 from jaxequiv.adapters import torch as ad  # noqa: E402
 from jaxequiv.adapters.reference_torch import TorchViT  # noqa: E402
 
-from parity import RTOL, rel_err  # noqa: E402
+from parity import RTOL, rel_err, torch_hooks  # noqa: E402
 
 
 def jrun(model, *args, capture):
     graphdef, state = nnx.split(model)
     return jax.jit(lambda st, *a: run(nnx.merge(graphdef, st), *a, capture=capture))(state, *args)
-
-
-def hooks(model, specs):
-    out, handles = {}, []
-    modules = dict(model.named_modules())
-    for name, (module_name, where, fn) in specs.items():
-        def hook(mod, inputs, output, name=name, where=where, fn=fn):
-            value = inputs[0] if where == "in" else (output[0] if isinstance(output, tuple) else output)
-            out[name] = fn(value.detach().numpy())
-        handles.append(modules[module_name].register_forward_hook(hook))
-    return out, handles
 
 
 # --------------------------------------------------------------------------------------------------------- ViT
@@ -74,7 +63,7 @@ def test_vit_parity_timm_names():
         specs[f"blocks.{i}.mlp.act"] = (f"blocks.{i}.mlp.fc2", "in", lambda a: a)
         specs[f"blocks.{i}.mlp"] = (f"blocks.{i}.mlp", "out", lambda a: a)
     specs["norm"] = ("norm", "out", lambda a: a)
-    want, handles = hooks(ref, specs)
+    want, handles = torch_hooks(ref, specs)
     with torch.no_grad():
         xt = torch.tensor(x)
         want["head"] = ref(xt).numpy()
@@ -121,7 +110,7 @@ def test_bert_parity_every_site_with_padding():
         specs[f"{pre}.attention.self.z"] = (f"{pre}.attention.output.dense", "in", lambda a: a.reshape(b, t, h, dh))
         specs[f"{pre}.attention"] = (f"{pre}.attention", "out", lambda a: a)
         specs[f"{pre}.intermediate"] = (f"{pre}.intermediate", "out", lambda a: a)
-    want, handles = hooks(hf, specs)
+    want, handles = torch_hooks(hf, specs)
     with torch.no_grad():
         out = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types),
                  output_hidden_states=True, output_attentions=True)
