@@ -1,5 +1,7 @@
 """jaxequiv.equivalence: GetImpl through sites, patching importance vs a per-head loop, congruity and the grid."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -167,6 +169,19 @@ def test_distinguishability_grid_planted():
     assert dist[0, 2] == 1.0
     again = np.asarray(eq.distinguishability_grid(reprs, key=0, straps=4, trials=10, measure=sim.PROCRUSTES))
     np.testing.assert_array_equal(dist, again)
+
+
+def test_grid_scores_each_pair_once_for_deterministic_measures():
+    a, a2, b = _planted(4, n=60, m=4)
+    reprs = np.stack([a, a2, b])
+    fixed = sim.ridge_measure(split=(np.arange(6, 60), np.arange(6)))
+    once = np.asarray(eq.distinguishability_grid(reprs, key=3, straps=6, trials=12))  # default: per-trial splits
+    assert once.shape == (3, 3)
+    matrix = np.asarray(eq.distinguishability_grid(reprs, key=3, straps=6, trials=12, measure=fixed))
+    per_trial = dataclasses.replace(fixed, needs_key=True)  # same scores, forced through one fit pair per trial
+    looped = np.asarray(eq.distinguishability_grid(reprs, key=3, straps=6, trials=12, measure=per_trial))
+    np.testing.assert_array_equal(matrix, looped)
+    assert matrix[0, 2] == 1.0 and matrix[2, 1] == 1.0
 
 
 def test_congruity_and_grid_bad_input():

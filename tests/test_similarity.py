@@ -73,6 +73,22 @@ def test_ridge_many_equals_single_fits_on_the_same_split():
     np.testing.assert_allclose(np.asarray(many), np.asarray(singles), atol=1e-6)
 
 
+def test_ridge_measure_with_a_fixed_split_is_deterministic_and_matches_sklearn():
+    X, Y = _data(90, 7, 4, seed=4)
+    tr, te = train_test_split(np.arange(90), test_size=0.1, random_state=0)  # the reference's random_state=0
+    fixed = sim.ridge_measure(split=(tr, te))
+    assert not fixed.needs_key and sim.RIDGE.needs_key
+    ref = RidgeCV(alphas=(0.1, 1.0, 10.0)).fit(X[tr].astype(np.float64), Y[tr].astype(np.float64))
+    assert abs(float(fixed(X, Y)) - ref.score(X[te].astype(np.float64), Y[te].astype(np.float64))) <= 1e-5
+    assert float(fixed(X, Y, key=1)) == float(fixed(X, Y, key=2))  # the key is ignored
+    seeded = sim.ridge_measure(split=3)
+    assert float(seeded(X, Y)) == pytest.approx(float(sim.ridge_score(X, Y, key=jax.random.key(3))), abs=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        fixed(X[:50], Y[:50])  # indices beyond n
+    with pytest.raises(ValueError, match="pair"):
+        sim.ridge_measure(split=(tr, te, te))
+
+
 def test_ridge_bad_input():
     X, Y = _data(40, 4, 3)
     with pytest.raises(ValueError, match="key"):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxequiv.similarity import RIDGE, Measure, check_pair, check_reprs
+from jaxequiv.similarity.pairwise import pairwise_unchecked
 
 __all__ = ["congruity", "CongruityResult", "distinguishability_grid"]
 
@@ -155,15 +156,20 @@ def _grid_kernel(reprs, key, measure, straps, trials, z, distinct, chunk):
     y = jax.random.randint(k3, shape, 0, M)
     a = jnp.broadcast_to(jnp.arange(A)[:, None, None, None], shape)
     b = jnp.broadcast_to(jnp.arange(A)[None, :, None, None], shape)
-    keys = jax.random.split(k4, A * A * straps * trials)
+    if measure.needs_key:  # a fresh draw (ridge: train/test split) per trial, shared by its two fits
+        keys = jax.random.split(k4, A * A * straps * trials)
 
-    def trial(args):
-        a, b, x, x2, y, k = args
-        s = measure.many_kernel(reprs[a, x], jnp.stack([reprs[a, x2], reprs[b, y]]), k)
-        return s[0] > s[1] if measure.higher_is_similar else s[0] < s[1]
+        def trial(args):
+            a, b, x, x2, y, k = args
+            s = measure.many_kernel(reprs[a, x], jnp.stack([reprs[a, x2], reprs[b, y]]), k)
+            return s[0], s[1]
 
-    flat = tuple(v.reshape(-1) for v in (a, b, x, x2, y)) + (keys,)
-    wins = jax.lax.map(trial, flat, batch_size=min(chunk, flat[0].shape[0])).reshape(shape)
+        flat = tuple(v.reshape(-1) for v in (a, b, x, x2, y)) + (keys,)
+        within, across = (s.reshape(shape) for s in jax.lax.map(trial, flat, batch_size=min(chunk, flat[0].size)))
+    else:  # deterministic scores: each ordered pair of the A*M implementations is scored once, trials look up
+        S = pairwise_unchecked(measure, reprs.reshape(A * M, *reprs.shape[2:]), None, k4)
+        within, across = S[a * M + x, a * M + x2], S[a * M + x, b * M + y]
+    wins = within > across if measure.higher_is_similar else within < across
     p = jnp.mean(wins.astype(reprs.dtype), axis=-1)  # (A, A, straps)
     flagged = p - z * jnp.sqrt(p * (1.0 - p) / trials) > 0.5
     return jnp.mean(flagged.astype(reprs.dtype), axis=-1)
@@ -188,11 +194,16 @@ def distinguishability_grid(
     train/test split and one decomposition of X), lets ``p`` be the fraction with ``within`` more similar
     than ``across``, and flags the round if ``p - z sqrt(p (1 - p) / trials) > 0.5``.
 
+    A measure that needs no key (CKA, Procrustes, ..., or ``ridge_measure(split=seed or indices)``, the
+    reference's fixed ``random_state``) gives every pair of implementations one score, so the A*M x A*M
+    score matrix is computed once and the trials index it: the same grid for a fraction of the fits.
+
     Args:
       reprs: (A, M, N, D): M implementations of each of A interpretations on the same N stimuli.
       distinct: forbid X' == X (the reference allows it; then ``within`` is often a self-fit, R^2 ~ 1, which
         makes even identical interpretations look distinguishable).
-      chunk: trials per vmapped batch (memory knob); default see :func:`default_chunk`.
+      chunk: trials per vmapped batch for a measure that needs a key (memory knob); default see
+        :func:`default_chunk`.
 
     Returns:
       (A, A) array of rejection rates in [0, 1]; row a is the base interpretation.

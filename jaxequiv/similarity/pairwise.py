@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jaxequiv.similarity.base import Measure, check_reprs
 
-__all__ = ["pairwise"]
+__all__ = ["pairwise", "pairwise_unchecked"]
 
 
 def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 64) -> jax.Array:
@@ -30,22 +32,17 @@ def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 64) -> jax
         raise ValueError(f"pairwise: Xs and Ys must share n (samples), got {Xs.shape[1]} and {Ys.shape[1]}")
     if Xs.shape[1] < measure.min_samples:
         raise ValueError(f"pairwise: {measure.name} needs at least {measure.min_samples} samples, got n={Xs.shape[1]}")
-    key = measure._key(key)
-    return _run(measure, Xs, Ys, key, int(chunk), same)
+    return pairwise_unchecked(measure, Xs, None if same else Ys, measure._key(key), int(chunk))
 
 
-def _run(measure, Xs, Ys, key, chunk, same):
+@functools.partial(jax.jit, static_argnames=("measure", "chunk"))
+def pairwise_unchecked(measure: Measure, Xs, Ys, key, chunk: int = 64) -> jax.Array:
+    """:func:`pairwise` without validation (jitted): ``Xs`` (m, n, d1), ``Ys`` (k, n, d2) or ``None``."""
     if measure.pairwise_kernel is not None:
-        if same:
-            return jax.jit(lambda X, k: measure.pairwise_kernel(X, None, k, chunk))(Xs, key)
-        return jax.jit(lambda X, Y, k: measure.pairwise_kernel(X, Y, k, chunk))(Xs, Ys, key)
+        return measure.pairwise_kernel(Xs, Ys, key, chunk)
+    Ys = Xs if Ys is None else Ys
     m, k = Xs.shape[0], Ys.shape[0]
-    keys = jax.random.split(key, m * k)
-
-    @jax.jit
-    def pairs(Xs, Ys, keys):
-        i, j = jnp.divmod(jnp.arange(m * k), k)
-        one = lambda a: measure.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
-        return jax.lax.map(one, (i, j, keys), batch_size=min(chunk, m * k)).reshape(m, k)
-
-    return pairs(Xs, Ys, keys)
+    i, j = jnp.divmod(jnp.arange(m * k), k)
+    one = lambda a: measure.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
+    pairs = (i, j, jax.random.split(key, m * k))
+    return jax.lax.map(one, pairs, batch_size=min(chunk, m * k)).reshape(m, k)

@@ -190,11 +190,6 @@ def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt, solver="auto"):
     return jax.vmap(lambda r: _finish(r, sqrt))(r2)
 
 
-def _many_key(X, Ys, key, *, alphas, sqrt, test_size, solver="auto"):
-    train, test = split_indices(key, X.shape[0], test_size)
-    return _many_idx(X, Ys, train, test, alphas, sqrt, solver)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Public API.
 
@@ -288,21 +283,49 @@ def ridge_score(
 
 
 def ridge_measure(
-    alphas: Sequence[float] = DEFAULT_ALPHAS, test_size: float = 0.1, sqrt: bool = False, solver: str = "auto"
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    test_size: float = 0.1,
+    sqrt: bool = False,
+    solver: str = "auto",
+    split=None,
 ) -> Measure:
-    """The ridge score as a :class:`Measure` (a fresh split per call from ``key``; X predicts Y)."""
+    """The ridge score as a :class:`Measure` (X predicts Y).
+
+    ``split`` decides the train/test rows of every call: ``None`` draws a fresh split from each call's ``key``
+    (the reference's toy-task code, ``train_test_split`` without a seed); an ``int`` seed or explicit
+    ``(train_idx, test_idx)`` use one split for every call (the reference's ``random_state=0`` code). A fixed
+    split makes the measure deterministic (``needs_key=False``), so callers may compute each pair's score
+    once (e.g. :func:`jaxequiv.equivalence.distinguishability_grid` scores all pairs of implementations once).
+    """
     alphas = _check_alphas(alphas)
     _split_sizes(3, test_size)  # validates the fraction
     _resolve_solver(solver, 2, 1)  # validates the name
-    many = functools.partial(_many_key, alphas=alphas, sqrt=bool(sqrt), test_size=float(test_size), solver=solver)
+    if split is not None and not isinstance(split, int):
+        split = tuple(np.asarray(s) for s in split)
+        if len(split) != 2:
+            raise ValueError("split must be None, an int seed or a (train_idx, test_idx) pair")
+        _check_split(int(max(split[0].max(initial=0), split[1].max(initial=0))) + 1, *split)
+    settings = dict(alphas=alphas, sqrt=bool(sqrt), solver=solver)
+
+    def many(X, Ys, key):
+        n = X.shape[0]
+        if split is None:
+            rows = split_indices(key, n, test_size)
+        elif isinstance(split, int):
+            rows = split_indices(jax.random.key(split), n, test_size)
+        else:
+            rows = _check_split(n, *split)  # at trace time: the indices must fit this n
+        return _many_idx(X, Ys, *rows, **settings)
 
     def kernel(X, Y, key):
         return many(X, Y[None], key)[0]
 
     def pairwise_kernel(Xs, Ys, key, chunk):
         Ys = Xs if Ys is None else Ys
-        keys = jax.random.split(key, Xs.shape[0])  # rows vmapped chunk // k at a time (each vmaps over all k targets)
-        rows = max(1, min(Xs.shape[0], chunk // Ys.shape[0]))
+        keys = jax.random.split(key, Xs.shape[0])  # one split per row, shared by all k targets
+        # rows vmapped chunk // k at a time; one at a time on the CPU, where batched LAPACK eigh is slow and can
+        # deadlock the XLA thread pool (a row's decomposition and k fits already occupy the cores)
+        rows = 1 if jax.default_backend() == "cpu" else max(1, min(Xs.shape[0], chunk // Ys.shape[0]))
         return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=rows)
 
     return Measure(
@@ -315,8 +338,9 @@ def ridge_measure(
         min_samples=3,
         one_to_many=many,
         pairwise_kernel=pairwise_kernel,
-        needs_key=True,
-        doc="held-out R^2 of RidgeCV X -> Y" + (" (sqrt of the clipped value)" if sqrt else ""),
+        needs_key=split is None,
+        doc="held-out R^2 of RidgeCV X -> Y" + (" (sqrt of the clipped value)" if sqrt else "")
+        + ("" if split is None else " on a fixed split"),
     )
 
 
