@@ -155,71 +155,7 @@ def test_network_wrong_input_shape_names_expected_and_given():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# ResNet against a PyTorch forward pass built from torch.nn primitives with the same weights
-
-
-def _torch_resnet(torch, block, layers, width, num_classes, in_channels, stem):
-    nn = torch.nn
-
-    def shortcut(c_in, c_out, stride):
-        if stride == 1 and c_in == c_out:
-            return None
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    class Basic(nn.Module):
-        expansion = 1
-
-        def __init__(self, c_in, planes, stride):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes)
-            self.downsample = shortcut(c_in, planes, stride)
-
-        def forward(self, x):
-            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
-
-    class Bottle(nn.Module):
-        expansion = 4
-
-        def __init__(self, c_in, planes, stride):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(c_in, planes, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1, bias=False), nn.BatchNorm2d(4 * planes)
-            self.downsample = shortcut(c_in, 4 * planes, stride)
-
-        def forward(self, x):
-            h = torch.relu(self.bn1(self.conv1(x)))
-            h = self.bn3(self.conv3(torch.relu(self.bn2(self.conv2(h)))))
-            return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
-
-    cls = Basic if block == "basic" else Bottle
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            k, s = (7, 2) if stem == "imagenet" else (3, 1)
-            self.conv1 = nn.Conv2d(in_channels, width, k, s, k // 2, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            c = width
-            for i, n in enumerate(layers):
-                blocks = []
-                for j in range(n):
-                    blocks.append(cls(c, width * 2**i, 2 if i > 0 and j == 0 else 1))
-                    c = width * 2**i * cls.expansion
-                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            self.fc = nn.Linear(c, num_classes)
-
-        def forward(self, x):
-            h = torch.relu(self.bn1(self.conv1(x)))
-            if stem == "imagenet":
-                h = nn.functional.max_pool2d(h, 3, 2, 1)
-            for i in range(len(layers)):
-                h = getattr(self, f"layer{i + 1}")(h)
-            return self.fc(h.mean((2, 3)))
-
-    return Net()
+# ResNet against the torchvision-named PyTorch reference module with the same weights
 
 
 _TORCH_NAME = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -254,9 +190,11 @@ def _load_into_torch(torch, tmodel, model):
                                                   ("basic", (1, 1), "imagenet", 29)])
 def test_resnet_matches_torch_forward(block, layers, stem, hw):
     torch = pytest.importorskip("torch")
+    from jaxequiv.adapters.reference_torch import TorchResNet
+
     model = ResNet(block, layers, width=4, num_classes=6, in_channels=3, stem=stem, rngs=nnx.Rngs(3))
     _randomise_batchnorm(model, 1)
-    tmodel = _torch_resnet(torch, block, layers, 4, 6, 3, stem).eval()
+    tmodel = TorchResNet(block, layers, 4, 6, 3, stem=stem).eval()
     _load_into_torch(torch, tmodel, model)
     x = np.random.default_rng(0).normal(size=(2, hw, hw, 3)).astype(np.float32)
     with torch.no_grad():

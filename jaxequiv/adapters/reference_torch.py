@@ -59,16 +59,18 @@ def _downsample(c_in: int, c_out: int, stride: int):
 
 
 class TorchResNet(nn.Module):
-    """torchvision ``ResNet`` (NCHW): ``block`` ``"basic"`` or ``"bottleneck"``, ``width`` 64 in torchvision."""
+    """torchvision ``ResNet`` (NCHW): ``block`` ``"basic"`` or ``"bottleneck"``, ``width`` 64 in torchvision;
+    ``stem="small"`` swaps the 7x7 stride-2 conv and max-pool for a 3x3 stride-1 conv (jaxequiv's small stem)."""
 
     def __init__(self, block: str = "basic", layers=(2, 2, 2, 2), width: int = 64, num_classes: int = 1000,
-                 in_channels: int = 3):
+                 in_channels: int = 3, stem: str = "imagenet"):
         super().__init__()
         cls = _Basic if block == "basic" else _Bottleneck
-        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        k, s = (7, 2) if stem == "imagenet" else (3, 1)
+        self.conv1 = nn.Conv2d(in_channels, width, k, s, k // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         c = width
         for i, n in enumerate(layers):
             blocks = []
