@@ -16,6 +16,8 @@ from typing import Any
 
 from flax import nnx
 
+from jaxequiv.models.config import DictConfig
+
 __all__ = ["FAMILIES", "ResNetConfig", "arch_of"]
 
 
@@ -188,7 +190,7 @@ class _ViT(_Family):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNetConfig:
+class ResNetConfig(DictConfig):
     """Arguments of :class:`jaxequiv.models.resnet.ResNet` (torchvision resnet18: basic, (2,2,2,2), width 64)."""
 
     block: str = "basic"
@@ -201,17 +203,6 @@ class ResNetConfig:
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layers"] = list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ResNetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown ResNetConfig field(s) {sorted(set(d) - known)}; known fields are {sorted(known)}")
-        return cls(**d)
 
 
 def _require_keys(state: Mapping, *keys: str) -> None:

@@ -18,12 +18,12 @@ Sites (``B`` batch, ``T`` tokens, ``H`` heads):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxequiv.models.config import DictConfig
 from jaxequiv.models.transformer import ACTIVATIONS, TOKEN_AXES, attention, check_tokens
 from jaxequiv.sites import site
 
@@ -31,7 +31,7 @@ __all__ = ["BertConfig", "BertModel", "mean_pool", "sentence_embedding"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(DictConfig):
     """Sizes of a BERT encoder (HF field names). ``hidden_act``: ``"gelu"`` (exact), ``"gelu_tanh"``, ``"relu"``."""
 
     vocab_size: int
@@ -52,15 +52,6 @@ class BertConfig:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown BertConfig field(s) {sorted(set(d) - known)}; known fields are {sorted(known)}")
-        return cls(**d)
 
 
 def _ln(cfg: BertConfig, rngs):

@@ -40,12 +40,12 @@ prefix is ``layers.{i}``, attention is ``attention`` and the final norm ``final_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxequiv.models.config import DictConfig
 from jaxequiv.sites import site
 
 __all__ = ["TransformerConfig", "Transformer", "Naming", "NAMINGS", "attention", "rotary", "ACTIVATIONS"]
@@ -96,7 +96,7 @@ _CHOICES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(DictConfig):
     """Sizes and variants of a decoder-only transformer.
 
     Attributes:
@@ -174,17 +174,6 @@ class TransformerConfig:
     def names(self) -> Naming:
         return NAMINGS[self.naming]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        """Inverse of :meth:`to_dict`; an unknown field is a ``ValueError`` naming the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------------------

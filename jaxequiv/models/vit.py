@@ -20,12 +20,12 @@ Sites (``B`` batch, ``T = 1 + N`` tokens with the class token first, ``H`` heads
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxequiv.models.config import DictConfig
 from jaxequiv.models.transformer import TOKEN_AXES, attention
 from jaxequiv.sites import site
 
@@ -33,7 +33,7 @@ __all__ = ["ViTConfig", "VisionTransformer"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(DictConfig):
     """Sizes of a ViT; the defaults are timm's ``vit_base_patch16_224``.
 
     ``mlp_dim`` defaults to ``4 * embed_dim``; ``img_size`` must be a multiple of ``patch_size``.
@@ -65,15 +65,6 @@ class ViTConfig:
     def grid(self) -> int:
         return self.img_size // self.patch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown ViTConfig field(s) {sorted(set(d) - known)}; known fields are {sorted(known)}")
-        return cls(**d)
 
 
 class PatchEmbed(nnx.Module):
