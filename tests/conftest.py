@@ -1,11 +1,17 @@
-"""Test configuration: fake 8 CPU devices (before JAX starts) so sharding code runs in CI."""
+"""Test configuration: fake 8 CPU devices (before JAX starts) so sharding code runs in CI; property tests draw
+the same examples on every run (``HYPOTHESIS_PROFILE=explore`` draws new, and more, examples)."""
 
 import os
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

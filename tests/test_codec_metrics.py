@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -66,6 +66,7 @@ def test_hoyer_matches_reference_and_batches():
 def test_hoyer_invariances(v, scale, r):
     if np.abs(v).max() < 1e-2:
         v = v + 1.0
+    assume(np.linalg.norm(v) * scale >= 0.1)  # CODEC's 1e-6 floor on |v|_2 breaks scale invariance near 0
     perm = np.array(r.sample(range(len(v)), len(v)))
     h = float(M.hoyer(v))
     assert -1e-4 <= h <= 1 + 1e-4
