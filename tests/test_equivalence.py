@@ -184,6 +184,16 @@ def test_grid_scores_each_pair_once_for_deterministic_measures():
     assert matrix[0, 2] == 1.0 and matrix[2, 1] == 1.0
 
 
+@pytest.mark.parametrize("compare_to", ["implementation", "model"])
+def test_congruity_scores_each_pair_once_for_deterministic_measures(compare_to):
+    a, _, b = _planted(5, n=60, m=5)
+    kw = dict(key=4, n_rounds=30, n_boot=50, compare_to=compare_to)
+    once = eq.congruity(a[0], a[1:], b[0], b[1:], measure=sim.LINEAR_CKA, **kw)
+    per_round = eq.congruity(a[0], a[1:], b[0], b[1:], measure=dataclasses.replace(sim.LINEAR_CKA, needs_key=True), **kw)
+    np.testing.assert_array_equal(once.indicators, per_round.indicators)
+    assert once.score == per_round.score
+
+
 def test_congruity_and_grid_bad_input():
     a, _, b = _planted(2, m=3)
     with pytest.raises(ValueError, match="at least 2"):

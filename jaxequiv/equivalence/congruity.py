@@ -75,17 +75,24 @@ def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, comp
     own2 = jax.random.randint(kd[1], (n_rounds,), 0, impls2.shape[0])
     oth2 = jax.random.randint(kd[2], (n_rounds,), 0, impls2.shape[0])  # fresh implementation of the other model
     oth1 = jax.random.randint(kd[3], (n_rounds,), 0, impls1.shape[0])
-    fit_keys = jax.random.split(k_fit, (n_rounds, 2))
+    if compare_to == "model":  # the other base model itself, the same every round
+        oth1, oth2 = jnp.zeros_like(oth1), jnp.zeros_like(oth2)
+        pool1, pool2 = base1[None], base2[None]
+    else:
+        pool1, pool2 = impls1, impls2
+    if measure.needs_key:  # a fresh draw (ridge: split) per round and base model, shared by own and other
+        fit_keys = jax.random.split(k_fit, (n_rounds, 2))
 
-    def round_(args):
-        i1, i2, o1, o2, ks = args
-        other_for_1 = base2 if compare_to == "model" else impls2[o2]
-        other_for_2 = base1 if compare_to == "model" else impls1[o1]
-        s1 = _own_and_other(measure, base1, impls1[i1], other_for_1, ks[0])
-        s2 = _own_and_other(measure, base2, impls2[i2], other_for_2, ks[1])
-        return jnp.stack([_closer(s1[0], s1[1], measure.higher_is_similar), _closer(s2[0], s2[1], measure.higher_is_similar)])
+        def round_(args):
+            i1, i2, o1, o2, ks = args
+            return jnp.concatenate([_own_and_other(measure, base1, impls1[i1], pool2[o2], ks[0]),
+                                    _own_and_other(measure, base2, impls2[i2], pool1[o1], ks[1])])
 
-    ind = jax.lax.map(round_, (own1, own2, oth1, oth2, fit_keys), batch_size=min(chunk, n_rounds))  # (n, 2)
+        s = jax.lax.map(round_, (own1, own2, oth1, oth2, fit_keys), batch_size=min(chunk, n_rounds)).T  # (4, n)
+    else:  # deterministic scores: each (base, implementation) pair once, the rounds look up
+        s = (measure.many_kernel(base1, impls1, k_fit)[own1], measure.many_kernel(base1, pool2, k_fit)[oth2],
+             measure.many_kernel(base2, impls2, k_fit)[own2], measure.many_kernel(base2, pool1, k_fit)[oth1])
+    ind = jnp.stack([_closer(s[0], s[1], measure.higher_is_similar), _closer(s[2], s[3], measure.higher_is_similar)], 1)
     per_round = jnp.sum(ind, axis=1)  # in {0, .., 2}
     boot = jax.random.randint(k_boot, (n_boot, n_rounds), 0, n_rounds)
     boot_scores = _score(jnp.mean(per_round[boot], axis=1))
@@ -112,7 +119,8 @@ def congruity(
     implementation than to the other model (``compare_to="implementation"``: a fresh implementation of the
     other model, exchangeable with the own one when the interpretations are equivalent; ``"model"``: the
     other base model itself); ``s`` sums both indicators over rounds and the score is ``1 - |s/n - 1|``.
-    Ties count 1/2 (the paper's ``<=`` would score identical sets 0). All rounds run in one vmapped call.
+    Ties count 1/2 (the paper's ``<=`` would score identical sets 0). All rounds run in one vmapped call; a
+    measure that needs no key (CKA, fixed-split ridge, ...) scores each (base, implementation) pair once.
 
     Args:
       base1, base2: representations of the two models, (N, D1) and (N, D2).
