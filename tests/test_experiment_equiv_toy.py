@@ -78,7 +78,7 @@ def test_quick_run_end_to_end(tmp_path, toy_tracr):
     k = len(toy.QUICK.interpretations)
     for kind in ("compiled", "trained"):
         r = res["kinds"][kind]
-        for key in ("congruity", "distinguishability"):
+        for key in ("congruity", "distinguishability", "distinguishability_fixed_split"):
             m = np.array(r[key])
             assert m.shape == (k, k) and ((0 <= m) & (m <= 1)).all()
         assert set(r["module_accuracy_vs_tracr"]) == set(toy_tracr)

@@ -224,17 +224,22 @@ def score(sets: dict[str, np.ndarray], bases: dict[str, np.ndarray], cfg: ToyCon
         interpretation's tracr model (the "model" of CONGRUITY).
 
     Returns:
-      ``(grid [A, A], congruity [A, A], congruity CI [A, A, 2])``.
+      ``(grid [A, A], fixed-split grid [A, A], congruity [A, A], congruity CI [A, A, 2])``: the grid with a fresh
+      ridge split per trial (the reference's toy code) and with one split for every fit (its ``random_state=0``
+      convention elsewhere).
     """
     import jax
 
     from jaxequiv import equivalence as eq
+    from jaxequiv import similarity as sim
 
     names = list(sets)
     reprs = equal_width([sets[a] for a in names]).astype(np.float32)
     base = equal_width([bases[a] for a in names]).astype(np.float32)
     k_grid, k_cong = jax.random.split(jax.random.key(key))
-    grid = np.asarray(eq.distinguishability_grid(reprs, key=k_grid, straps=cfg.straps, trials=cfg.trials, distinct=True))
+    grids = [np.asarray(eq.distinguishability_grid(reprs, key=k_grid, straps=cfg.straps, trials=cfg.trials,
+                                                   distinct=True, measure=m))
+             for m in (sim.RIDGE, sim.ridge_measure(split=0))]
     cong, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
     keys = jax.random.split(k_cong, len(names) ** 2).reshape(len(names), len(names))
     for i in range(len(names)):
@@ -242,7 +247,7 @@ def score(sets: dict[str, np.ndarray], bases: dict[str, np.ndarray], cfg: ToyCon
             r = eq.congruity(base[i], reprs[i], base[j], reprs[j], key=keys[i, j], n_rounds=cfg.rounds)
             cong[i, j] = cong[j, i] = r.score
             ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
-    return grid, cong, ci
+    return *grids, cong, ci
 
 
 def family_means(matrix: np.ndarray, names, families: dict[str, str]) -> dict[str, float]:
@@ -298,12 +303,14 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     for kind in ("compiled", "trained"):
         t0 = time.time()
         sets = {a: sample_implementations(built["reprs"][kind][a], cfg.impls, rng) for a in names}
-        grid, cong, ci = score(sets, built["reprs"]["base"], cfg, cfg.seed + 2)
+        grid, grid_fixed, cong, ci = score(sets, built["reprs"]["base"], cfg, cfg.seed + 2)
         acc = {s: float(np.mean(v)) for s, v in built["accuracy"][kind].items()}
         results["kinds"][kind] = {
             "congruity": cong.tolist(), "congruity_ci95": ci.tolist(), "distinguishability": grid.tolist(),
             "congruity_family_means": family_means(cong, names, FAMILIES),
             "distinguishability_family_means": family_means(grid, names, FAMILIES),
+            "distinguishability_fixed_split": grid_fixed.tolist(),
+            "distinguishability_fixed_split_family_means": family_means(grid_fixed, names, FAMILIES),
             "module_accuracy_vs_tracr": acc, "repr_dims": {a: int(sets[a].shape[-1]) for a in names},
         }
         panels_c.append((f"congruity ({kind} implementations)", cong))
