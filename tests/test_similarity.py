@@ -85,8 +85,9 @@ def test_ridge_measure_with_a_fixed_split_is_deterministic_and_matches_sklearn()
     assert float(seeded(X, Y)) == pytest.approx(float(sim.ridge_score(X, Y, key=jax.random.key(3))), abs=1e-6)
     with pytest.raises(ValueError, match="outside"):
         fixed(X[:50], Y[:50])  # indices beyond n
-    with pytest.raises(ValueError, match="pair"):
-        sim.ridge_measure(split=(tr, te, te))
+    for bad in ((tr, te, te), True, "0"):
+        with pytest.raises(ValueError, match="pair"):
+            sim.ridge_measure(split=bad)
 
 
 def test_ridge_bad_input():

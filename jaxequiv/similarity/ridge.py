@@ -300,10 +300,12 @@ def ridge_measure(
     alphas = _check_alphas(alphas)
     _split_sizes(3, test_size)  # validates the fraction
     _resolve_solver(solver, 2, 1)  # validates the name
-    if split is not None and not isinstance(split, int):
+    if isinstance(split, (int, np.integer)) and not isinstance(split, bool):
+        split = int(split)
+    elif split is not None:
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise ValueError(f"split must be None, an int seed or a (train_idx, test_idx) pair, got {split!r}")
         split = tuple(np.asarray(s) for s in split)
-        if len(split) != 2:
-            raise ValueError("split must be None, an int seed or a (train_idx, test_idx) pair")
         _check_split(int(max(split[0].max(initial=0), split[1].max(initial=0))) + 1, *split)
     settings = dict(alphas=alphas, sqrt=bool(sqrt), solver=solver)
 
