@@ -36,3 +36,21 @@ def test_equiv_congruity_matrix_and_errors(tmp_path, capsys):
     assert "missing arrays ['impls']" in capsys.readouterr().err
     assert main(["equiv", "pairwise", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
     assert main(["equiv", "pairwise", str(tmp_path / "m1.npz"), "--measure", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_equiv_reads_safetensors_and_uses_a_fixed_ridge_split(tmp_path, capsys):
+    from jaxequiv.adapters.safetensors_io import write_safetensors
+
+    rng = np.random.default_rng(2)
+    stack = rng.normal(size=(3, 40, 6)).astype(np.float32)
+    write_safetensors(tmp_path / "reps.safetensors", {"layer": stack})  # read with jaxequiv's NumPy codec
+    args = ["equiv", "pairwise", str(tmp_path / "reps.safetensors"), "--measure", "ridge", "--fixed-split", "7"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--seed", "1", "--out", str(tmp_path / "b")]) == 0  # the split does not follow --seed
+    got = np.load(tmp_path / "a" / "similarity.npy")
+    np.testing.assert_array_equal(got, np.load(tmp_path / "b" / "similarity.npy"))
+    fixed = sim.ridge_measure(split=7)
+    np.testing.assert_allclose(got[0], np.asarray(fixed.many(stack[0], stack)), atol=1e-6)
+    assert json.loads((tmp_path / "a" / "similarity.json").read_text())["fixed_split"] == 7
+    assert main(["equiv", "pairwise", str(tmp_path / "reps.safetensors"), "--fixed-split", "7", "--out", str(tmp_path)]) == 2
+    assert "--fixed-split applies to the ridge measures" in capsys.readouterr().err

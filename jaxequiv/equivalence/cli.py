@@ -12,10 +12,9 @@ Representation files: ``.npz`` / ``.safetensors`` (one (N, D) array per name, or
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from jaxequiv.files import atomic_path
+from jaxequiv.files import atomic_path, write_json
 
 __all__ = ["register", "load_arrays"]
 
@@ -33,9 +32,9 @@ def load_arrays(path: str) -> dict:
     if p.suffix == ".npy":
         return {p.stem: np.load(p)}
     if p.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from jaxequiv.adapters.safetensors_io import read_safetensors
 
-        return dict(load_file(str(p)))
+        return read_safetensors(p)[0]
     raise ValueError(f"{path}: expected a .npz, .npy or .safetensors file")
 
 
@@ -55,11 +54,6 @@ def _stack(arrays: dict, path: str):
     return list(arrays), np.stack(list(arrays.values()))
 
 
-def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def _heatmap(path: Path, matrix, names, title: str, vmin=None, vmax=None) -> None:
     import matplotlib
 
@@ -74,16 +68,21 @@ def _heatmap(path: Path, matrix, names, title: str, vmin=None, vmax=None) -> Non
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
-def _measure(name: str):
-    from jaxequiv.similarity import MEASURES
+def _measure(name: str, fixed_split: int | None):
+    from jaxequiv.similarity import MEASURES, ridge_measure
 
     if name not in MEASURES:
         raise ValueError(f"unknown measure {name!r}; choose one of {sorted(MEASURES)}")
-    return MEASURES[name]
+    if fixed_split is None:
+        return MEASURES[name]
+    if name not in ("ridge", "ridge_sqrt"):
+        raise ValueError(f"--fixed-split applies to the ridge measures (ridge, ridge_sqrt), not {name!r}")
+    return ridge_measure(sqrt=name == "ridge_sqrt", split=fixed_split)
 
 
 def _pairwise(args) -> int:
@@ -92,14 +91,15 @@ def _pairwise(args) -> int:
 
     from jaxequiv.similarity import pairwise
 
-    measure = _measure(args.measure)
+    measure = _measure(args.measure, args.fixed_split)
     names, Xs = _stack(load_arrays(args.reps), args.reps)
     matrix = np.asarray(pairwise(measure, Xs, key=jax.random.key(args.seed), chunk=args.chunk))
     out = Path(args.out)
-    _atomic_write(out / "similarity.npy", lambda tmp: np.save(tmp, matrix))
+    with atomic_path(out / "similarity.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, matrix)
     doc = {"measure": measure.name, "higher_is_similar": measure.higher_is_similar, "names": names,
-           "matrix": matrix.tolist(), "seed": args.seed}
-    _atomic_write(out / "similarity.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+           "matrix": matrix.tolist(), "seed": args.seed, "fixed_split": args.fixed_split}
+    write_json(out / "similarity.json", doc)
     _heatmap(out / "similarity.png", matrix, names, f"{measure.name} (row predicts column)" if not measure.symmetric else measure.name)
     print(f"{len(names)} x {len(names)} {measure.name} matrix -> {out}/similarity.{{npy,json,png}}")
     return 0
@@ -113,7 +113,7 @@ def _congruity(args) -> int:
 
     if len(args.models) < 2:
         raise ValueError("congruity needs at least 2 model files (each with 'base' and 'impls')")
-    measure = _measure(args.measure)
+    measure = _measure(args.measure, args.fixed_split)
     models = {}
     for path in args.models:
         arrays = load_arrays(path)
@@ -133,12 +133,16 @@ def _congruity(args) -> int:
                 mat[i, j] = mat[j, i] = value
             print(f"{names[i]} vs {names[j]}: {r}")
     out = Path(args.out)
-    doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "names": names,
-           "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
-    _atomic_write(out / "congruity.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "fixed_split": args.fixed_split,
+           "names": names, "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
+    write_json(out / "congruity.json", doc)
     _heatmap(out / "congruity.png", score, names, f"congruity ({measure.name}, {args.rounds} rounds)", 0.0, 1.0)
     print(f"congruity matrix -> {out}/congruity.{{json,png}}")
     return 0
+
+
+FIXED_SPLIT_HELP = ("ridge only: one train/test split drawn from SEED for every fit (the reference's random_state "
+                    "convention) instead of a fresh split per fit")
 
 
 def register(subparsers) -> None:
@@ -151,6 +155,7 @@ def register(subparsers) -> None:
     pw.add_argument("--out", required=True, help="output folder")
     pw.add_argument("--seed", type=int, default=0, help="seed for randomised measures (ridge splits)")
     pw.add_argument("--chunk", type=int, default=64, help="memory knob (see jaxequiv.similarity.pairwise)")
+    pw.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
     pw.set_defaults(func=_pairwise)
     cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap")
     cg.add_argument("models", nargs="+", help="model files (.npz/.safetensors with 'base' and 'impls')")
@@ -159,4 +164,5 @@ def register(subparsers) -> None:
     cg.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the confidence interval")
     cg.add_argument("--seed", type=int, default=0)
     cg.add_argument("--out", required=True, help="output folder")
+    cg.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
     cg.set_defaults(func=_congruity)
