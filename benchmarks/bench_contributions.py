@@ -16,9 +16,9 @@ Runs of the two sides are interleaved; each figure is the median of ``--runs`` r
 
 Last line: ``RESULT contributions ig_ratio=<x> allclass_ratio=<y>`` (ratio = jaxequiv images/s over Captum's).
 
-Known CPU bottleneck (measured 2026-11-22, jaxlib 0.10.2): XLA:CPU runs padded 3x3 convolutions on 2x2 and 1x1
-maps (layer3/layer4 of a ResNet at 32x32 input) 35-40x slower than the same product written as im2col + matmul,
-and those layers dominate the jaxequiv side here; see the contributions report for the numbers with that fix.
+XLA:CPU runs padded 3x3 convolutions on 2x2 and 1x1 maps (layer3/layer4 of a ResNet at 32x32 input) 35-40x
+slower than the same product as a patch matmul (measured 2026-11-22, jaxlib 0.10.2), so jaxequiv's ResNet computes
+convolutions with at most 4 output positions that way (``jaxequiv.models.resnet._conv_general_dilated``).
 """
 
 from __future__ import annotations

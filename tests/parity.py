@@ -1,6 +1,11 @@
-"""Shared tolerance for parity tests against PyTorch: max |got - want| / max |want| per tensor."""
+"""Shared helpers of the parity tests against PyTorch: the tolerance (max |got - want| / max |want| per tensor),
+torch forward hooks, and jaxequiv site captures under one jit."""
 
+import jax
 import numpy as np
+from flax import nnx
+
+from jaxequiv.sites import run
 
 RTOL = 1e-4
 
@@ -22,3 +27,9 @@ def torch_hooks(model, specs: dict):
             out[name] = fn(value.detach().numpy())
         handles.append(modules[module_name].register_forward_hook(hook))
     return out, handles
+
+
+def jrun(model, *args, capture):
+    """``run(model, *args, capture=...)`` under one ``jax.jit`` (one compile instead of op-by-op dispatch)."""
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda st, *a: run(nnx.merge(graphdef, st), *a, capture=capture))(state, *args)

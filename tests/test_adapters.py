@@ -16,16 +16,10 @@ from torch import nn  # noqa: E402
 
 from jaxequiv.adapters import torch as ad  # noqa: E402
 from jaxequiv.adapters.reference_torch import torch_resnet  # noqa: E402
-from jaxequiv.sites import list_sites, run  # noqa: E402
+from jaxequiv.sites import list_sites  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-from parity import RTOL, rel_err, torch_hooks  # noqa: E402
-
-
-def jrun(model, *args, capture):
-    """``run(model, *args, capture=...)`` under one ``jax.jit`` (one compile instead of op-by-op dispatch)."""
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, *a: run(nnx.merge(graphdef, st), *a, capture=capture))(state, *args)
+from parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
 
 
 def jcall(model, *args):

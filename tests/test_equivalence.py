@@ -213,7 +213,7 @@ def test_congruity_and_grid_bad_input():
 
 
 def test_default_chunk_is_unbatched_on_cpu():
-    from jaxequiv.equivalence.congruity import default_chunk
+    from jaxequiv.similarity.base import default_chunk
 
     assert default_chunk(7, 64) == 7
     assert default_chunk(None, 64) == (1 if jax.default_backend() == "cpu" else 64)

@@ -20,12 +20,7 @@ transformers.logging.set_verbosity_error()
 from jaxequiv.adapters import torch as ad  # noqa: E402
 from jaxequiv.adapters.reference_torch import TorchViT  # noqa: E402
 
-from parity import RTOL, rel_err, torch_hooks  # noqa: E402
-
-
-def jrun(model, *args, capture):
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, *a: run(nnx.merge(graphdef, st), *a, capture=capture))(state, *args)
+from parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------------- ViT

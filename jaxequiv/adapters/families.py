@@ -204,7 +204,6 @@ class ResNetConfig(DictConfig):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
 
 
-
 def _require_keys(state: Mapping, *keys: str) -> None:
     missing = [k for k in keys if k not in state]
     if missing:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxequiv.similarity import RIDGE, Measure, check_pair, check_reprs
+from jaxequiv.similarity.base import default_chunk
 from jaxequiv.similarity.pairwise import pairwise_unchecked
 
 __all__ = ["congruity", "CongruityResult", "distinguishability_grid"]
@@ -53,18 +54,6 @@ def _own_and_other(measure, X, own, other, key):
     if own.shape == other.shape:
         return measure.many_kernel(X, jnp.stack([own, other]), key)
     return jnp.stack([measure.many_kernel(X, own[None], key)[0], measure.many_kernel(X, other[None], key)[0]])
-
-
-def default_chunk(chunk: int | None, accelerator_default: int) -> int:
-    """Fits per vmapped batch: ``chunk`` if given, else ``accelerator_default`` on GPU/TPU and 1 on the CPU.
-
-    On the CPU, a batched (vmapped) LAPACK ``eigh`` queues its work on the XLA thread pool its callers already
-    occupy and was seen to deadlock under load; unbatched fits cost little on a few cores."""
-    if chunk is not None:
-        if int(chunk) < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        return int(chunk)
-    return 1 if jax.default_backend() == "cpu" else accelerator_default
 
 
 @functools.partial(jax.jit, static_argnames=("measure", "n_rounds", "compare_to", "n_boot", "chunk"))
@@ -128,7 +117,7 @@ def congruity(
       key: PRNG key (or int); the result is exact for a given key.
       measure: a :class:`~jaxequiv.similarity.Measure` (ridge R^2 by default; distances are handled).
       n_boot, ci: bootstrap resamples of rounds and the percentile interval's coverage.
-      chunk: rounds evaluated per vmapped batch (memory knob); default see :func:`default_chunk`.
+      chunk: rounds evaluated per vmapped batch (memory knob); default see :func:`jaxequiv.similarity.base.default_chunk`.
     """
     if not isinstance(measure, Measure):
         raise TypeError(f"congruity: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
@@ -211,7 +200,7 @@ def distinguishability_grid(
       distinct: forbid X' == X (the reference allows it; then ``within`` is often a self-fit, R^2 ~ 1, which
         makes even identical interpretations look distinguishable).
       chunk: trials per vmapped batch for a measure that needs a key (memory knob); default see
-        :func:`default_chunk`.
+        :func:`jaxequiv.similarity.base.default_chunk`.
 
     Returns:
       (A, A) array of rejection rates in [0, 1]; row a is the base interpretation.

@@ -53,7 +53,6 @@ class BertConfig(DictConfig):
                              f"num_attention_heads={self.num_attention_heads}")
 
 
-
 def _ln(cfg: BertConfig, rngs):
     return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, rngs=rngs)
 

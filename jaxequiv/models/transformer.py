@@ -175,7 +175,6 @@ class TransformerConfig(DictConfig):
         return NAMINGS[self.naming]
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Pure kernels shared by every attention layer of the package (decoder, ViT, BERT).
 

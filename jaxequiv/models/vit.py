@@ -66,7 +66,6 @@ class ViTConfig(DictConfig):
         return self.img_size // self.patch_size
 
 
-
 class PatchEmbed(nnx.Module):
     def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs):
         p = cfg.patch_size

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Measure", "check_pair", "check_reprs", "INVARIANCES"]
+__all__ = ["Measure", "check_pair", "check_reprs", "default_chunk", "INVARIANCES"]
 
 # Vocabulary of declared invariances (transformations of X or Y that leave the value unchanged).
 INVARIANCES = frozenset(
@@ -89,6 +89,18 @@ def check_reprs(Xs, *, name: str = "reprs", min_count: int = 1) -> jax.Array:
     if _is_concrete(Xs) and not bool(jnp.all(jnp.isfinite(Xs))):
         raise ValueError(f"{name}: contains NaN or Inf; clean or drop those rows first")
     return Xs
+
+
+def default_chunk(chunk: int | None, accelerator_default: int) -> int:
+    """Fits per vmapped batch: ``chunk`` if given, else ``accelerator_default`` on GPU/TPU and 1 on the CPU.
+
+    On the CPU, a batched (vmapped) LAPACK ``eigh`` queues its work on the XLA thread pool its callers already
+    occupy and was seen to deadlock under load; unbatched fits cost little on a few cores."""
+    if chunk is not None:
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        return int(chunk)
+    return 1 if jax.default_backend() == "cpu" else accelerator_default
 
 
 @dataclasses.dataclass(frozen=True)

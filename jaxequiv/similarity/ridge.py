@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxequiv.similarity.base import Measure, check_pair, check_reprs
+from jaxequiv.similarity.base import Measure, check_pair, check_reprs, default_chunk
 
 __all__ = ["ridge_score", "ridge_many", "ridge_r2_outputs", "split_indices", "ridge_measure", "RIDGE", "RIDGE_SQRT", "DEFAULT_ALPHAS"]
 
@@ -325,9 +325,7 @@ def ridge_measure(
     def pairwise_kernel(Xs, Ys, key, chunk):
         Ys = Xs if Ys is None else Ys
         keys = jax.random.split(key, Xs.shape[0])  # one split per row, shared by all k targets
-        # rows vmapped chunk // k at a time; one at a time on the CPU, where batched LAPACK eigh is slow and can
-        # deadlock the XLA thread pool (a row's decomposition and k fits already occupy the cores)
-        rows = 1 if jax.default_backend() == "cpu" else max(1, min(Xs.shape[0], chunk // Ys.shape[0]))
+        rows = default_chunk(None, max(1, min(Xs.shape[0], chunk // Ys.shape[0])))  # rows vmapped at a time
         return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=rows)
 
     return Measure(
