@@ -6,7 +6,7 @@ from jaxequiv.files import write_text
 
 def test_demo_runs_the_codec_pipeline(tmp_path, capsys, monkeypatch):
     """The CLI wiring: ``jaxequiv demo --quick`` runs the pipeline with the smoke settings into --out and prints
-    where the report is. The pipeline itself runs end to end in tests/test_experiment_codec.py with these same
+    where the report is. The pipeline itself runs end to end in tests/experiments/test_codec_images.py with these same
     settings (running it twice would double the slowest test)."""
     from jaxequiv.codec import pipeline
 

@@ -19,7 +19,7 @@ from jaxequiv.adapters.reference_torch import torch_resnet  # noqa: E402
 from jaxequiv.sites import list_sites  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-from parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
+from tests.parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
 
 
 def jcall(model, *args):

@@ -14,7 +14,7 @@ from jaxequiv.contributions import global_std
 from jaxequiv.sae import Scaled, codec_sweep, evaluate, load_sae
 from jaxequiv.sae.cli import sweep_names
 
-# the settings of tests/test_sae_train.py (d = 8 here too), so that these runs reuse its compiled steps
+# the settings of tests/sae/test_train.py (d = 8 here too), so that these runs reuse its compiled steps
 TRAIN = ["--steps", "10", "--batch-size", "32", "--log-every", "10", "--lr", "3e-3"]
 
 

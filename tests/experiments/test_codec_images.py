@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-RUN = os.path.join(os.path.dirname(__file__), "..", "experiments", "codec_images", "run.py")
+RUN = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "codec_images", "run.py")
 
 
 @pytest.mark.slow
