@@ -1,0 +1,1 @@
+"""Tools for testing code built on jaxequiv (not imported by ``import jaxequiv``)."""

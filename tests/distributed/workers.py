@@ -1,0 +1,108 @@
+"""Functions the multi-process tests run in each worker (jaxequiv.testing.multiprocess.run_workers).
+
+Module level, and no JAX work at import time: the workers import this module after jax.distributed is up.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxequiv import distributed as dist
+from jaxequiv.testing.multiprocess import milestone
+
+
+def data(n: int, d: int = 3) -> np.ndarray:
+    """The data set every test splits: (n, d) float32, the same in every process."""
+    return np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+
+
+def _gram(x):
+    return x.T @ x  # (d, d): a sum over rows, i.e. a reduction across the data axis
+
+
+_gram_jit = jax.jit(_gram)
+
+
+def _psum_rows(x):
+    return jax.lax.psum(jnp.sum(x, axis=0), dist.DATA)
+
+
+def placement(n: int, big: int) -> dict:
+    """Each process reads only its rows; kernels over the global array; results fetched to every process."""
+    parser = argparse.ArgumentParser()
+    dist.add_distributed_args(parser)
+    flagged = dist.from_args(parser.parse_args(["--mesh", "data=2,stack=-1"]))  # joins the run already up
+    try:
+        dist.initialize(num_processes=3)
+        mismatch = ""
+    except ValueError as e:
+        mismatch = str(e)
+    m = dist.make_mesh()
+    x = data(n)
+    rows = dist.local_rows(n, m)
+    g = dist.global_array(x[rows], m, n=n)  # this process's rows only
+    summed = jax.shard_map(_psum_rows, mesh=m, in_specs=P(dist.DATA), out_specs=P())
+    # gloo's reduce-scatter of multi-MiB chunks (jax-ml/jax#40830): a (4, big) float32 psum_scatter
+    y = np.random.default_rng(1).normal(size=(m.shape[dist.DATA], big)).astype(np.float32)
+    scatter = jax.shard_map(lambda v: jax.lax.psum_scatter(v[0], dist.DATA, tiled=True)[None], mesh=m,
+                            in_specs=P(dist.DATA), out_specs=P(dist.DATA))
+    compiled = _gram_jit.lower(g).compile()
+    return {
+        "again": dist.initialize(), "mismatch": mismatch, "flagged": dict(flagged.shape),
+        "process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(), "writer": dist.is_writer(), "rows": rows,
+        "addressable_rows": sorted(int(s.index[0].start) for s in g.addressable_shards),
+        "sum": dist.fetch_global(jax.jit(jnp.sum)(g)), "gram": dist.fetch_global(_gram_jit(g)),
+        "psum": dist.fetch_global(jax.jit(summed)(g)), "fetched": dist.fetch_global(g),
+        "shard_equals_global": bool(np.array_equal(dist.fetch_global(dist.shard(x, m)), x)),
+        "replicated": dist.fetch_global(dist.replicate({"w": np.arange(3.0)}, m)),
+        "scatter": dist.fetch_global(jax.jit(scatter)(dist.shard(y, m))).reshape(-1), "scatter_ref": y.sum(0),
+        "collectives": [(c.op, c.axes) for c in dist.collectives(compiled, m)],
+        "gather_collectives": [(c.op, c.axes) for c in dist.collectives(jax.jit(
+            lambda v: v @ v.T).lower(g).compile(), m)],
+    }
+
+
+def barrier_with_a_late_process(timeout_s: float, late_s: float) -> dict:
+    """Process 0 waits at a barrier that process 1 reaches only after late_s."""
+    dist.barrier("start", timeout_s=30)
+    t0 = time.monotonic()
+    if jax.process_index() == 1:
+        time.sleep(late_s)
+    try:
+        dist.barrier("late", timeout_s=timeout_s)
+        outcome = "passed"
+    except dist.BarrierTimeout as e:
+        outcome = str(e)
+    return {"outcome": outcome, "waited": time.monotonic() - t0}
+
+
+def hang_in(process: int) -> None:
+    """Process `process` never returns."""
+    if jax.process_index() == process:
+        milestone("hanging")
+        time.sleep(3600)
+
+
+def fail_in(process: int) -> None:
+    if jax.process_index() == process:
+        raise RuntimeError(f"deliberate failure in process {process}")
+    time.sleep(3600)  # the other waits forever: the harness must stop it
+
+
+def count_steps(steps: int, folder: str) -> int:
+    """Write one file per step and process, reporting each as a milestone; resumes from the files present."""
+    from pathlib import Path
+
+    done = 0
+    for step in range(steps):
+        path = Path(folder) / f"step{step}.{jax.process_index()}"
+        if not path.exists():
+            path.write_text("done")
+            done += 1
+        milestone(f"step{step}")
+    return done
