@@ -7,11 +7,11 @@ Place the batch along ``data`` (:func:`shard`, or :func:`global_array` from each
 propagates the sharding; streaming reductions combine per-device partial sums with a ``psum`` under
 ``jax.shard_map``; :func:`assert_no_gather` checks in the compiled HLO that only such reductions cross devices.
 
-Several processes (hosts) call :func:`initialize` first; then every process runs the same program, each holding
-its own rows (:func:`local_rows`); results that must be written are gathered (:func:`fetch_global`) and written
-where :func:`is_writer`. :func:`barrier` waits for the others, with a timeout. On a CPU,
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` fakes 8 devices, and :mod:`jaxequiv.testing.multiprocess`
-runs several processes on one machine.
+Several processes (hosts) call :func:`initialize` first; then every process runs the same program, each reading
+(:func:`local_rows`) and writing (:func:`local_array`) its own rows; small results that must be written are
+gathered (:func:`fetch_global`) and written where :func:`is_writer`. :func:`barrier` waits for the others, with a
+timeout. On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` fakes 8 devices, and
+:mod:`jaxequiv.testing.multiprocess` runs several processes on one machine.
 """
 
 from jaxequiv.distributed.cli import add_distributed_args, from_args
@@ -23,6 +23,7 @@ from jaxequiv.distributed.placement import (
     STACK,
     fetch_global,
     global_array,
+    local_array,
     local_rows,
     make_mesh,
     parse_mesh_spec,
@@ -41,7 +42,7 @@ from jaxequiv.distributed.runtime import (
 
 __all__ = [
     "DATA", "STACK", "PAIRS", "AXES", "make_mesh", "parse_mesh_spec", "shard", "replicate", "local_rows",
-    "global_array", "fetch_global", "initialize", "is_writer", "barrier", "BarrierTimeout", "ENV_COORDINATOR",
-    "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "collectives", "assert_no_gather", "Collective", "add_distributed_args",
-    "from_args",
+    "global_array", "local_array", "fetch_global", "initialize", "is_writer", "barrier", "BarrierTimeout",
+    "ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "collectives", "assert_no_gather", "Collective",
+    "add_distributed_args", "from_args",
 ]

@@ -140,6 +140,25 @@ def global_array(local, m: Mesh, axis: str | PartitionSpec = DATA, n: int | None
     return jax.make_array_from_process_local_data(NamedSharding(m, _spec(axis, local.ndim)), local, shape)
 
 
+def local_array(x: jax.Array) -> np.ndarray:
+    """This process's rows of ``x`` as NumPy: the inverse of :func:`global_array`, e.g. to write only them.
+
+    Returns:
+      ``(len(rows), ...)`` the rows of ``x`` this process holds (``local_rows`` of the axis splitting ``x``'s
+      leading dimension), in order; copies held by several local devices are taken once.
+    """
+    if x.ndim == 0:
+        return np.asarray(x.addressable_data(0))
+    blocks = {}
+    for shard_ in x.addressable_shards:
+        for dim, (index, size) in enumerate(zip(shard_.index[1:], x.shape[1:]), 1):
+            if index.indices(size) != (0, size, 1):
+                raise ValueError(f"local_array needs whole rows on each device, but dimension {dim} of an array "
+                                 f"of shape {x.shape} is split ({x.sharding.spec}); gather it with fetch_global")
+        blocks.setdefault(shard_.index[0].indices(x.shape[0])[0], shard_.data)
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+
+
 def fetch_global(tree):
     """The whole value of every array in ``tree``, as NumPy, on every process.
 

@@ -12,7 +12,7 @@ from tests.distributed import workers
 
 
 def test_two_processes_equal_one():
-    n, big = 16, 2**20  # big: a 4 MiB float32 chunk per device for psum_scatter
+    n, big = 16, 2**21  # big: 8 MiB of float32 per device, reduce-scattered into 2 MiB chunks
     results = run_workers(workers.placement, n, big, processes=2, devices=2, timeout_s=120)
     x = workers.data(n)
     for i, r in enumerate(results):
@@ -21,6 +21,8 @@ def test_two_processes_equal_one():
         assert r["again"] and "already initialized with num_processes=2, not 3" in r["mismatch"]
         assert r["flagged"] == {"data": 2, "stack": 2, "pairs": 1}
         np.testing.assert_array_equal(r["rows"], np.arange(8 * i, 8 * i + 8))  # data spans the processes
+        np.testing.assert_array_equal(r["local"], x[r["rows"]])  # its own rows back, to write them
+        np.testing.assert_array_equal(r["local_gram"], r["gram"])  # a replicated result: whole on each process
         assert r["addressable_rows"] == [8 * i, 8 * i + 4]
         np.testing.assert_array_equal(r["fetched"], x)  # every process sees the global array
         assert r["shard_equals_global"]

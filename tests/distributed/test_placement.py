@@ -12,6 +12,7 @@ from jaxequiv.distributed import (
     STACK,
     fetch_global,
     global_array,
+    local_array,
     local_rows,
     make_mesh,
     parse_mesh_spec,
@@ -94,3 +95,13 @@ def test_local_rows_and_global_array_in_one_process():
         local_rows(6, m)
     with pytest.raises(ValueError, match="not 'model'"):
         local_rows(8, m, "model")
+
+
+def test_local_array_is_the_inverse_of_global_array():
+    m = make_mesh(stack=2)
+    x = np.arange(48.0).reshape(8, 3, 2)
+    np.testing.assert_array_equal(local_array(global_array(x, m, n=8)), x)  # replicas over stack taken once
+    np.testing.assert_array_equal(local_array(shard(x, m, STACK)), x)
+    np.testing.assert_array_equal(local_array(replicate(np.float32(3.0), m)), 3.0)
+    with pytest.raises(ValueError, match="dimension 1 of an array of shape \\(2, 4, 3\\) is split"):
+        local_array(shard(np.zeros((2, 4, 3)), m, P(STACK, DATA)))

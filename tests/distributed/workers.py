@@ -55,6 +55,7 @@ def placement(n: int, big: int) -> dict:
         "again": dist.initialize(), "mismatch": mismatch, "flagged": dict(flagged.shape),
         "process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
         "local_devices": jax.local_device_count(), "writer": dist.is_writer(), "rows": rows,
+        "local": dist.local_array(g), "local_gram": dist.local_array(_gram_jit(g)),
         "addressable_rows": sorted(int(s.index[0].start) for s in g.addressable_shards),
         "sum": dist.fetch_global(jax.jit(jnp.sum)(g)), "gram": dist.fetch_global(_gram_jit(g)),
         "psum": dist.fetch_global(jax.jit(summed)(g)), "fetched": dist.fetch_global(g),
