@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxequiv.codec import metrics as M
+from jaxequiv.sae.metrics import Modes
 
 __all__ = ["check_store", "LayerStats", "layer_statistics", "Modes", "ModeSelectivity", "mode_selectivity"]
 
@@ -92,13 +93,6 @@ def layer_statistics(store, sites: Sequence[str], labels=None, threshold: float 
                       col("fa"))
 
 
-class Modes(NamedTuple):
-    """The alive modes of one SAE: atoms (K, C) and loadings (N, K) on the store's examples."""
-
-    atoms: np.ndarray
-    loadings: np.ndarray
-
-
 class ModeSelectivity(NamedTuple):
     """Figure-5 statistics of one site for one kind of modes (contribution or activation)."""
 
@@ -115,19 +109,19 @@ def mode_selectivity(modes: Mapping[str, Modes], store, variant: str, labels=Non
     """Class selectivity of modes and of the channels they decompose, per site.
 
     Args:
-      modes: ``{site: Modes}``; loadings rows are the store's examples.
+      modes: ``{site: Modes}`` (:func:`jaxequiv.sae.readout` on the store's examples, in order).
       variant: the store array the SAE was trained on (``"positive"`` or ``"activations"``).
     """
     labels = check_store(store, list(modes), labels, (variant,))
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     out = {}
     for s, m in modes.items():
-        if m.atoms.shape[0] == 0 or m.loadings.shape[1] == 0:
+        if not np.any(m.alive):
             raise ValueError(f"the SAE of {s!r} has no alive modes (no code is ever non-zero); train it longer, or "
                              "lower its threshold theta")
-        if m.loadings.shape[0] != store.n:
-            raise ValueError(f"loadings of {s!r} have {m.loadings.shape[0]} rows; the store has {store.n} examples")
-        corr = np.asarray(M.class_correlation(m.loadings, labels, n_classes))
+        if m.codes.shape[0] != store.n:
+            raise ValueError(f"codes of {s!r} have {m.codes.shape[0]} rows; the store has {store.n} examples")
+        corr = np.asarray(M.class_correlation(m.alive_codes(), labels, n_classes))
         ch = np.asarray(M.class_correlation(np.asarray(store.array(s, variant), np.float32), labels, n_classes))
         per_class, per_mode = M.class_coverage(corr, top)
         out[s] = ModeSelectivity(corr, M.selectivity(corr, threshold), M.selectivity(ch, threshold),

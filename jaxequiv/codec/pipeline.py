@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CodecConfig", "QUICK", "FULL", "load_dataset", "train_classifier", "read_modes", "run_pipeline"]
+__all__ = ["CodecConfig", "QUICK", "FULL", "load_dataset", "train_classifier", "run_pipeline"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,21 +119,6 @@ def train_classifier(data, cfg: CodecConfig, progress: bool = False):
     return net, float(accuracy(net, data.x_test, data.y_test.astype(np.int32)))
 
 
-def read_modes(cfg_sae, params, x: np.ndarray):
-    """Alive modes of a trained SAE on rows ``x`` (N, C): ``(Modes, R^2)``."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxequiv.codec.analysis import Modes
-
-    z = np.asarray(jax.jit(cfg_sae.encode)(params, jnp.asarray(x)))
-    atoms = np.asarray(cfg_sae.atoms(params))
-    alive = (z != 0).any(axis=0)
-    recon = z @ atoms
-    r2 = 1.0 - float(np.sum((x - recon) ** 2) / max(np.sum((x - x.mean(0)) ** 2), 1e-30))
-    return Modes(atoms[alive], z[:, alive]), r2
-
-
 def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an image ResNet", progress: bool = False,
                  log: Callable[[str], None] = print) -> str:
     """Run everything and write ``out_dir/report.md`` (+ PNGs, ``results.json``); returns the report's path."""
@@ -147,7 +132,7 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     from jaxequiv.files import write_json
     from jaxequiv.contributions.driver import build_store
     from jaxequiv.contributions.reduce import normalise_global_std
-    from jaxequiv.sae import make, train_many
+    from jaxequiv.sae import evaluate, make, readout, train_many
     from jaxequiv.sae.train import TrainSettings
 
     t0 = time.time()
@@ -186,7 +171,8 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     modes, r2 = {}, {}
     for (key, v), c in zip(inputs.items(), configs):
         tr = train_many([c], v, seeds=[cfg.seed], settings=settings)[0]
-        modes[key], r2[key] = read_modes(c, tr.params, v)
+        modes[key] = readout(c, tr.params, v, tr.state)
+        r2[key] = evaluate(c, tr.params, v, tr.state)["r2_codec"]
     lap(f"SAEs ({len(configs)})")
 
     sel = {src: mode_selectivity({s: modes[(src, s)] for s in sites}, store, var, n_classes=data.num_classes)
@@ -199,7 +185,7 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
         for src in sources:
             m = modes[(src, s)]
             corr = sel[src][s].corr
-            inter[s][src] = I.mode_intervention(net, x, y, s, m.atoms, corr, jax.random.key(cfg.seed),
+            inter[s][src] = I.mode_intervention(net, x, y, s, m.alive_atoms(), corr, jax.random.key(cfg.seed),
                                                 percentages=cfg.percentages, n_trials=cfg.trials,
                                                 n_images=cfg.images_per_class)
     lap("interventions")
@@ -207,8 +193,9 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     concept = np.isin(y, cfg.superclass).astype(np.int64)
     sup_sites = sites[-cfg.superclass_blocks:]
     sup_modes = {s: modes[("contribution", s)] for s in sup_sites}
-    concept_corr = {s: np.asarray(M.class_correlation(m.loadings, concept, 2))[:, 1] for s, m in sup_modes.items()}
-    sup_atoms = {s: m.atoms for s, m in sup_modes.items()}
+    concept_corr = {s: np.asarray(M.class_correlation(m.alive_codes(), concept, 2))[:, 1]
+                    for s, m in sup_modes.items()}
+    sup_atoms = {s: m.alive_atoms() for s, m in sup_modes.items()}
     superclass = {kind: I.superclass_intervention(net, x, y, sup_atoms, concept_corr, pct, kind,
                                                   n_classes=data.num_classes)
                   for kind, pct in zip(I.KINDS, cfg.superclass_pct)}
@@ -220,7 +207,7 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     chosen = [good[y[good] == c][0] for c in np.unique(y[good])][: cfg.picture_images]
     cm = modes[("contribution", pic_site)]
     top = sel["contribution"][pic_site].modes.top_mode
-    atoms = cm.atoms[np.asarray(top)[y[chosen]]]
+    atoms = cm.alive_atoms()[np.asarray(top)[y[chosen]]]
     maps = mode_picture_maps(net, x[chosen], pic_site, atoms, y[chosen], n_channels=cfg.picture_channels)
     masks = picture_mask(np.asarray(maps.total), size=cfg.picture_filter, gamma=cfg.picture_gamma)
     pictures = {"images": x[chosen], "masks": masks, "site": pic_site,
@@ -237,9 +224,9 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
                          "zero baseline",
         "SAEs": f"STSAE per block on 'positive' contributions and on activations (global-std normalised), "
                 f"K = {cfg.sae_expansion}*C, theta {cfg.sae_theta}, l1 {cfg.sae_l1}, {cfg.sae_steps} steps; "
-                "alive modes / R^2: " + ", ".join(
-                    f"{s} {modes[('contribution', s)].atoms.shape[0]}/{r2[('contribution', s)]:.2f} (contrib.) "
-                    f"{modes[('activation', s)].atoms.shape[0]}/{r2[('activation', s)]:.2f} (act.)" for s in sites),
+                "alive modes / R^2 (CODEC's: global-mean, r2_codec): " + ", ".join(
+                    f"{s} {modes[('contribution', s)].alive.sum()}/{r2[('contribution', s)]:.2f} (contrib.) "
+                    f"{modes[('activation', s)].alive.sum()}/{r2[('activation', s)]:.2f} (act.)" for s in sites),
         "interventions": f"{cfg.trials} trials x {len(cfg.percentages)} percentages {list(cfg.percentages)}, "
                          f"{cfg.images_per_class} images per class, seed {cfg.seed}",
         "config": json.dumps(dataclasses.asdict(cfg)),

@@ -107,7 +107,7 @@ def load_sae(path: str | os.PathLike):
     if isinstance(cfg, V.BatchTopK):
         thr = t.pop("threshold")
         state = {**cfg.init_state(), "threshold": thr, "seen": jnp.ones(thr.shape, bool)}
-    shapes = {k: v.shape for k, v in jax.eval_shape(cfg.init, jax.random.PRNGKey(0)).items()}
+    shapes = {k: v.shape for k, v in jax.eval_shape(cfg.init, jax.random.key(0)).items()}
     if set(t) != set(shapes):
         raise ValueError(f"{w_path}: tensors {sorted(t)} do not match a {cfg.name} SAE ({sorted(shapes)})")
     for k, v in t.items():

@@ -6,12 +6,15 @@ Two families of "explained variance" with distinct names:
 * :func:`explained_variance`: 1 - sum (x - x_hat)^2 / sum (x - mean_feature(x))^2 (pooled over features,
   sklearn's ``r2_score(..., multioutput="variance_weighted")``) and :func:`explained_variance_mean`, the
   average of per-feature R^2 (sklearn's ``"uniform_average"``).
+
+Degenerate cases have defined values, never NaN: an R^2 of constant data is 1.0 for a perfect reconstruction and
+0.0 otherwise (scikit-learn's ``force_finite``), and the relative reconstruction bias of an all-zero
+reconstruction (every latent dead, no decoder bias) is 0.0, the limit of its definition.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +26,23 @@ __all__ = ["r2_codec", "explained_variance", "explained_variance_mean", "relativ
            "l0", "density", "dead_latents", "evaluate", "readout", "Modes"]
 
 
+def _r2(residual, total, xp=jnp):
+    """1 - residual / total, with constant data (total 0) scored 1.0 if residual is 0 else 0.0; ``xp`` is jnp
+    (float32 arrays) or np (float64 sums)."""
+    safe = xp.where(total > 0, total, 1.0)
+    return xp.where(total > 0, 1.0 - residual / safe, xp.where(residual == 0, 1.0, 0.0))
+
+
 def r2_codec(x, x_hat) -> jax.Array:
     """CODEC's R^2 of (N, d) ``x_hat`` against ``x``: 1 - MSE / mean squared deviation from x's scalar mean."""
     x, x_hat = jnp.asarray(x), jnp.asarray(x_hat)
-    return 1.0 - jnp.mean(jnp.square(x - x_hat)) / jnp.mean(jnp.square(x - jnp.mean(x)))
+    return _r2(jnp.mean(jnp.square(x - x_hat)), jnp.mean(jnp.square(x - jnp.mean(x))))
 
 
 def explained_variance(x, x_hat) -> jax.Array:
     """Pooled explained variance: 1 - sum residual^2 / sum (x - per-feature mean)^2 over (N, d)."""
     x, x_hat = jnp.asarray(x), jnp.asarray(x_hat)
-    return 1.0 - jnp.sum(jnp.square(x - x_hat)) / jnp.sum(jnp.square(x - jnp.mean(x, axis=0)))
+    return _r2(jnp.sum(jnp.square(x - x_hat)), jnp.sum(jnp.square(x - jnp.mean(x, axis=0))))
 
 
 def explained_variance_mean(x, x_hat) -> jax.Array:
@@ -44,9 +54,11 @@ def explained_variance_mean(x, x_hat) -> jax.Array:
 
 
 def relative_reconstruction_bias(x, x_hat) -> jax.Array:
-    """gamma = E||x_hat||^2 / E<x_hat, x> (Rajamanoharan et al. 2024): 1 is unbiased, < 1 is shrinkage."""
+    """gamma = E||x_hat||^2 / E<x_hat, x> (Rajamanoharan et al. 2024): 1 is unbiased, < 1 is shrinkage.
+    0.0 for an all-zero ``x_hat`` (the limit as x_hat -> 0); inf where x_hat != 0 is orthogonal to x."""
     x, x_hat = jnp.asarray(x), jnp.asarray(x_hat)
-    return jnp.sum(jnp.square(x_hat)) / jnp.sum(x_hat * x)
+    sq = jnp.sum(jnp.square(x_hat))
+    return jnp.where(sq == 0, 0.0, sq / jnp.sum(x_hat * x))
 
 
 def l0(z) -> jax.Array:
@@ -70,6 +82,11 @@ def _batches(data, batch_size):
 
 
 @jax.jit
+def _encode(cfg, params, state, x):
+    return cfg.encode(params, x, state)
+
+
+@jax.jit
 def _sums(cfg, params, state, x):
     z = cfg.encode(params, x, state)
     xh = cfg.decode(params, z)
@@ -83,7 +100,10 @@ def evaluate(cfg, params, data: Any, state: dict | None = None, batch_size: int 
 
     Returns a dict with floats ``r2_codec``, ``explained_variance``, ``explained_variance_mean``, ``mse``,
     ``l0``, ``relative_reconstruction_bias``, ``n_alive`` and (K,) arrays ``density`` and ``alive``
-    (non-zero on at least one row). Sums are accumulated in float64.
+    (non-zero on at least one row). Sums are accumulated in float64. No value is NaN: the degenerate cases
+    take the values in the module docstring; ``explained_variance_mean`` averages the features that vary (0.0
+    when none does), and ``relative_reconstruction_bias`` is None in the one case it is infinite (a non-zero
+    reconstruction orthogonal to the data).
     """
     n, d = check_rows(data)
     if d != cfg.d_in:
@@ -97,29 +117,35 @@ def evaluate(cfg, params, data: Any, state: dict | None = None, batch_size: int 
     ss_glob = sxx.sum() - sx.sum() ** 2 / (n * d)
     var_ok = ss_feat > 0
     dens = acc["nz"] / n
+    xh2, xhx = float(acc["xh2"]), float(acc["xhx"])
     return {
         "mse": float(sse.sum() / (n * d)),
-        "r2_codec": float(1 - sse.sum() / ss_glob),
-        "explained_variance": float(1 - sse.sum() / ss_feat.sum()),
+        "r2_codec": float(_r2(sse.sum(), ss_glob, np)),
+        "explained_variance": float(_r2(sse.sum(), ss_feat.sum(), np)),
         "explained_variance_mean": float(np.mean(1 - sse[var_ok] / ss_feat[var_ok])) if var_ok.any() else 0.0,
         "l0": float(acc["nz"].sum() / n),
-        "relative_reconstruction_bias": float(acc["xh2"] / acc["xhx"]),
+        "relative_reconstruction_bias": 0.0 if xh2 == 0 else (xh2 / xhx if xhx != 0 else None),
         "density": dens,
         "alive": dens > 0,
         "n_alive": int((dens > 0).sum()),
     }
 
 
-@dataclasses.dataclass
-class Modes:
-    """CODEC mode readout: codes/loadings (N, K), alive mask (K,), dictionary atoms (K, d)."""
+class Modes(NamedTuple):
+    """An SAE's modes on a data set, from :func:`readout` to the CODEC analyses (:mod:`jaxequiv.codec`).
+
+    Attributes:
+      codes: (N, K) codes of every latent on every row (may be an np.memmap).
+      alive: (K,) bool, latent non-zero on at least one row.
+      atoms: (K, d) dictionary rows as used by the decoder.
+    """
 
     codes: np.ndarray
     alive: np.ndarray
     atoms: np.ndarray
 
     def alive_codes(self) -> np.ndarray:
-        """(N, K_alive) loadings of the alive modes (a copy)."""
+        """(N, K_alive) loadings of the alive modes (a copy): CODEC's mode loadings."""
         return np.asarray(self.codes)[:, self.alive]
 
     def alive_atoms(self) -> np.ndarray:
@@ -138,10 +164,9 @@ def readout(cfg, params, data: Any, state: dict | None = None, batch_size: int =
         out = np.empty((n, cfg.d_sae), np.float32)
     elif tuple(out.shape) != (n, cfg.d_sae):
         raise ValueError(f"out must have shape (N, K) = {(n, cfg.d_sae)}, got {tuple(out.shape)}")
-    enc = jax.jit(lambda p, s, x: cfg.encode(p, x, s))
     alive = np.zeros(cfg.d_sae, bool)
     for s, x in _batches(data, batch_size):
-        z = np.asarray(enc(params, state, jnp.asarray(x)))
+        z = np.asarray(_encode(cfg, params, state, jnp.asarray(x)))
         out[s:s + len(z)] = z
         alive |= (z != 0).any(axis=0)
     return Modes(out, alive, np.asarray(cfg.atoms(params)))

@@ -4,9 +4,9 @@
 params, optimiser states and statistics are stacked and the step is ``jax.vmap``-ed; all groups advance together
 in one jitted ``lax.scan`` over a chunk of steps. All SAEs see the same shuffled batches (``data_seed``); each
 SAE's own ``seed`` sets its initial weights and its dropout stream. ``train`` is ``train_many`` of one SAE.
-Under ``vmap`` a ``lax.cond`` runs both branches, so a variant with an auxiliary loss that is usually off
-(TopK's AuxK) exposes ``aux_needed(state)``; a group then runs the auxiliary loss only on steps where some
-SAE of it needs it (a group of one runs unbatched, where the variant's own ``lax.cond`` skips it).
+Under ``vmap`` a ``lax.cond`` runs both branches, so for a variant with an auxiliary loss that is usually off
+(``has_aux_loss``: TopK's AuxK) a group asks ``aux_needed(state)`` and runs the auxiliary loss only on steps where
+some SAE of it needs it (a group of one runs unbatched, where the variant's own ``lax.cond`` skips it).
 
 Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state
 is written atomically every ``checkpoint_every`` steps and a restarted run continues from it with identical
@@ -30,8 +30,10 @@ import numpy as np
 import optax
 
 from jaxequiv.files import atomic_path
+from jaxequiv.rng import as_key
 from jaxequiv.sae import variants as V
 from jaxequiv.sae.data import BatchStream
+from jaxequiv.sae.interface import SAE
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train", "train_many", "make_optimizer",
            "codec_sweep", "CHECKPOINT_FILE"]
@@ -145,7 +147,7 @@ def _init_params(cfg, keys):
 
 
 def _init_group(cfgs, seeds, tx):
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    keys = jnp.stack([as_key(s, "seed") for s in seeds])
     cfg = _stack(cfgs)
     params, state = _init_params(cfg, keys)
     opt = jax.vmap(tx.init)(params)
@@ -168,15 +170,18 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
 
     def sae_step(cfg, key, params, opt, state, x, step, with_aux=True):
         kstep = jax.random.fold_in(jax.random.fold_in(key, 1), step)
-        loss_fn = cfg.loss if with_aux else functools.partial(cfg.loss, with_aux=False)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, kstep, state)
+
+        def objective(p):
+            out = cfg.loss(p, x, kstep, state, with_aux=with_aux)
+            return out.loss, out
+
+        (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, new_opt = tx.update(grads, opt, params, value=loss)
         new_params = cfg.post_update(optax.apply_updates(params, updates))
-        new_state = cfg.update_state(state, aux)
+        new_state = cfg.update_state(state, out)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(new_params)]))
-        l0 = aux["l0"] if "l0" in aux else jnp.mean(jnp.sum(aux["codes"] != 0, axis=1))
-        return (new_params, new_opt, new_state), finite, jnp.stack([loss, aux["mse"], l0.astype(jnp.float32)])
+        return (new_params, new_opt, new_state), finite, jnp.stack([loss, out.mse, out.l0.astype(jnp.float32)])
 
     def body(carry, inp):
         groups, bad = carry
@@ -191,7 +196,7 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
                 group_step = lambda with_aux: jax.vmap(  # noqa: E731
                     functools.partial(sae_step, with_aux=with_aux), in_axes=(0, 0, 0, 0, 0, None, None))(
                     cfg, keys, *trio, x, step)
-                if hasattr(cfg, "aux_needed"):  # skip the auxiliary loss unless some SAE of the group needs it
+                if cfg.has_aux_loss:  # skip the auxiliary loss unless some SAE of the group needs it
                     need = jnp.any(jax.vmap(type(cfg).aux_needed)(cfg, trio[2]))
                     new, finite, m = jax.lax.cond(need, lambda: group_step(True), lambda: group_step(False))
                 else:
@@ -268,8 +273,9 @@ def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], setti
     if not configs or len(configs) != len(seeds):
         raise ValueError(f"train_many needs one seed per config, got {len(configs)} configs and {len(seeds)} seeds")
     for c in configs:
-        if not isinstance(c, tuple(V.VARIANTS.values())):
-            raise TypeError(f"expected SAE variant configs ({', '.join(V.VARIANTS)}), got {type(c).__name__}")
+        if not isinstance(c, SAE):
+            raise TypeError(f"expected SAE variant configs (jaxequiv.sae.SAE, e.g. {', '.join(V.VARIANTS)}), got "
+                            f"{type(c).__name__}; build them with jaxequiv.sae.make(...)")
     data_seed = seeds[0] if settings.data_seed is None else settings.data_seed
     stream = BatchStream(data, settings.batch_size, data_seed)
     for c in configs:

@@ -1,23 +1,10 @@
-"""Sparse-autoencoder variants behind one interface of pure functions over a params pytree.
+"""Sparse-autoencoder variants, each implementing :class:`jaxequiv.sae.interface.SAE`.
 
 Each variant is a small frozen config whose *shape* fields (``d_in``, ``d_sae``, ``k``, ...) are static and whose
 *scalar* hyper-parameters (``theta``, ``l1``, ...) are pytree leaves, so a stack of configs that differ only in
-scalars can be ``jax.vmap``-ed together with their stacked params (see :func:`jaxequiv.sae.train_many`).
-
-Every config exposes the same methods:
-
-* ``init(key) -> params``: dict of float32 arrays;
-* ``init_state() -> state``: non-gradient training statistics (``since_fired`` (K,) and variant extras);
-* ``encode(params, x, state) -> z``: (B, d_in) -> (B, d_sae) codes, inference mode;
-* ``decode(params, z) -> x_hat``: (B, d_sae) -> (B, d_in);
-* ``loss(params, x, key, state) -> (loss, aux)``: training loss and ``aux = {"mse", "recon", "codes", ...}``;
-* ``update_state(state, aux) -> state`` and ``post_update(params) -> params`` (run after each optimiser step);
-* ``atoms(params) -> (d_sae, d_in)`` dictionary rows as used by ``decode``.
-
-Variants with an auxiliary loss that is usually off (TopK's AuxK) also expose ``aux_needed(state) -> bool`` and
-accept ``loss(..., with_aux=False)``, so that a vmapped group can skip it when no member needs it.
-
-Reconstruction error is always the mean over batch and features of ``(x_hat - x)**2``.
+scalars can be ``jax.vmap``-ed together with their stacked params (see :func:`jaxequiv.sae.train_many`). Every
+``loss`` returns a :class:`~jaxequiv.sae.interface.LossOutput`; reconstruction error is always the mean over batch
+and features of ``(x_hat - x)**2``.
 """
 
 from __future__ import annotations
@@ -29,9 +16,9 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
+from jaxequiv.sae.interface import LossOutput, Params, State
 
-Params = dict[str, jax.Array]
+__all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
 
 
 def _static(**kw):
@@ -56,6 +43,7 @@ class _Base:
 
     architecture: ClassVar[str]  # SAELens architecture name written to cfg.json
     name: ClassVar[str]  # jaxequiv variant name
+    has_aux_loss: ClassVar[bool] = False
 
     def __post_init__(self):
         for f in ("d_in", "d_sae"):
@@ -70,13 +58,15 @@ class _Base:
                 raise ValueError(f"{type(self).__name__}: {f.name} must be >= 0, got {v!r}")
 
     # -- defaults shared by the linear-encoder variants ------------------------------------------------------
-    def init_state(self) -> dict[str, jax.Array]:
+    def init_state(self) -> State:
         """``since_fired`` (K,) int32: steps since each latent was last non-zero."""
         return {"since_fired": jnp.zeros((self.d_sae,), jnp.int32)}
 
-    def update_state(self, state, aux):
-        fired = jnp.any(aux["codes"] != 0, axis=0)
-        return {**state, "since_fired": jnp.where(fired, 0, state["since_fired"] + 1)}
+    def aux_needed(self, state: State) -> jax.Array:
+        return jnp.zeros((), bool)
+
+    def update_state(self, state: State, out: LossOutput) -> State:
+        return {**state, "since_fired": jnp.where(out.fired, 0, state["since_fired"] + 1)}
 
     def post_update(self, params: Params) -> Params:
         return params
@@ -118,6 +108,14 @@ def _mse(x_hat, x):
     return jnp.mean(jnp.square(x_hat - x))
 
 
+def _dense_output(loss, mse, recon, z, aux_loss=None) -> LossOutput:
+    """:class:`LossOutput` of a step whose (B, K) training codes ``z`` are dense."""
+    active = z != 0
+    return LossOutput(loss, mse, recon, jnp.any(active, axis=0), jnp.mean(jnp.sum(active, axis=1)),
+                      jnp.min(jnp.where(active, z, jnp.inf), axis=0),
+                      jnp.zeros((), mse.dtype) if aux_loss is None else aux_loss)
+
+
 def _unit_rows(w):
     return w / jnp.maximum(jnp.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
@@ -142,12 +140,12 @@ class ReluL1(_Base):
     def encode(self, params, x, state=None):
         return jax.nn.relu(self._pre(params, x))
 
-    def loss(self, params, x, key, state):
+    def loss(self, params, x, key, state, with_aux=True):
         z = self.encode(params, x)
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
         sparsity = jnp.mean(z @ jnp.linalg.norm(params["W_dec"], axis=1))
-        return mse + self.l1 * sparsity, {"mse": mse, "recon": x_hat, "codes": z}
+        return _dense_output(mse + self.l1 * sparsity, mse, x_hat, z)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,6 +233,7 @@ class TopK(_Base):
     aux_coef: float = 1.0 / 32
     architecture: ClassVar[str] = "topk"
     name: ClassVar[str] = "topk"
+    has_aux_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -261,7 +260,7 @@ class TopK(_Base):
         vals, idx = jax.lax.top_k(self._pre(params, x), self.k)
         return _dense_from_topk(jax.nn.relu(vals), idx, self.d_sae)
 
-    def aux_needed(self, state) -> jax.Array:
+    def aux_needed(self, state: State) -> jax.Array:
         """Whether any latent is dead, i.e. whether AuxK contributes to the loss this step."""
         return jnp.any(state["since_fired"] >= self.dead_steps)
 
@@ -283,6 +282,15 @@ class TopK(_Base):
 
         return jax.lax.cond(n_dead > 0, aux_loss, lambda _: jnp.zeros((), xc.dtype), None)
 
+    def _output(self, loss, mse, x_hat, vals, idx, aux) -> LossOutput:
+        """:class:`LossOutput` from the (B, k) selected values and indices."""
+        active = (vals > 0).reshape(-1)
+        flat = idx.reshape(-1)
+        fired = jnp.zeros((self.d_sae,), bool).at[flat].max(active)
+        smallest = jnp.full((self.d_sae,), jnp.inf, vals.dtype).at[flat].min(jnp.where(active, vals.reshape(-1),
+                                                                                          jnp.inf))
+        return LossOutput(loss, mse, x_hat, fired, jnp.mean(jnp.sum(vals > 0, axis=1)), smallest, aux)
+
     def loss(self, params, x, key, state, with_aux=True):
         xc = x - params["b_dec"]
         pre = jax.lax.stop_gradient(xc @ params["W_enc"] + params["b_enc"])  # the one dense matmul
@@ -290,12 +298,7 @@ class TopK(_Base):
         x_hat = _sparse_decode(vals, idx, params["W_dec"]) + params["b_dec"]
         mse = _mse(x_hat, x)
         aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state, with_aux)
-        fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
-        return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
-                                           "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
-
-    def update_state(self, state, aux):
-        return {**state, "since_fired": jnp.where(aux["fired"], 0, state["since_fired"] + 1)}
+        return self._output(mse + self.aux_coef * aux, mse, x_hat, vals, idx, aux)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,9 +335,7 @@ class Matryoshka(TopK):
             total = total + _mse(x_hat, x)
         mse = _mse(x_hat, x)
         aux = self._auxk(params, xc, jax.lax.stop_gradient(x - x_hat), pre, state, with_aux)
-        fired = jnp.zeros((self.d_sae,), bool).at[idx.reshape(-1)].max((vals > 0).reshape(-1))
-        return total + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "auxk": aux, "fired": fired,
-                                             "l0": jnp.mean(jnp.sum(vals > 0, axis=1))}
+        return self._output(total + self.aux_coef * aux, mse, x_hat, vals, idx, aux)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,17 +376,16 @@ class BatchTopK(TopK):
         mse = _mse(x_hat, x)
         aux = self._auxk(params, x - params["b_dec"], jax.lax.stop_gradient(x - x_hat), jax.lax.stop_gradient(pre),
                          state, with_aux)
-        return mse + self.aux_coef * aux, {"mse": mse, "recon": x_hat, "codes": z, "auxk": aux}
+        return _dense_output(mse + self.aux_coef * aux, mse, x_hat, z, aux)
 
-    def update_state(self, state, aux):
-        z = jax.lax.stop_gradient(aux["codes"])
-        pos = z > 0
-        fired = jnp.any(pos, axis=0)
-        col_min = jnp.min(jnp.where(pos, z, jnp.inf), axis=0)
+    def update_state(self, state, out):
+        """Per-latent thresholds: EMA (rate ``threshold_lr``) of each latent's smallest selected activation
+        (``out.min_active``); the global threshold likewise of the batch's smallest."""
+        fired, col_min = out.fired, out.min_active
         lr = self.threshold_lr
         thr = jnp.where(fired, jnp.where(state["seen"], (1 - lr) * state["threshold"] + lr * col_min, col_min),
                         state["threshold"])
-        gmin = jnp.min(jnp.where(pos, z, jnp.inf))
+        gmin = jnp.min(col_min)
         g = state["global_threshold"]
         g = jnp.where(jnp.isfinite(gmin), jnp.where(jnp.any(state["seen"]), (1 - lr) * g + lr * gmin, gmin), g)
         return {"since_fired": jnp.where(fired, 0, state["since_fired"] + 1), "threshold": thr,
@@ -470,7 +470,7 @@ class JumpReLU(_Base):
         pre = self._pre(params, x)
         return jnp.where(pre > params["threshold"], pre, 0.0)
 
-    def loss(self, params, x, key, state):
+    def loss(self, params, x, key, state, with_aux=True):
         pre = self._pre(params, x)
         theta = params["threshold"]
         eps = jnp.asarray(self.bandwidth, jnp.float32)
@@ -478,7 +478,7 @@ class JumpReLU(_Base):
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
         l0 = jnp.mean(jnp.sum(_step(pre, theta, eps), axis=-1))
-        return mse + self.l0 * l0, {"mse": mse, "recon": x_hat, "codes": z}
+        return _dense_output(mse + self.l0 * l0, mse, x_hat, z)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,13 +509,17 @@ def _dropout_keep(key, rate, shape):
     return bits >= (jnp.asarray(rate, jnp.float32) * 2.0**32).astype(jnp.uint32)
 
 
+# PyTorch nn.Linear's default weight init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for an (in, out) kernel
+_torch_linear_kernel = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
 def _torch_linear_init(key, fan_in, fan_out, bias=True):
-    """PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; weight is (in, out)."""
+    """PyTorch nn.Linear default: weight (in, out) and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     kw, kb = jax.random.split(key)
-    bound = 1.0 / math.sqrt(fan_in)
-    w = jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)
+    w = _torch_linear_kernel(kw, (fan_in, fan_out), jnp.float32)
     if not bias:
         return w, None
+    bound = 1.0 / math.sqrt(fan_in)
     return w, jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
 
 
@@ -557,8 +561,7 @@ class STSAE(_Base):
         w1, b1 = _torch_linear_init(k1, self.d_in, self.h)
         w2, b2 = _torch_linear_init(k2, self.h, self.h)
         w3, _ = _torch_linear_init(k3, self.h, self.d_sae, bias=False)
-        bound = math.sqrt(6.0 / (self.d_sae + self.d_in))
-        d = jax.random.uniform(k4, (self.d_sae, self.d_in), jnp.float32, -bound, bound)
+        d = jax.nn.initializers.xavier_uniform()(k4, (self.d_sae, self.d_in), jnp.float32)
         one, zero = jnp.ones((self.h,), jnp.float32), jnp.zeros((self.h,), jnp.float32)
         return {"W_1": w1, "b_1": b1, "ln_1_scale": one, "ln_1_bias": zero, "W_2": w2, "b_2": b2,
                 "ln_2_scale": one, "ln_2_bias": zero, "W_enc": w3, "W_dec": d}
@@ -586,11 +589,11 @@ class STSAE(_Base):
     def encode(self, params, x, state=None):
         return self._threshold(self.codes_u(params, x))
 
-    def loss(self, params, x, key, state):
+    def loss(self, params, x, key, state, with_aux=True):
         z = self._threshold(self.codes_u(params, x, key))
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
-        return mse + self.l1 * jnp.mean(jnp.abs(params["W_dec"])), {"mse": mse, "recon": x_hat, "codes": z}
+        return _dense_output(mse + self.l1 * jnp.mean(jnp.abs(params["W_dec"])), mse, x_hat, z)
 
 
 VARIANTS = {c.name: c for c in (ReluL1, TopK, Matryoshka, BatchTopK, JumpReLU, STSAE)}

@@ -83,16 +83,18 @@ def test_mode_selectivity_and_errors():
     y = store.labels
     z = np.maximum(r.standard_normal((60, 5)), 0)
     z[:, 0] = (y == 3) * 2.0
-    modes = {"layer1.0": A.Modes(r.standard_normal((5, 6)), z.astype(np.float32))}
+    codes = np.concatenate([z, np.zeros((60, 1))], axis=1).astype(np.float32)  # a dead sixth latent
+    modes = {"layer1.0": A.Modes(codes, (codes != 0).any(0), r.standard_normal((6, 6)))}
     sel = A.mode_selectivity(modes, store, "positive")["layer1.0"]
     assert sel.corr.shape == (5, 4)
     np.testing.assert_allclose(sel.corr[0, 3], 1.0, atol=1e-5)
     assert int(sel.modes.top_mode[3]) == 0
     assert sel.channels.top_corr.shape == (6,)
     with pytest.raises(ValueError, match="rows"):
-        A.mode_selectivity({"layer1.0": A.Modes(np.ones((5, 6)), z[:10])}, store, "positive")
+        A.mode_selectivity({"layer1.0": A.Modes(codes[:10], (codes[:10] != 0).any(0), np.ones((6, 6)))}, store,
+                           "positive")
     with pytest.raises(ValueError, match="no alive modes"):
-        A.mode_selectivity({"layer1.0": A.Modes(np.ones((0, 6)), z[:, :0])}, store, "positive")
+        A.mode_selectivity({"layer1.0": A.Modes(0 * codes, np.zeros(6, bool), np.ones((6, 6)))}, store, "positive")
     with pytest.raises(ValueError, match="not in the store"):
         A.mode_selectivity({"layer7.0": modes["layer1.0"]}, store, "positive")
 

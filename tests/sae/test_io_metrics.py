@@ -46,7 +46,7 @@ def test_sparsity_metrics():
 def test_evaluate_streams_like_full_batch_and_readout(tmp_path):
     x = _x(n=37)
     cfg = sae.STSAE(d_in=D, d_sae=3 * D, theta=0.6)
-    p = cfg.init(jax.random.PRNGKey(0))
+    p = cfg.init(jax.random.key(0))
     ev = sae.evaluate(cfg, p, x, batch_size=8)
     z = np.asarray(cfg.encode(p, x))
     xh = np.asarray(cfg.decode(p, z))
@@ -71,6 +71,27 @@ def test_evaluate_streams_like_full_batch_and_readout(tmp_path):
         sae.readout(cfg, p, x, out=np.zeros((3, 3), np.float32))
 
 
+def test_degenerate_metrics_are_defined_not_nan():
+    """Dead latents and constant data give the documented values (scikit-learn's force_finite for R^2), and
+    evaluate's numbers are valid JSON."""
+    x = _x(n=30)
+    const = np.full((30, D), 2.0, np.float32)
+    for f in (M.r2_codec, M.explained_variance):
+        assert float(f(const, const)) == r2_score(const, const, multioutput="variance_weighted") == 1.0
+        assert float(f(const, x)) == r2_score(const, x, multioutput="variance_weighted") == 0.0
+    assert float(M.relative_reconstruction_bias(x, 0 * x)) == 0.0
+    cfg = sae.STSAE(d_in=D, d_sae=2 * D, theta=0.9)
+    p = cfg.init(jax.random.key(0))
+    dead = {**p, "W_enc": p["W_enc"] - 100.0}  # sigmoid codes ~0 < theta: every latent dead, x_hat = 0
+    for params, data in ((dead, x), (p, const)):
+        ev = sae.evaluate(cfg, params, data)
+        scalars = {k: v for k, v in ev.items() if k not in ("density", "alive")}
+        json.dumps(scalars, allow_nan=False)
+    ev = sae.evaluate(cfg, dead, x)
+    assert ev["n_alive"] == 0 and ev["l0"] == 0.0 and ev["relative_reconstruction_bias"] == 0.0
+    np.testing.assert_allclose(ev["r2_codec"], float(M.r2_codec(x, 0 * x)), rtol=1e-5)
+
+
 def _all_variants():
     return [sae.ReluL1(d_in=D, d_sae=12), sae.TopK(d_in=D, d_sae=12, k=3), sae.BatchTopK(d_in=D, d_sae=12, k=3),
             sae.Matryoshka(d_in=D, d_sae=12, k=3, prefixes=(4, 12)),
@@ -82,7 +103,7 @@ def test_save_load_roundtrip_identical_outputs(tmp_path, cfg):
     x = _x(n=20)
     # every tensor perturbed (non-zero biases, thresholds), as after training
     params = {k: v + 0.05 * np.random.default_rng(i).normal(size=v.shape).astype(np.float32)
-              for i, (k, v) in enumerate(cfg.init(jax.random.PRNGKey(0)).items())}
+              for i, (k, v) in enumerate(cfg.init(jax.random.key(0)).items())}
     state = cfg.init_state()
     if isinstance(cfg, sae.BatchTopK):  # per-latent thresholds, some latents never seen
         state = {**state, "threshold": jnp.linspace(0.0, 0.2, 12), "seen": jnp.arange(12) % 3 > 0,
@@ -106,7 +127,7 @@ def test_saelens_tensors_reproduce_a_torch_forward(tmp_path):
     from safetensors.torch import load_file
 
     cfg = sae.JumpReLU(d_in=D, d_sae=12, init_threshold=0.02)
-    p = cfg.init(jax.random.PRNGKey(3))
+    p = cfg.init(jax.random.key(3))
     p = {**p, "b_dec": p["b_dec"] + 0.3, "b_enc": p["b_enc"] - 0.01}
     sae.save_sae(tmp_path / "j", cfg, p)
     w = load_file(str(tmp_path / "j" / "sae_weights.safetensors"))
@@ -129,7 +150,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         sae.load_sae(tmp_path)
     cfg = sae.ReluL1(d_in=D, d_sae=12)
-    sae.save_sae(tmp_path / "s", cfg, cfg.init(jax.random.PRNGKey(0)))
+    sae.save_sae(tmp_path / "s", cfg, cfg.init(jax.random.key(0)))
     doc = json.loads((tmp_path / "s" / "cfg.json").read_text())
     doc["jaxequiv"]["config"]["d_sae"] = 13
     (tmp_path / "s" / "cfg.json").write_text(json.dumps(doc))
@@ -142,7 +163,7 @@ def test_load_errors(tmp_path):
         sae.load_sae(tmp_path / "s")
     with pytest.raises(ValueError, match="training state"):
         sae.save_sae(tmp_path / "b", sae.BatchTopK(d_in=D, d_sae=12, k=2),
-                     sae.BatchTopK(d_in=D, d_sae=12, k=2).init(jax.random.PRNGKey(0)))
+                     sae.BatchTopK(d_in=D, d_sae=12, k=2).init(jax.random.key(0)))
 
 
 def test_codec_sweep_grid():
