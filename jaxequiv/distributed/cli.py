@@ -26,7 +26,8 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--coordinator", metavar="HOST:PORT",
                    help=f"process 0's address and a free port, the same for every process (default: "
                         f"${ENV_COORDINATOR}, or detected on Cloud TPU / Slurm / Open MPI; none: one process)")
-    g.add_argument("--num-processes", type=int, metavar="N", help=f"processes in the run (default: ${ENV_NUM_PROCESSES})")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help=f"processes in the run (default: ${ENV_NUM_PROCESSES})")
     g.add_argument("--process-id", type=int, metavar="I", help=f"this process, 0..N-1 (default: ${ENV_PROCESS_ID})")
 
 

@@ -153,8 +153,9 @@ def local_array(x: jax.Array) -> np.ndarray:
     for shard_ in x.addressable_shards:
         for dim, (index, size) in enumerate(zip(shard_.index[1:], x.shape[1:]), 1):
             if index.indices(size) != (0, size, 1):
+                spec = getattr(x.sharding, "spec", x.sharding)
                 raise ValueError(f"local_array needs whole rows on each device, but dimension {dim} of an array "
-                                 f"of shape {x.shape} is split ({x.sharding.spec}); gather it with fetch_global")
+                                 f"of shape {x.shape} is split ({spec}); gather it with fetch_global")
         blocks.setdefault(shard_.index[0].indices(x.shape[0])[0], shard_.data)
     return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
 

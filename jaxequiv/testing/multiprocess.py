@@ -145,6 +145,7 @@ def run_workers(fn, *args, processes: int = 2, devices: int = 2, timeout_s: floa
 
 def _wait(workers: list[subprocess.Popen], folder: Path, timeout_s: float, kill_at) -> list:
     deadline = time.monotonic() + timeout_s
+
     def planned_kill(codes) -> bool:
         return (kill_at is not None and codes[kill_at[0]] == -signal.SIGKILL
                 and kill_at[1] in _milestones(folder, kill_at[0]))
