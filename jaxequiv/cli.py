@@ -1,17 +1,23 @@
-"""The ``jaxequiv`` command line: ``jaxequiv [--version] COMMAND ...``.
+"""The ``jaxequiv`` command line: ``jaxequiv [--version] [--debug] COMMAND ...``.
 
 Each stage of the data flow contributes its commands from its own module: a module listed in ``COMMANDS``
 exposes ``register(subparsers)``, which adds its sub-command(s) with ``set_defaults(func=...)``; ``func(args)``
 returns an exit code. Heavy imports happen inside ``func``, so ``jaxequiv --help`` stays fast.
+
+A failure ends in one line ``jaxequiv COMMAND: error: WHAT (HOW TO FIX IT)`` and exit status 2 (1 for an
+unexpected error, which is a bug); :func:`explain` turns an exception into that line, and ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 import jaxequiv
+from jaxequiv.io.files import OutputLockedError
 
 # module path -> provides register(subparsers)
 COMMANDS = [
@@ -22,10 +28,57 @@ COMMANDS = [
     "jaxequiv.equivalence.cli",
 ]
 
+# what to do about an OSError, by errno
+_OS_FIXES = {
+    errno.EEXIST: "a file is in the way; remove it or choose another output path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; pass a file",
+    errno.ENOENT: "check the path",
+    errno.EACCES: "choose a location you can write to, or fix the permissions",
+    errno.EPERM: "choose a location you can write to, or fix the permissions",
+    errno.EROFS: "choose an output on a writable file system",
+    errno.ENOSPC: "free some space or write to another disk",
+    errno.EDQUOT: "free some space or write to another disk",
+    errno.EFBIG: "the file is larger than this system allows; write to another file system",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def _os_error(e: OSError) -> str:
+    if e.errno is None or not e.strerror:  # raised by jaxequiv with its own message
+        return str(e.args[0] if len(e.args) == 1 else e)
+    what = e.strerror[0].lower() + e.strerror[1:]
+    if e.filename is not None:
+        what = f"{e.filename}{'' if e.filename2 is None else f' -> {e.filename2}'}: {what}"
+    fix = _OS_FIXES.get(e.errno)
+    return f"{what}; {fix}" if fix else what
+
+
+def explain(e: BaseException, args: argparse.Namespace | None = None) -> tuple[str, int]:
+    """``(message, exit status)`` for an exception that ended a command: what is wrong and how to fix it."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted; rerun the same command to resume where the job supports it", 130
+    if isinstance(e, OutputLockedError):
+        return str(e), 2
+    if isinstance(e, OSError):
+        return _os_error(e), 2
+    if isinstance(e, FloatingPointError):  # sae.TrainingDiverged, train.fit's NaN loss
+        lr = getattr(args, "lr", None)
+        return str(e) + (f" (e.g. --lr {lr / 10:g})" if lr else ""), 2
+    if isinstance(e, MemoryError):
+        return "out of memory; lower --chunk-size / --batch-size or use a machine with more memory", 2
+    if isinstance(e, ImportError):
+        return str(e) if "pip install" in str(e) else f"{e}; pip install 'jaxequiv[dev]' provides every extra", 2
+    if isinstance(e, (ValueError, KeyError, TypeError)):  # bad input, reported by the library in words
+        return str(e.args[0]) if len(e.args) == 1 else str(e), 2
+    return (f"unexpected {type(e).__name__}: {e} (this is a bug: rerun with `jaxequiv --debug ...` and report "
+            "the traceback)"), 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxequiv", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jaxequiv {jaxequiv.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
@@ -40,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear line, no traceback
-        print(f"jaxequiv {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        if args.debug:
+            raise
+        message, status = explain(e, args)
+        command = " ".join([args.command] + [v for k, v in vars(args).items() if k.endswith("_command") and v])
+        one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+        print(f"jaxequiv {command}: error: {one_line}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

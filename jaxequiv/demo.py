@@ -4,14 +4,15 @@ Trains an 8-block ResNet on scikit-learn's bundled 8x8 digits (on a Fashion-MNIS
 ``dataset-fashion-mnist`` files are installed), computes integrated-gradient contributions and activations at
 every block, decomposes each with a sparse autoencoder into modes, measures sparsity, dimensionality and class
 selectivity, ablates / preserves the channels of each class's top mode, draws mode pictures, and writes
-``report.md`` with PNG figures (the CODEC paper's ResNet-50 values beside ours). A few minutes on 2 CPU cores;
-``--quick`` is a seconds-scale smoke run for tests.
+``report.md`` with PNG figures (the CODEC paper's ResNet-50 values beside ours), published together in
+``--out`` when the run ends. A few minutes on 2 CPU cores; ``--quick`` is a seconds-scale smoke run for tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder (default: reports/demo)")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run for tests; numbers not meaningful)")
     p.add_argument("--seed", type=int, default=1992, help="seed for the weights, shuffling, SAEs and trials")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run at --out")
     p.set_defaults(func=run_demo)
 
 
@@ -44,11 +46,11 @@ def demo_config(quick: bool, seed: int):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from jaxequiv.codec.pipeline import run_pipeline
+    from jaxequiv.codec import pipeline
+    from jaxequiv.io.files import publishing
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out must be a folder, but {args.out} is a file; pass a new or existing folder")
     cfg = demo_config(args.quick, args.seed)
-    path = run_pipeline(cfg, str(args.out), title="jaxequiv demo: CODEC on a small ResNet")
-    print(f"report written to {path}")
+    with publishing(args.out, overwrite=args.overwrite, marker="report.md") as build:
+        report = pipeline.run_pipeline(cfg, str(build), title="jaxequiv demo: CODEC on a small ResNet")
+    print(f"report written to {args.out / os.path.relpath(report, build)}")
     return 0

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from jaxequiv.data.batching import batches
+from jaxequiv.io.progress import progress_bar
 from jaxequiv.network import Network
 
 __all__ = ["fit", "fit_stacked", "classification_loss", "accuracy"]
@@ -44,7 +45,7 @@ def fit(model: nnx.Module, loss_fn: LossFn, arrays: Sequence[Any], *, epochs: in
       epochs, batch_size: passes over the data and examples per step (capped at ``N``).
       optimizer: an optax transformation; default ``optax.adam(1e-3)``.
       seed: shuffling seed.
-      progress: show a tqdm bar when tqdm is installed.
+      progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
 
     Returns:
       ``{"loss": [steps], metric: [steps], ...}`` as NumPy arrays.
@@ -71,7 +72,7 @@ def fit(model: nnx.Module, loss_fn: LossFn, arrays: Sequence[Any], *, epochs: in
         opt.update(model, grads)
         return loss, metrics
 
-    bar = _progress_bar(epochs * steps_per_epoch) if progress else None
+    bar = progress_bar(epochs * steps_per_epoch, desc="training", unit="step", enabled=progress, leave=False)
     epoch_seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=epochs)
     history: dict[str, list[float]] = {"loss": []}
     model.train()
@@ -89,13 +90,11 @@ def fit(model: nnx.Module, loss_fn: LossFn, arrays: Sequence[Any], *, epochs: in
                 history["loss"].append(value)
                 for name, v in metrics.items():
                     history.setdefault(name, []).append(float(v))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     finally:
         model.eval()
-        if bar is not None:
-            bar.close()
+        bar.close()
     return {k: np.asarray(v) for k, v in history.items()}
 
 
@@ -180,14 +179,6 @@ def fit_stacked(params, loss_fn: Callable[..., jax.Array], arrays: Sequence[Any]
                 "check the inputs for NaN/inf, or clip gradients (optax.clip_by_global_norm)")
         history.append(losses)
     return params, np.concatenate(history)
-
-
-def _progress_bar(total: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="training", unit="step", leave=False)
 
 
 def classification_loss(model: Callable, x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -280,7 +280,7 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
     """
     from experiments.equiv_toy.run import _heatmaps
 
-    from jaxequiv.files import write_json
+    from jaxequiv.io.files import write_json
     from jaxequiv.data.ioi import ioi_prompts
 
     t0 = time.time()

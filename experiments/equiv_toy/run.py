@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from jaxequiv.files import atomic_path, write_json
+from jaxequiv.io.figures import save_figure, subplots
+from jaxequiv.io.files import write_json
 
 __all__ = ["ToyConfig", "QUICK", "compile_subroutines", "build_implementations", "sample_implementations",
            "equal_width", "score", "family_means", "run_experiment", "main"]
@@ -264,13 +265,8 @@ def family_means(matrix: np.ndarray, names, families: dict[str, str]) -> dict[st
 
 
 def _heatmaps(path: str, panels: list[tuple[str, np.ndarray]], names) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     short = [a.split()[0] for a in names]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    fig, axes = subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
     for ax, (title, mat) in zip(np.atleast_1d(axes), panels):
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(short)), short)
@@ -282,9 +278,7 @@ def _heatmaps(path: str, panels: list[tuple[str, np.ndarray]], names) -> None:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:

@@ -11,8 +11,8 @@ def register(subparsers) -> None:
         "convert",
         help="convert a PyTorch checkpoint into a jaxequiv artefact (model.safetensors + config.json)",
         description="Load a checkpoint (.pt/.pth/.bin/.safetensors or a Hugging Face folder) into a jaxequiv model "
-        "and write it as model.safetensors + config.json, which loads back without torch via "
-        "jaxequiv.adapters.torch.load(OUT).",
+        "and write it as model.safetensors + config.json (published together: OUT holds the old pair or the new "
+        "one, never a mix), which loads back without torch via jaxequiv.adapters.torch.load(OUT).",
     )
     p.add_argument("source", help="checkpoint file or folder")
     p.add_argument("out", help="output folder")
@@ -22,6 +22,7 @@ def register(subparsers) -> None:
                    help="checkpoint keys to leave unused (fnmatch pattern; repeatable)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the stored floating-point parameters (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an artefact already at OUT")
     p.set_defaults(func=_convert)
 
 
@@ -33,6 +34,7 @@ def _convert(args: argparse.Namespace) -> int:
     from flax import nnx
 
     from jaxequiv.adapters.torch import load, save
+    from jaxequiv.io.files import check_output
 
     config = None
     if args.config:
@@ -44,11 +46,10 @@ def _convert(args: argparse.Namespace) -> int:
             config = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"--config is not valid JSON ({e}); pass a JSON object or a .json file") from None
-    try:
-        model = load(args.source, args.arch, config, ignore=args.ignore, dtype=getattr(jnp, args.dtype))
-    except TypeError as e:  # e.g. a pickle that is not a state dict: a user error, reported in one line
-        raise ValueError(str(e)) from None
-    save(model, args.out, metadata={"source": os.path.basename(os.path.normpath(args.source))})
+    check_output(args.out, overwrite=args.overwrite, marker="config.json")  # fail before the slow part
+    model = load(args.source, args.arch, config, ignore=args.ignore, dtype=getattr(jnp, args.dtype))
+    save(model, args.out, metadata={"source": os.path.basename(os.path.normpath(args.source))},
+         overwrite=args.overwrite)
     n = sum(int(v.size) for v in jax.tree_util.tree_leaves(nnx.state(model)))
     print(f"wrote {args.out}: {n:,} parameters ({type(model).__name__})")
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 from flax import nnx
 
-from jaxequiv.models.config import DictConfig
+from jaxequiv.io.config import DictConfig
 
 __all__ = ["FAMILIES", "ResNetConfig", "arch_of"]
 

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxequiv.adapters.safetensors_io import SafetensorsError, read_safetensors, write_safetensors
-from jaxequiv.files import write_json
+from jaxequiv.io.files import publishing, write_json
+from jaxequiv.io.safetensors import SafetensorsError, read_safetensors, write_safetensors
 from jaxequiv.models.resnet import BatchNorm as TorchBatchNorm
 
 __all__ = [
@@ -125,6 +125,8 @@ def _is_tensor(v) -> bool:
 
 
 def _read_torch_file(path: str) -> dict[str, np.ndarray]:
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); re-save it with torch.save(model.state_dict(), path)")
     try:
         import torch
     except ImportError:
@@ -136,7 +138,7 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, disallowed globals, ...
         raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {(str(e) or 'no message').splitlines()[0][:200]}); "
             "the file may be truncated or not a state dict. Re-save it with torch.save(model.state_dict(), path)"
         ) from None
     return state_dict_to_numpy(obj)
@@ -532,17 +534,19 @@ def _arch_of(model: nnx.Module) -> str:
 # Portable artefacts.
 
 
-def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str, str] | None = None) -> str:
-    """Write a jaxequiv model (one of :data:`ARCHS`) to ``out_dir`` as ``model.safetensors`` (tensors named by
-    their dotted nnx paths) + ``config.json``; both written atomically. Returns ``out_dir``."""
+def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str, str] | None = None,
+         overwrite: bool = False) -> str:
+    """Write a jaxequiv model (one of :data:`ARCHS`) to folder ``out_dir`` as ``model.safetensors`` (tensors named
+    by their dotted nnx paths) + ``config.json``, published together in one folder swap (``overwrite``: replace
+    an artefact already there). Returns ``out_dir``."""
     arch = _arch_of(model)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     tensors = {row.key: np.asarray(_variables(model)[0][row.path][...]) for row in _native_table(model)}
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, {"format": FORMAT, **(metadata or {})})
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
               "config": ARCHS[arch].family.config_dict(model)}
-    write_json(os.path.join(out_dir, "config.json"), config, indent=2)
+    with publishing(out_dir, overwrite=overwrite, marker="config.json") as tmp:
+        write_safetensors(tmp / "model.safetensors", tensors, {"format": FORMAT, **(metadata or {})})
+        write_json(tmp / "config.json", config, indent=2)
     return out_dir
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxequiv.io.config import from_dict
+
 __all__ = ["CodecConfig", "QUICK", "FULL", "load_dataset", "train_classifier", "run_pipeline"]
 
 
@@ -56,12 +58,7 @@ class CodecConfig:
             raw = json.load(f)
         if preset not in raw:
             raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw[preset]) - fields
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}[{preset!r}]; known: {sorted(fields)}")
-        vals = {k: tuple(v) if isinstance(v, list) else v for k, v in raw[preset].items()}
-        return cls(**vals)
+        return from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
 
 
 QUICK = CodecConfig(dataset="digits", blocks=(2, 2, 2, 2), width=8, epochs=30, batch_size=64, lr=3e-3,
@@ -129,7 +126,7 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
     from jaxequiv.codec.analysis import layer_statistics, mode_selectivity
     from jaxequiv.codec.pictures import mode_picture_maps, picture_mask
     from jaxequiv.codec.report import CodecResults, findings, write_report
-    from jaxequiv.files import write_json
+    from jaxequiv.io.files import write_json
     from jaxequiv.contributions.driver import build_store
     from jaxequiv.contributions.reduce import normalise_global_std
     from jaxequiv.sae import evaluate, make, readout, train_many

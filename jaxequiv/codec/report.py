@@ -1,7 +1,7 @@
 """CODEC reports: per-layer tables, the paper's findings (a)-(f) checked with numbers, and figures mirroring
 the paper's Figures 3, 5 and 6 (plus mode pictures), with the ResNet-50 values of ``papers/codec.md`` §6
-beside ours. matplotlib (extra ``plot``) is imported inside the plotting functions; every file is written
-atomically (temporary file, then ``os.replace``).
+beside ours. matplotlib (extra ``plot``) is imported when a figure is drawn; every file is written
+atomically (see :mod:`jaxequiv.io`).
 
 Our network has fewer blocks than ResNet-50's 16, so block ``i`` of ``n`` is compared with the paper's layer
 ``round(i * 15 / (n - 1))`` (same relative depth).
@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxequiv.codec.analysis import LayerStats, ModeSelectivity
 from jaxequiv.codec.interventions import KINDS, InterventionResult, auc_summary, curves
-from jaxequiv.files import atomic_path, write_text
+from jaxequiv.io.figures import save_figure, subplots
+from jaxequiv.io.files import write_text
 
 __all__ = ["PAPER", "paper_layer", "CodecResults", "findings", "write_report"]
 
@@ -131,26 +132,15 @@ def findings(res: CodecResults) -> dict[str, dict[str, Any]]:
 
 
 def _save(fig, path: str) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _fig3(res: CodecResults, path: str) -> None:
-    plt = _plt()
     st = res.stats
     n = len(st.sites)
     x = np.arange(n)
     pl = [paper_layer(i, n) for i in range(n)]
-    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    fig, ax = subplots(2, 2, figsize=(12, 8))
     a = ax[0, 0]
     for off, data, color, label in ((-0.2, st.hoyer_contrib, "C3", "contributions"),
                                     (0.2, st.hoyer_act, "C0", "activations")):
@@ -185,16 +175,14 @@ def _fig3(res: CodecResults, path: str) -> None:
         a.tick_params(axis="x", labelsize=7, rotation=45)
     fig.suptitle("Figure 3 analogue: contributions vs activations")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _fig5(res: CodecResults, path: str) -> None:
-    plt = _plt()
     st, sel = res.stats, res.selectivity
     n = len(st.sites)
     x = np.arange(n)
     last = st.sites[-1]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = subplots(1, 3, figsize=(15, 4))
     a = ax[0]
     for src, color in (("contribution", "C3"), ("activation", "C0")):
         v = np.asarray(sel[src][last].modes.top_corr)
@@ -221,16 +209,14 @@ def _fig5(res: CodecResults, path: str) -> None:
         a.tick_params(axis="x", labelsize=7, rotation=45)
     fig.suptitle("Figure 5 analogue: modes against classes")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _fig6(res: CodecResults, path: str) -> None:
-    plt = _plt()
     st = res.stats
     sites = [s for s in st.sites if s in res.interventions]
     n = len(st.sites)
     shown = sites[len(sites) // 2]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = subplots(1, 3, figsize=(15, 4))
     for k, kind in enumerate(KINDS):
         a = ax[k]
         for src, color in (("contribution", "C3"), ("activation", "C0")):
@@ -261,14 +247,12 @@ def _fig6(res: CodecResults, path: str) -> None:
     a.legend(fontsize=7)
     fig.suptitle("Figure 6 analogue: causal control with modes")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _pictures(pic: Mapping[str, Any], path: str) -> None:
-    plt = _plt()
     images, masks, titles = np.asarray(pic["images"]), np.asarray(pic["masks"]), list(pic["titles"])
     n = images.shape[0]
-    fig, ax = plt.subplots(2, n, figsize=(1.8 * n, 4), squeeze=False)
+    fig, ax = subplots(2, n, figsize=(1.8 * n, 4), squeeze=False)
     for i in range(n):
         img = images[i].mean(-1) if images.shape[-1] != 3 else images[i]
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
@@ -280,7 +264,6 @@ def _pictures(pic: Mapping[str, Any], path: str) -> None:
             a.axis("off")
     fig.suptitle(f"Mode pictures at {pic.get('site', '')}: image x contribution mask (top row: image)")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def _load_data(args):
-    import numpy as np
+    from jaxequiv.io.arrays import read_npy
 
     if args.data in DATASETS:
         from jaxequiv import data
@@ -60,8 +60,8 @@ def _load_data(args):
     else:
         if not args.data.endswith(".npy"):
             raise ValueError(f"--data must be one of {DATASETS} or a .npy file, got {args.data!r}")
-        x = np.load(args.data, mmap_mode="r")
-        y = np.load(args.labels) if args.labels else None
+        x = read_npy(args.data, mmap_mode="r")
+        y = read_npy(args.labels) if args.labels else None
         n_classes = int(y.max()) + 1 if y is not None else 10
     if args.limit is not None:
         if args.limit < 1:
@@ -98,11 +98,13 @@ def main(args) -> int:
     import numpy as np
 
     from jaxequiv.contributions import build_store
+    from jaxequiv.io.files import check_output, output_lock
 
+    check_output(args.out, overwrite=args.overwrite, marker="meta.json")
     x, y, n_classes = _load_data(args)
     net = _load_model(args, tuple(np.shape(x)[1:]), n_classes)
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    try:
+    with output_lock(args.out):  # one writer per store, from the first chunk to the publication
         store = build_store(
             net, x, args.out, args.sites, labels=y, method=args.method, target=target, steps=args.steps,
             variants=[v.strip() for v in args.variants.split(",") if v.strip()], chunk_size=args.chunk_size,
@@ -110,7 +112,5 @@ def main(args) -> int:
             info={"data": args.data, "split": args.split, "limit": args.limit,
                   "model": args.checkpoint or args.model, "arch": args.arch, "width": args.width, "seed": args.seed},
         )
-    except FileExistsError as e:
-        raise ValueError(str(e)) from e
     print(f"wrote {store!r}")
     return 0

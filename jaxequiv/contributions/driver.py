@@ -19,6 +19,7 @@ from jaxequiv.contributions import methods as _methods
 from jaxequiv.contributions import targets as _targets
 from jaxequiv.contributions.reduce import VARIANTS, check_variants, reduce_site, spatial_sum
 from jaxequiv.contributions.store import Store, StoreWriter
+from jaxequiv.io.progress import progress_bar
 from jaxequiv.network import Network
 
 __all__ = ["build_store"]
@@ -31,16 +32,6 @@ def _chunk(net, x, baseline, target, *, static, infos, variants):
     reduced = {n: reduce_site(values[n], info, variants) for n, info in infos}
     act_sums = {n: spatial_sum(acts[n], info) for n, info in infos}
     return reduced, act_sums, jnp.argmax(y, axis=-1)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="chunk", desc="contributions")
 
 
 def build_store(
@@ -76,7 +67,7 @@ def build_store(
       variants: subset of ``("positive", "negative", "sum", "concat")``; activations are always stored.
       chunk_size: examples per kernel call (memory ~ chunk_size x step_chunk x network activations).
       overwrite: replace a finished store at ``root``.
-      progress: show a tqdm bar when tqdm is installed.
+      progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
       info: extra JSON-able facts recorded in ``meta.json`` (model name, data set, ...).
 
     Returns:
@@ -127,7 +118,8 @@ def build_store(
     }
     writer = StoreWriter(root, n, chunk_size, site_meta, variants, config, overwrite=overwrite)
     todo = [i for i in range(writer.meta["n_chunks"]) if i not in writer.finished]
-    bar = _progress(writer.meta["n_chunks"], writer.meta["n_chunks"] - len(todo), progress)
+    bar = progress_bar(writer.meta["n_chunks"], initial=writer.meta["n_chunks"] - len(todo), desc="contributions",
+                       unit="chunk", enabled=progress)
     kw = dict(static=tuple(sorted(static.items())), infos=tuple(infos.items()), variants=variants)
     try:
         for i in todo:
@@ -144,9 +136,7 @@ def build_store(
             for s, a in acts.items():
                 reduced[s]["activations"] = np.asarray(a)[:rows]
             writer.write_chunk(i, reduced, labels[lo:hi], np.asarray(pred)[:rows])
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return writer.finish()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxequiv.files import write_json
+from jaxequiv.io.files import publish, write_json
 
 __all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX"]
 
@@ -207,13 +207,5 @@ class StoreWriter:
             raise RuntimeError(f"cannot finish {self.partial!r}: chunks {missing[:10]} are not written")
         self.meta["complete"] = True
         _write_json(os.path.join(self.partial, "meta.json"), self.meta)
-        old = None
-        if os.path.exists(self.root):
-            old = self.root + ".old"
-            if os.path.exists(old):
-                shutil.rmtree(old)
-            os.replace(self.root, old)
-        os.replace(self.partial, self.root)
-        if old is not None:
-            shutil.rmtree(old)
+        publish(self.partial, self.root, overwrite=self.overwrite, marker="meta.json")
         return open_store(self.root)

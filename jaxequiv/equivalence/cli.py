@@ -2,11 +2,12 @@
 
 ::
 
-    jaxequiv equiv pairwise reps.npz --measure linear_cka --out results/
-    jaxequiv equiv congruity gpt2.npz pythia.npz --rounds 100 --out results/
+    jaxequiv equiv pairwise reps.npz --measure linear_cka --out results/cka
+    jaxequiv equiv congruity gpt2.npz pythia.npz --rounds 100 --out results/congruity
 
 Representation files: ``.npz`` / ``.safetensors`` (one (N, D) array per name, or an (M, N, D) stack) or ``.npy``
 (an (M, N, D) stack). A congruity model file holds ``base`` (N, D) and ``impls`` (M, N, D).
+Each command's files are published together as one folder (``--out``): the old set or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -14,28 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jaxequiv.files import atomic_path, write_json
+from jaxequiv.io.arrays import read_arrays
+from jaxequiv.io.files import check_output, publishing, write_json
 
-__all__ = ["register", "load_arrays"]
-
-
-def load_arrays(path: str) -> dict:
-    """``{name: array}`` from .npz / .npy / .safetensors."""
-    import numpy as np
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such representation file: {path}")
-    if p.suffix == ".npz":
-        with np.load(p) as f:
-            return {k: f[k] for k in f.files}
-    if p.suffix == ".npy":
-        return {p.stem: np.load(p)}
-    if p.suffix == ".safetensors":
-        from jaxequiv.adapters.safetensors_io import read_safetensors
-
-        return read_safetensors(p)[0]
-    raise ValueError(f"{path}: expected a .npz, .npy or .safetensors file")
+__all__ = ["register"]
 
 
 def _stack(arrays: dict, path: str):
@@ -55,22 +38,17 @@ def _stack(arrays: dict, path: str):
 
 
 def _heatmap(path: Path, matrix, names, title: str, vmin=None, vmax=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from jaxequiv.io.figures import save_figure, subplots
 
     size = max(4.0, 0.45 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = subplots(figsize=(size, size * 0.85))
     im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, format="png")
 
 
 def _measure(name: str, fixed_split: int | None):
@@ -92,16 +70,17 @@ def _pairwise(args) -> int:
     from jaxequiv.similarity import pairwise
 
     measure = _measure(args.measure, args.fixed_split)
-    names, Xs = _stack(load_arrays(args.reps), args.reps)
+    check_output(args.out, overwrite=args.overwrite, marker="similarity.json")
+    names, Xs = _stack(read_arrays(args.reps), args.reps)
     matrix = np.asarray(pairwise(measure, Xs, key=jax.random.key(args.seed), chunk=args.chunk))
-    out = Path(args.out)
-    with atomic_path(out / "similarity.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, matrix)
     doc = {"measure": measure.name, "higher_is_similar": measure.higher_is_similar, "names": names,
            "matrix": matrix.tolist(), "seed": args.seed, "fixed_split": args.fixed_split}
-    write_json(out / "similarity.json", doc)
-    _heatmap(out / "similarity.png", matrix, names, f"{measure.name} (row predicts column)" if not measure.symmetric else measure.name)
-    print(f"{len(names)} x {len(names)} {measure.name} matrix -> {out}/similarity.{{npy,json,png}}")
+    with publishing(args.out, overwrite=args.overwrite, marker="similarity.json") as tmp:
+        np.save(tmp / "similarity.npy", matrix)
+        write_json(tmp / "similarity.json", doc)
+        _heatmap(tmp / "similarity.png", matrix, names,
+                 f"{measure.name} (row predicts column)" if not measure.symmetric else measure.name)
+    print(f"{len(names)} x {len(names)} {measure.name} matrix -> {args.out}/similarity.{{npy,json,png}}")
     return 0
 
 
@@ -114,9 +93,14 @@ def _congruity(args) -> int:
     if len(args.models) < 2:
         raise ValueError("congruity needs at least 2 model files (each with 'base' and 'impls')")
     measure = _measure(args.measure, args.fixed_split)
+    stems = [Path(p).stem for p in args.models]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"model files are named by their file name, and {args.models} repeat one; give each "
+                         "model file a distinct name")
+    check_output(args.out, overwrite=args.overwrite, marker="congruity.json")
     models = {}
     for path in args.models:
-        arrays = load_arrays(path)
+        arrays = read_arrays(path)
         missing = {"base", "impls"} - set(arrays)
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)}; a model file holds 'base' (N, D) and 'impls' (M, N, D)")
@@ -132,12 +116,12 @@ def _congruity(args) -> int:
             for mat, value in ((score, r.score), (lo, r.ci_low), (hi, r.ci_high)):
                 mat[i, j] = mat[j, i] = value
             print(f"{names[i]} vs {names[j]}: {r}")
-    out = Path(args.out)
     doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "fixed_split": args.fixed_split,
            "names": names, "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
-    write_json(out / "congruity.json", doc)
-    _heatmap(out / "congruity.png", score, names, f"congruity ({measure.name}, {args.rounds} rounds)", 0.0, 1.0)
-    print(f"congruity matrix -> {out}/congruity.{{json,png}}")
+    with publishing(args.out, overwrite=args.overwrite, marker="congruity.json") as tmp:
+        write_json(tmp / "congruity.json", doc)
+        _heatmap(tmp / "congruity.png", score, names, f"congruity ({measure.name}, {args.rounds} rounds)", 0.0, 1.0)
+    print(f"congruity matrix -> {args.out}/congruity.{{json,png}}")
     return 0
 
 
@@ -152,7 +136,8 @@ def register(subparsers) -> None:
     pw = sub.add_parser("pairwise", help="all-pairs similarity matrix + heatmap")
     pw.add_argument("reps", help=".npz/.safetensors of (N, D) arrays, or an (M, N, D) stack")
     pw.add_argument("--measure", default="linear_cka", help="similarity measure (see jaxequiv.similarity.MEASURES)")
-    pw.add_argument("--out", required=True, help="output folder")
+    pw.add_argument("--out", required=True, help="output folder (similarity.npy, .json, .png)")
+    pw.add_argument("--overwrite", action="store_true", help="replace the matrix of an earlier run at --out")
     pw.add_argument("--seed", type=int, default=0, help="seed for randomised measures (ridge splits)")
     pw.add_argument("--chunk", type=int, default=64, help="memory knob (see jaxequiv.similarity.pairwise)")
     pw.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
@@ -163,6 +148,7 @@ def register(subparsers) -> None:
     cg.add_argument("--rounds", type=int, default=100)
     cg.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the confidence interval")
     cg.add_argument("--seed", type=int, default=0)
-    cg.add_argument("--out", required=True, help="output folder")
+    cg.add_argument("--out", required=True, help="output folder (congruity.json, .png)")
+    cg.add_argument("--overwrite", action="store_true", help="replace the matrix of an earlier run at --out")
     cg.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
     cg.set_defaults(func=_congruity)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxequiv.models.config import DictConfig
+from jaxequiv.io.config import DictConfig
 from jaxequiv.models.transformer import ACTIVATIONS, TOKEN_AXES, attention, check_tokens
 from jaxequiv.sites import site
 

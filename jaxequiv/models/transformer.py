@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxequiv.models.config import DictConfig
+from jaxequiv.io.config import DictConfig
 from jaxequiv.sites import site
 
 __all__ = ["TransformerConfig", "Transformer", "Naming", "NAMINGS", "attention", "rotary", "ACTIVATIONS"]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxequiv.models.config import DictConfig
+from jaxequiv.io.config import DictConfig
 from jaxequiv.models.transformer import TOKEN_AXES, attention
 from jaxequiv.sites import site
 

@@ -1,8 +1,9 @@
 """``jaxequiv sae train|sweep``: train SAEs on one site/variant of a contributions store.
 
 Writes one SAELens-layout folder per SAE under ``--out`` (see :mod:`jaxequiv.sae.io`) and ``summary.json``
-with the metrics of each; ``--out/checkpoint`` holds the resumable training state (rerun the same command to
-resume).
+with the metrics of each, published together when training ends (``--out`` holds the previous complete set or
+the new one, never a mix). Until then the run lives in ``<out>.partial/``, whose ``checkpoint/`` holds the
+resumable training state: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     common.add_argument("--site", required=True, help="site name in the store")
     common.add_argument("--variant", default="positive", help="stored variant (positive, sum, concat, activations, ...)")
     common.add_argument("--out", required=True, help="output folder")
+    common.add_argument("--overwrite", action="store_true", help="replace the SAEs of an earlier run at --out")
     common.add_argument("--normalize", choices=["global_std", "none"], default="global_std",
                         help="divide the data by its global scalar std (CODEC) or use it as is")
     common.add_argument("--batch-size", type=int, default=128)
@@ -86,54 +88,59 @@ def _settings(args):
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every, data_seed=args.data_seed)
 
 
-def _finish(args, results, data, scale, names) -> int:
+def _run(args, configs, names) -> int:
+    """Train the SAEs ``configs(d) -> (cfgs, seeds)`` (``names``: their folders) inside ``<out>.partial``, write
+    the SAE folders and summary.json there and publish them at ``--out`` in one folder swap."""
     import os
+    import shutil
 
-    from jaxequiv.files import write_json
-    from jaxequiv.sae import evaluate, save_sae
+    from jaxequiv.io.files import check_output, publishing, write_json
+    from jaxequiv.sae import evaluate, save_sae, train_many
 
-    summary = []
-    for name, r in zip(names, results):
-        meta = {"hook_name": args.site, "store": os.path.abspath(args.store), "store_variant": args.variant,
-                "input_scale": scale, "seed": r.seed, "steps": r.step}
-        save_sae(os.path.join(args.out, name), r.cfg, r.params, r.state, metadata=meta)
-        ev = evaluate(r.cfg, r.params, data, r.state)
-        summary.append({"name": name, "variant": r.cfg.name, "seed": r.seed, **r.cfg.config_dict(),
-                        **{k: v for k, v in ev.items() if k not in ("density", "alive")}})
-        print(f"{name}: r2_codec={ev['r2_codec']:.4f} l0={ev['l0']:.2f} alive={ev['n_alive']}/{r.cfg.d_sae}")
-    write_json(os.path.join(args.out, "summary.json"), summary, indent=2)
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"the settings name the same SAE more than once ({twice}); list each value once")
+    check_output(args.out, overwrite=args.overwrite, marker="summary.json")
+    data, scale = _load(args)
+    cfgs, seeds = configs(data.shape[1])
+    settings = _settings(args)
+    with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
+        results = train_many(cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
+                             progress=not args.no_progress)
+        summary = []
+        for name, r in zip(names, results):
+            meta = {"hook_name": args.site, "store": os.path.abspath(args.store), "store_variant": args.variant,
+                    "input_scale": scale, "seed": r.seed, "steps": r.step}
+            save_sae(build / name, r.cfg, r.params, r.state, metadata=meta)
+            ev = evaluate(r.cfg, r.params, data, r.state)
+            summary.append({"name": name, "variant": r.cfg.name, "seed": r.seed, **r.cfg.config_dict(),
+                            **{k: v for k, v in ev.items() if k not in ("density", "alive")}})
+            print(f"{name}: r2_codec={ev['r2_codec']:.4f} l0={ev['l0']:.2f} alive={ev['n_alive']}/{r.cfg.d_sae}")
+        write_json(build / "summary.json", summary, indent=2)
+        shutil.rmtree(build / "checkpoint")  # the finished run needs no resume state
     return 0
 
 
 def _train(args) -> int:
-    import os
+    from jaxequiv.sae import make
 
-    from jaxequiv.sae import make, train
-
-    data, scale = _load(args)
-    d = data.shape[1]
     hyper = {"stsae": {"theta": args.theta, "l1": 5e-5 if args.l1 is None else args.l1, "hidden": args.hidden,
                        "nonneg": args.nonneg},
              "relu_l1": {"l1": 1e-3 if args.l1 is None else args.l1},
              "topk": {"k": args.k}, "matryoshka": {"k": args.k}, "batchtopk": {"k": args.k}, "jumprelu": {"l0": args.l0}}
     if args.arch not in hyper:
         raise ValueError(f"unknown --arch {args.arch!r}; expected one of {sorted(hyper)}")
-    cfg = make(args.arch, d, expansion=args.expansion, **hyper[args.arch])
-    r = train(cfg, data, seed=args.seed, settings=_settings(args), checkpoint_dir=os.path.join(args.out, "checkpoint"),
-              progress=not args.no_progress)
-    return _finish(args, [r], data, scale, [f"{args.arch}_x{args.expansion}_seed{args.seed}"])
+    return _run(args, lambda d: ([make(args.arch, d, expansion=args.expansion, **hyper[args.arch])], [args.seed]),
+                [f"{args.arch}_x{args.expansion}_seed{args.seed}"])
 
 
 def _sweep(args) -> int:
-    import os
+    from jaxequiv.sae import codec_sweep
 
-    from jaxequiv.sae import codec_sweep, train_many
+    def configs(d):
+        return codec_sweep(d, args.expansions, args.thetas, args.l1s, args.seeds, hidden=args.hidden)
 
-    data, scale = _load(args)
-    cfgs, seeds = codec_sweep(data.shape[1], args.expansions, args.thetas, args.l1s, args.seeds, hidden=args.hidden)
-    rs = train_many(cfgs, data, seeds=seeds, settings=_settings(args),
-                    checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
-    return _finish(args, rs, data, scale, sweep_names(cfgs, seeds))
+    return _run(args, configs, sweep_names(*codec_sweep(1, args.expansions, args.thetas, args.l1s, args.seeds)))
 
 
 def sweep_names(cfgs, seeds) -> list[str]:

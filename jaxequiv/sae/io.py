@@ -5,22 +5,21 @@ Tensor names follow SAELens (``W_enc`` (d_in, d_sae), ``b_enc``, ``W_dec`` (d_sa
 saved, as SAELens does, as a ``jumprelu`` with its per-latent inference thresholds). CODEC's stsae uses the same
 layout with architecture ``"stsae"`` and its own tensors. A ``"jaxequiv"`` block in cfg.json records the exact
 variant and hyper-parameters, so :func:`load_sae` rebuilds the same SAE; plain SAELens folders load too.
-The folder is written atomically (built beside the target, then renamed).
+The folder is published whole (built beside the target, then swapped in; see :mod:`jaxequiv.io.files`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxequiv.adapters.safetensors_io import read_safetensors, write_safetensors
+from jaxequiv.io.files import publishing, write_json
+from jaxequiv.io.safetensors import read_safetensors, write_safetensors
 from jaxequiv.sae import variants as V
 
 __all__ = ["save_sae", "load_sae", "CFG_FILE", "WEIGHTS_FILE"]
@@ -40,7 +39,8 @@ def _tensors(cfg, params, state) -> dict[str, np.ndarray]:
 
 def save_sae(path: str | os.PathLike, cfg, params: dict, state: dict | None = None,
              metadata: dict[str, Any] | None = None) -> str:
-    """Write ``path/cfg.json`` and ``path/sae_weights.safetensors`` atomically; return the folder path.
+    """Write ``path/cfg.json`` and ``path/sae_weights.safetensors`` as one folder swap (replacing an SAE folder
+    already there); return the folder path.
 
     ``metadata`` (JSON-able, e.g. ``{"hook_name": site, "input_scale": s}``) goes to cfg.json's ``metadata``.
     """
@@ -53,23 +53,9 @@ def save_sae(path: str | os.PathLike, cfg, params: dict, state: dict | None = No
            "jaxequiv": {"variant": cfg.name, "config": cfg.config_dict()}}
     if isinstance(cfg, V.TopK) and not isinstance(cfg, V.BatchTopK):
         doc["k"] = cfg.k
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp", dir=parent)
-    try:
-        write_safetensors(os.path.join(tmp, WEIGHTS_FILE), tensors)
-        with open(os.path.join(tmp, CFG_FILE), "w") as f:
-            json.dump(doc, f, indent=2)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=os.path.basename(path) + ".old", dir=parent)
-            os.replace(path, os.path.join(old, "x"))
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with publishing(path, overwrite=True, marker=CFG_FILE) as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, tensors)
+        write_json(tmp / CFG_FILE, doc, indent=2)
     return path
 
 

@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxequiv.files import atomic_path
+from jaxequiv.io.arrays import read_npz
+from jaxequiv.io.files import atomic_path
+from jaxequiv.io.progress import progress_bar
 from jaxequiv.rng import as_key
 from jaxequiv.sae import variants as V
 from jaxequiv.sae.data import BatchStream
@@ -232,9 +234,9 @@ def _save_checkpoint(path, trios, step, meta, history):
 
 
 def _load_checkpoint(path, trios, meta):
-    with np.load(path, allow_pickle=False) as z:
-        saved = json.loads(str(z["meta"]))
-        leaves = [z[f"leaf_{i:05d}"] for i in range(len(z.files) - 1)]
+    z = read_npz(path, hint="delete it to restart training from step 0, or train into a fresh output folder")
+    saved = json.loads(str(z["meta"]))
+    leaves = [z[f"leaf_{i:05d}"] for i in range(len(z) - 1)]
     old_d, new_d = saved["data_shape"][1], meta["data_shape"][1]
     if old_d != new_d:
         raise ValueError(f"checkpoint {path} was written for data with d={old_d} features, but this data has "
@@ -265,7 +267,7 @@ def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], setti
       checkpoint_dir: where ``checkpoint.npz`` is written every ``settings.checkpoint_every`` steps; if it
         already holds a checkpoint of the same run, training resumes from it.
       callback: ``callback(step, entry)`` after every logged chunk (entry: per-SAE lists of loss/mse/l0/dead).
-      progress: show a tqdm progress bar.
+      progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
     Returns:
       one :class:`TrainResult` per config, in order.
     """
@@ -296,11 +298,7 @@ def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], setti
             trios, start, history = _load_checkpoint(ckpt, trios, meta)
             saved_step = start
     carry = tuple((b[0], b[1], t) for b, t in zip(built, trios))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc=f"sae x{len(configs)}", unit="step")
+    bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step", enabled=progress)
     step = start
     next_xs = stream.chunk(step, min(step + settings.log_every, total)) if step < total else None
     while step < total:
@@ -334,13 +332,11 @@ def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], setti
         if ckpt is not None and (step == total or (settings.checkpoint_every and step % settings.checkpoint_every == 0)):
             _save_checkpoint(ckpt, [c[2] for c in carry], step, meta, history)
             saved_step = step
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(loss=f"{np.mean(entry['loss']):.4g}", l0=f"{np.mean(entry['l0']):.3g}")
+        bar.update(n)
+        bar.set_postfix(loss=f"{np.mean(entry['loss']):.4g}", l0=f"{np.mean(entry['l0']):.3g}")
         if callback is not None:
             callback(step, entry)
-    if bar is not None:
-        bar.close()
+    bar.close()
     results: list[TrainResult | None] = [None] * len(configs)
     for g, (_, _, (params, _, state)) in zip(groups, carry):
         for j, i in enumerate(g):

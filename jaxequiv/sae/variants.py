@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from jaxequiv.io.config import to_dict
 from jaxequiv.sae.interface import LossOutput, Params, State
 
 __all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
@@ -85,11 +86,7 @@ class _Base:
 
     def config_dict(self) -> dict[str, Any]:
         """JSON-able hyper-parameters (floats for leaves, which must be concrete)."""
-        def plain(v):
-            return list(v) if isinstance(v, tuple) else v
-
-        return {f.name: (float(getattr(self, f.name)) if not f.metadata.get("static") else plain(getattr(self, f.name)))
-                for f in dataclasses.fields(self)}
+        return to_dict(self)
 
     def static_key(self) -> tuple:
         """Configs with equal static keys can be stacked and vmapped together."""

@@ -289,7 +289,7 @@ def test_half_precision_checkpoints_load_as_float32(tmp_path):
 def test_safetensors_io_interoperates(tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from jaxequiv.adapters.safetensors_io import read_safetensors, write_safetensors
+    from jaxequiv.io.safetensors import read_safetensors, write_safetensors
 
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int64)}
     write_safetensors(tmp_path / "ours.safetensors", arrays, {"k": "v"})

@@ -32,14 +32,14 @@ def test_equiv_congruity_matrix_and_errors(tmp_path, capsys):
     assert c.shape == (2, 2) and np.all((c >= 0) & (c <= 1)) and c[0, 1] == c[1, 0]
     assert (tmp_path / "out" / "congruity.png").exists()
     np.savez(tmp_path / "bad.npz", base=np.zeros((30, 4)))
-    assert main(["equiv", "congruity", str(tmp_path / "m1.npz"), str(tmp_path / "bad.npz"), "--out", str(tmp_path)]) == 2
+    assert main(["equiv", "congruity", str(tmp_path / "m1.npz"), str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o")]) == 2
     assert "missing arrays ['impls']" in capsys.readouterr().err
     assert main(["equiv", "pairwise", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
     assert main(["equiv", "pairwise", str(tmp_path / "m1.npz"), "--measure", "nope", "--out", str(tmp_path)]) == 2
 
 
 def test_equiv_reads_safetensors_and_uses_a_fixed_ridge_split(tmp_path, capsys):
-    from jaxequiv.adapters.safetensors_io import write_safetensors
+    from jaxequiv.io.safetensors import write_safetensors
 
     rng = np.random.default_rng(2)
     stack = rng.normal(size=(3, 40, 6)).astype(np.float32)

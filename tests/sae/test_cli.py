@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxequiv import Network, site
+from jaxequiv import Network, sae, site
 from jaxequiv.cli import main
 from jaxequiv.contributions import build_store, open_store
 from jaxequiv.contributions import global_std
@@ -37,9 +37,12 @@ def store(tmp_path_factory):
     return root
 
 
-def test_sae_train_and_resume(store, tmp_path, capsys):
-    args = ["sae", "train", "--store", str(store), "--site", "fc1", "--variant", "activations", "--out",
-            str(tmp_path / "o"), *TRAIN, "--theta", "0.5", "--l1", "0", "--expansion", "1", "--no-progress"]
+def test_sae_train_publish_and_resume(store, tmp_path, capsys, monkeypatch):
+    def cmd(out, *extra):
+        return ["sae", "train", "--store", str(store), "--site", "fc1", "--variant", "activations", "--out",
+                str(tmp_path / out), *TRAIN, "--theta", "0.5", "--l1", "0", "--expansion", "1", "--no-progress", *extra]
+
+    args = cmd("o")
     assert main(args) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert len(summary) == 1 and summary[0]["name"] == "stsae_x1_seed0"
@@ -49,10 +52,34 @@ def test_sae_train_and_resume(store, tmp_path, capsys):
     assert doc["metadata"]["hook_name"] == "fc1" and np.isclose(doc["metadata"]["input_scale"], 1 / global_std(data))
     ev = evaluate(cfg, params, Scaled(data, doc["metadata"]["input_scale"]), state)
     assert np.isclose(ev["r2_codec"], summary[0]["r2_codec"], rtol=1e-6)
-    assert main(args) == 0  # finished checkpoint: resumes at the end, same result
-    _, params2, _ = load_sae(tmp_path / "o" / "stsae_x1_seed0")
-    np.testing.assert_array_equal(np.asarray(params["W_dec"]), np.asarray(params2["W_dec"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # published whole: no .partial, no checkpoint
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["stsae_x1_seed0", "summary.json"]
     assert "r2_codec=" in capsys.readouterr().out
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+
+    # killed after its first checkpoint (KeyboardInterrupt from the progress callback): the old set stays, the
+    # run waits in o.partial, and the rerun resumes to the same SAE as an uninterrupted run
+    longer = ("--overwrite", "--steps", "20", "--checkpoint-every", "10")
+    assert main(cmd("ref", *longer)) == 0
+    real = sae.train_many
+
+    def interrupted(*a, **kw):
+        def stop(step, entry):
+            raise KeyboardInterrupt
+
+        return real(*a, **kw, callback=stop)
+
+    monkeypatch.setattr(sae, "train_many", interrupted)
+    assert main(cmd("o", *longer)) == 130 and "interrupted" in capsys.readouterr().err
+    assert (tmp_path / "o.partial" / "checkpoint" / "checkpoint.npz").exists()
+    _, old, _ = load_sae(tmp_path / "o" / "stsae_x1_seed0")
+    np.testing.assert_array_equal(np.asarray(old["W_dec"]), np.asarray(params["W_dec"]))
+    monkeypatch.setattr(sae, "train_many", real)
+    assert main(cmd("o", *longer)) == 0
+    _, resumed, _ = load_sae(tmp_path / "o" / "stsae_x1_seed0")
+    _, ref, _ = load_sae(tmp_path / "ref" / "stsae_x1_seed0")
+    np.testing.assert_array_equal(np.asarray(resumed["W_dec"]), np.asarray(ref["W_dec"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "ref"]
 
 
 def test_sae_sweep_and_errors(store, tmp_path, capsys):

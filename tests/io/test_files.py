@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxequiv import files
+from jaxequiv.io import files
 
 
 def test_write_text_and_json(tmp_path):

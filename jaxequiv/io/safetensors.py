@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from jaxequiv.files import atomic_path
+from jaxequiv.io.arrays import CorruptFileError
+from jaxequiv.io.files import atomic_path
 
 __all__ = ["read_safetensors", "write_safetensors", "SafetensorsError"]
 
@@ -30,7 +31,7 @@ _DTYPES = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(CorruptFileError):
     """A file is not a valid (complete) safetensors file."""
 
 
