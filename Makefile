@@ -20,7 +20,7 @@ $(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo
-	$(VENV)/bin/jaxequiv demo --out reports/demo
+	$(VENV)/bin/jaxequiv demo --out reports/demo --overwrite
 
 test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest -n 2 -q

@@ -12,7 +12,7 @@ from jaxequiv import cli
 def test_import_stays_light():
     code = (
         "import sys, jaxequiv, jaxequiv.cli; cli = jaxequiv.cli.build_parser(); "
-        "heavy = [m for m in ('torch', 'tracr', 'haiku', 'matplotlib', 'sklearn', 'transformers') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'tracr', 'haiku', 'matplotlib', 'sklearn', 'transformers', 'tqdm') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -137,8 +137,9 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, disallowed globals, ...
+        why = (str(e) or "no message").splitlines()[0][:200]
         raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {(str(e) or 'no message').splitlines()[0][:200]}); "
+            f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {why}); "
             "the file may be truncated or not a state dict. Re-save it with torch.save(model.state_dict(), path)"
         ) from None
     return state_dict_to_numpy(obj)

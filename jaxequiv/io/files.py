@@ -59,6 +59,9 @@ def _fsync(path: str, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
+    except OSError as e:
+        e.filename = path  # fsync's error (e.g. a full disk) names no file
+        raise
     finally:
         os.close(fd)
 
@@ -84,9 +87,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = path  # a full disk or a quota names the artefact, not its temporary name
         raise
     _fsync(os.path.dirname(path), directory=True)
 
@@ -320,8 +325,8 @@ def publishing(target: str | os.PathLike, *, overwrite: bool = False, marker: st
 
     Yields the build folder: a fresh hidden folder beside ``target``, deleted if the block raises; or, with
     ``resumable``, ``<target>.partial``, which is kept when the block raises (unless it holds no file) so that
-    a rerun continues from it. The lock is held for the whole block, and whether ``target`` may be replaced (``overwrite``,
-    ``marker``: see :func:`publish`) is checked on entry, before any work. Folders created for ``target``'s
+    a rerun continues from it. The lock is held for the whole block, and whether ``target`` may be replaced
+    (``overwrite``, ``marker``: see :func:`publish`) is checked on entry, before any work. Folders created for ``target``'s
     parent are removed again if the block fails and leaves them empty.
     """
     target = _resolve(target)

@@ -32,14 +32,14 @@ class _Silent:
 
 
 class _Plain(_Silent):
-    """Without tqdm: one line on stderr at every 10% of the work (and at the end), e.g.
-    ``contributions: 30/100 chunk (30%) 12.0 s loss=0.1``."""
+    """Without tqdm: one line on stderr each time another tenth of the work is done, and one at the end if the
+    last state was not shown, e.g. ``contributions: 30/100 chunk (30%) 12.0 s loss=0.1``."""
 
     def __init__(self, total: int, initial: int, desc: str, unit: str):
         self.total, self.n, self.desc, self.unit = max(int(total), 1), int(initial), desc, unit
         self.postfix: dict[str, Any] = {}
         self.start = time.monotonic()
-        self.shown = self._tenth()
+        self.tenth, self.shown = self._tenth(), None
 
     def _tenth(self) -> int:
         return 10 * self.n // self.total
@@ -48,19 +48,19 @@ class _Plain(_Silent):
         post = "".join(f" {k}={v}" for k, v in self.postfix.items())
         print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n // self.total}%) "
               f"{time.monotonic() - self.start:.1f} s{post}", file=sys.stderr, flush=True)
+        self.shown = self.n
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self._tenth() > self.shown:
-            self.shown = self._tenth()
+        if self._tenth() > self.tenth:
+            self.tenth = self._tenth()
             self._print()
 
     def set_postfix(self, refresh: bool = True, **values: Any) -> None:
         self.postfix = values
 
     def close(self) -> None:
-        if self.shown < 10:
-            self.shown = 10
+        if self.shown != self.n:
             self._print()
 
 

@@ -81,7 +81,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
                       metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` atomically (temporary file in the same folder, then ``os.replace``)."""
     path = os.fspath(path)
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in sorted(tensors.items())}
+    arrays = {k: np.asarray(v, order="C") for k, v in sorted(tensors.items())}  # (ascontiguousarray makes 0-d 1-d)
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, a in arrays.items():

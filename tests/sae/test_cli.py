@@ -98,3 +98,24 @@ def test_sae_sweep_and_errors(store, tmp_path, capsys):
     assert main(["sae", "train", "--store", str(store), "--site", "fc1", "--out", str(tmp_path / "x"),
                  "--theta", "1.5", "--steps", "1"]) == 2
     assert "theta must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_sae_failures_are_one_line(store, tmp_path, capsys):
+    def fails(argv, contains):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and contains in err and "Traceback" not in err, err
+        return err
+
+    base = ["sae", "train", "--store", str(store), "--site", "fc1", *TRAIN, "--no-progress"]
+    partial = tmp_path / "o.partial" / "checkpoint"
+    partial.mkdir(parents=True)
+    (partial / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")  # a run killed while its disk filled up
+    err = fails([*base, "--out", str(tmp_path / "o")], "checkpoint.npz is truncated or corrupt")
+    assert "delete it to restart training from step 0" in err
+    err = fails([*base, "--out", str(tmp_path / "d"), "--lr", "1e30", "--normalize", "none"], "NaN/Inf")
+    assert "(e.g. --lr 1e+29)" in err
+    assert not (tmp_path / "d").exists()
+    fails(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(tmp_path / "s"), *TRAIN,
+           "--expansions", "1", "--thetas", "0.5", "--l1s", "0", "--seeds", "1,1"], "more than once")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.partial"]
