@@ -60,7 +60,8 @@ def _fsync(path: str, directory: bool = False) -> None:
     try:
         os.fsync(fd)
     except OSError as e:
-        e.filename = path  # fsync's error (e.g. a full disk) names no file
+        if e.errno is not None:
+            e.filename = path  # fsync's error (e.g. a full disk) names no file
         raise
     finally:
         os.close(fd)
@@ -90,7 +91,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename in (None, tmp):
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             e.filename = path  # a full disk or a quota names the artefact, not its temporary name
         raise
     _fsync(os.path.dirname(path), directory=True)
@@ -140,7 +141,7 @@ def output_lock(target: str | os.PathLike) -> Iterator[None]:
     Re-entrant within a thread; another thread or process that asks for it meanwhile gets
     :class:`OutputLockedError` at once. The lock file ``.<name>.lock`` beside ``target`` is removed on release.
     """
-    lock = _sibling(os.path.abspath(os.fspath(target)), "lock")
+    lock = _sibling(_resolve(target), "lock")
     held = _held.__dict__.setdefault("depth", {})
     if lock in held:
         held[lock] += 1
