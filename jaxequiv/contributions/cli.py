@@ -35,8 +35,14 @@ def register(subparsers) -> None:
     p.add_argument("--stem", choices=("imagenet", "small"), help="ResNet stem (default: small below 64 px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sites", nargs="+", default=["layer*"], help="site names or patterns (default: layer*)")
-    p.add_argument("--method", choices=("ig", "grad_x_act", "normgrad"), default="ig")
-    p.add_argument("--steps", type=int, default=10, help="ig interpolation steps (default 10)")
+    p.add_argument("--method", default="ig",
+                   choices=("ig", "grad_x_act", "normgrad", "normact_normgrad", "smoothgrad", "jacobian"),
+                   help="contribution method (default ig; smoothgrad draws its noise from --seed)")
+    p.add_argument("--steps", type=int, default=10, help="ig quadrature steps or smoothgrad draws (default 10)")
+    p.add_argument("--rule", default="trapezoid",
+                   choices=("trapezoid", "left", "right", "midpoint", "gauss_legendre"),
+                   help="ig quadrature (default trapezoid, CODEC's; left = Captum's LayerConductance)")
+    p.add_argument("--sigma", type=float, default=0.2, help="smoothgrad noise standard deviation (default 0.2)")
     p.add_argument("--target", default="top1",
                    help="top1, top1_fixed, softmax_top1, top1_minus_top2, sum, entropy, or a class index")
     p.add_argument("--variants", default="positive,negative,sum,concat", help="comma-separated reductions")
@@ -107,10 +113,12 @@ def main(args) -> int:
     with output_lock(args.out):  # one writer per store, from the first chunk to the publication
         store = build_store(
             net, x, args.out, args.sites, labels=y, method=args.method, target=target, steps=args.steps,
+            rule=args.rule, sigma=args.sigma, key=args.seed if args.method == "smoothgrad" else None,
             variants=[v.strip() for v in args.variants.split(",") if v.strip()], chunk_size=args.chunk_size,
             step_chunk=args.step_chunk, overwrite=args.overwrite, progress=not args.no_progress,
-            info={"data": args.data, "split": args.split, "limit": args.limit,
-                  "model": args.checkpoint or args.model, "arch": args.arch, "width": args.width, "seed": args.seed},
+            info={"data": args.data, "split": args.split, "limit": args.limit, "model": args.checkpoint or args.model,
+                  # --width/--seed build a --model; a checkpoint's widths are its own (meta.json's sites)
+                  **({"arch": args.arch} if args.checkpoint else {"width": args.width, "seed": args.seed})},
         )
     print(f"wrote {store!r}")
     return 0

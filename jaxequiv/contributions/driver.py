@@ -8,49 +8,70 @@ The last chunk is padded (by repeating its last example) so every chunk has one 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxequiv.contributions import methods as _methods
 from jaxequiv.contributions import targets as _targets
-from jaxequiv.contributions.reduce import VARIANTS, check_variants, reduce_site, spatial_sum
-from jaxequiv.contributions.store import Store, StoreWriter
+from jaxequiv.contributions.reduce import VARIANTS, check_variants, reduce_site, reduced_channels, spatial_sum
+from jaxequiv.contributions.store import Store, StoreWriter, fingerprint
 from jaxequiv.io.progress import progress_bar
 from jaxequiv.network import Network
 
 __all__ = ["build_store"]
 
 
-@functools.partial(jax.jit, static_argnames=("static", "infos", "variants"))
-def _chunk(net, x, baseline, target, *, static, infos, variants):
-    """Kernel + reductions for one chunk: ``({site: {variant: [B, C]}}, {site: [B, C]}, predictions [B])``."""
-    values, acts, y = _methods._kernel(net, x, baseline, target, **dict(static))
-    reduced = {n: reduce_site(values[n], info, variants) for n, info in infos}
-    act_sums = {n: spatial_sum(acts[n], info) for n, info in infos}
-    return reduced, act_sums, jnp.argmax(y, axis=-1)
+@functools.partial(jax.jit, static_argnames=("config", "plan", "variants"))
+def _chunk(net, x, baseline, target, args, keys, mask, *, config, plan, variants):
+    """Kernel + reductions for one chunk: ``({site: {variant: [B, C]}}, {site: [B, C]}, predictions [B])``.
+
+    ``plan``: ``((site, SiteInfo, axes kept as channels or None), ...)``.
+    """
+    values, acts, y, _ = _methods.kernel(net, x, baseline, target, config, args, keys)
+    reduced = {n: reduce_site(values[n], info, variants, keep=keep, mask=mask) for n, info, keep in plan}
+    act_sums = {n: spatial_sum(acts[n], info, keep=keep, mask=mask) for n, info, keep in plan}
+    return reduced, act_sums, jnp.argmax(target.select(y), axis=-1)
+
+
+def _rows(a, lo: int, hi: int, size: int) -> np.ndarray:
+    """Rows ``lo:hi`` of an array-like, padded to ``size`` rows by repeating the last one."""
+    x = np.asarray(a[lo:hi])
+    if hi - lo < size:
+        x = x[np.minimum(np.arange(size), hi - lo - 1)]
+    return x
 
 
 def build_store(
     net: Network,
-    inputs,
-    root,
+    inputs: ArrayLike,
+    root: str | os.PathLike,
     sites: str | Iterable[str],
     *,
-    labels=None,
+    labels: ArrayLike | None = None,
     method: str = "ig",
-    target=None,
+    target: Any = None,
     steps: int = 10,
-    baseline=None,
+    baseline: ArrayLike | None = None,
     variants: Iterable[str] = VARIANTS,
     chunk_size: int = 64,
     step_chunk: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     info: Mapping[str, Any] | None = None,
+    rule: str = "trapezoid",
+    output: Any = None,
+    args: Sequence[ArrayLike] = (),
+    input_site: str | None = None,
+    sigma: float = _methods.DEFAULT_SIGMA,
+    key: Any = None,
+    mask: ArrayLike | None = None,
+    per_head: bool = False,
 ) -> Store:
     """Compute reduced contributions for a whole data set and write them to ``root`` (see :mod:`.store`).
 
@@ -58,24 +79,31 @@ def build_store(
       net: the model.
       inputs: ``[N, *net.input_shape]`` array-like supporting row slices (NumPy array, ``np.memmap``, ...);
         only one chunk is read at a time.
-      root: store folder (built in ``root + ".partial"``; an interrupted build with the same settings resumes).
+      root: store folder (built in ``root + ".partial"``; an interrupted build with the same settings and the
+        same inputs, labels and model resumes; changed ones are refused).
       sites: site names or patterns.
       labels: ``[N]`` ints stored alongside (``-1`` if omitted).
-      method, target, steps, step_chunk: as in :func:`jaxequiv.contributions.contributions`; a target with
-        one class per example takes ``[N]`` classes.
-      baseline: one input ``[*net.input_shape]`` shared by all examples; default zeros.
+      method, target, steps, step_chunk, rule, output, input_site, sigma, key: as in
+        :func:`jaxequiv.contributions.contributions`; a target with per-example arrays (class indices,
+        positions) takes ``N`` of them; ``smoothgrad`` draws example ``i``'s noise from ``fold_in(key, i)``.
+      baseline: one ``[*space]`` shared by all examples; default zeros.
       variants: subset of ``("positive", "negative", "sum", "concat")``; activations are always stored.
       chunk_size: examples per kernel call (memory ~ chunk_size x step_chunk x network activations).
       overwrite: replace a finished store at ``root``.
       progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
       info: extra JSON-able facts recorded in ``meta.json`` (model name, data set, ...).
+      args: further network inputs ``[N, ...]`` (e.g. attention masks), read chunk by chunk with ``inputs``.
+      mask: ``[N, T]`` token mask (1 real, 0 padding): padded positions are left out of the reductions.
+      per_head: reduce sites with a ``head`` axis to one value per head (``C = H``).
 
     Returns:
       The finished :class:`Store`.
 
     Raises:
-      ValueError: bad arguments, or NaN/Inf contributions (naming the site and the example); the unfinished
-        build stays in ``root + ".partial"`` and ``root`` is not created.
+      ValueError: bad arguments, NaN/Inf contributions (naming the site and the example), or a resume whose
+        inputs, labels or model differ from the unfinished build's; the unfinished build stays in
+        ``root + ".partial"`` and ``root`` is not created.
+      OSError: not enough disk space for the store (raised before any work).
     """
     shape = tuple(np.shape(inputs))
     n = shape[0] if shape else 0
@@ -90,52 +118,90 @@ def build_store(
     labels = np.asarray(labels)
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be {n} integers (one per input), got {labels.dtype} of shape {labels.shape}")
-    if baseline is not None and np.shape(baseline) != shape[1:]:
+    for i, a in enumerate(args):
+        if np.shape(a)[:1] != (n,):
+            raise ValueError(f"args[{i}] has shape {np.shape(a)}; every further input needs {n} rows")
+    if mask is not None and np.shape(mask)[:1] != (n,):
+        raise ValueError(f"mask has shape {np.shape(mask)}; it needs {n} rows [N, T]")
+    if baseline is not None and method == "ig" and input_site is None and np.shape(baseline) != shape[1:]:
         raise ValueError(
             f"baseline of shape {np.shape(baseline)} does not fit inputs {shape}: the driver takes one "
             f"input {shape[1:]} shared by all examples"
         )
     full_target = _targets.resolve("top1" if target is None else target)
-    if full_target.per_example and np.shape(full_target.classes)[0] != n:
-        raise ValueError(f"the target holds {np.shape(full_target.classes)[0]} class indices for {n} inputs")
+    if full_target.every_position:
+        raise ValueError("a store holds one row per example: an every-position target (at_position(..., 'all')) "
+                         "does not fit it; use contributions() for per-position values")
+    if full_target.per_example and full_target.batch_size != n:
+        raise ValueError(f"the target holds {full_target.batch_size} class indices for {n} inputs")
 
-    template = np.zeros((chunk_size, *shape[1:]), getattr(inputs, "dtype", np.float32))
-    x0, b0, _, infos, static = _methods.prepare(
-        net, template, sites, method, full_target.rows(np.arange(chunk_size)), "target", steps, baseline, step_chunk
-    )
+    first = np.arange(chunk_size)
+    def template(a):  # shapes and dtypes only: prepare traces, it does not compute
+        return np.zeros((chunk_size, *np.shape(a)[1:]), getattr(a, "dtype", np.float32))
+
+    args0 = tuple(template(a) for a in args)
+    prep = _methods.prepare(
+        net, template(inputs), sites, method, full_target.rows(first), "target", steps, baseline, step_chunk, rule=rule,
+        output=output, args=args0, input_site=input_site, sigma=sigma, key=key)
+    x0, b0, infos, config, key = prep.x, prep.baseline, prep.infos, prep.config, prep.key
     if full_target.per_example:
-        full_target.check(n, int(jax.eval_shape(net.apply, net.params, x0).shape[-1]))
+        full_target.check((n,) + prep.output_shape[1:])
+    plan = tuple((s, i, ("head",) if per_head and "head" in i.axes else None) for s, i in infos.items())
     site_meta = {
-        s: {"channels": i.channels, "axes": list(i.axes), "shape": list(i.shape[1:])} for s, i in infos.items()
+        s: {"channels": reduced_channels(i, keep), "axes": list(i.axes), "shape": list(i.shape[1:]),
+            "reduce": "head" if keep else "spatial"}
+        for s, i, keep in plan
     }
-    config = {
+    config_meta = {
         "method": method,
         "target": full_target.kind,
-        "steps": static["steps"] if method == "ig" else None,
+        "steps": config.steps if method in ("ig", "smoothgrad") else None,
+        "rule": rule if method == "ig" else None,
         "baseline": "zeros" if baseline is None else "given",
         "input_shape": list(shape[1:]),
+        "input_site": input_site,
+        "sigma": config.sigma if method == "smoothgrad" else None,
         "info": dict(info or {}),
     }
-    writer = StoreWriter(root, n, chunk_size, site_meta, variants, config, overwrite=overwrite)
+    fingerprints = {
+        "model": fingerprint(net.params),
+        "labels": fingerprint(labels),
+        "target": fingerprint(full_target),
+        "baseline": fingerprint(b0[0]),
+        "mask": fingerprint(mask),
+        "key": fingerprint(None if key is None else jax.random.key_data(key)),
+    }
+    writer = StoreWriter(root, n, chunk_size, site_meta, variants, config_meta, overwrite=overwrite,
+                         fingerprints=fingerprints)
+
+    def read(i):
+        lo, hi = writer.chunk_rows(i)
+        x = _rows(inputs, lo, hi, chunk_size)
+        extra = tuple(_rows(a, lo, hi, chunk_size) for a in args)
+        return x, extra, fingerprint((np.asarray(x[: hi - lo]), [a[: hi - lo] for a in extra]))
+
+    for i in sorted(writer.finished):  # a resume re-reads the rows it already holds and checks their content
+        writer.check_chunk_inputs(i, read(i)[2])
     todo = [i for i in range(writer.meta["n_chunks"]) if i not in writer.finished]
     bar = progress_bar(writer.meta["n_chunks"], initial=writer.meta["n_chunks"] - len(todo), desc="contributions",
                        unit="chunk", enabled=progress)
-    kw = dict(static=tuple(sorted(static.items())), infos=tuple(infos.items()), variants=variants)
+    kw = dict(config=config, plan=plan, variants=variants)
     try:
         for i in todo:
             lo, hi = writer.chunk_rows(i)
             idx = np.minimum(np.arange(lo, lo + chunk_size), hi - 1)  # pad by repeating the last row
-            x = np.asarray(inputs[lo:hi])
-            if hi - lo < chunk_size:
-                x = x[idx - lo]
+            x, extra, digest = read(i)
             net.check_input(x)
-            reduced, acts, pred = _chunk(net, jnp.asarray(x, x0.dtype), b0, full_target.rows(idx), **kw)
+            keys = None if key is None else _methods.example_keys(key, idx)
+            m = None if mask is None else jnp.asarray(_rows(mask, lo, hi, chunk_size))
+            reduced, acts, pred = _chunk(net, jnp.asarray(x, x0.dtype), b0, full_target.rows(idx),
+                                         tuple(jnp.asarray(a) for a in extra), keys, m, **kw)
             rows = hi - lo
             reduced = {s: {v: np.asarray(a)[:rows] for v, a in d.items()} for s, d in reduced.items()}
             _methods.check_finite({s: np.concatenate(list(d.values()), axis=1) for s, d in reduced.items()}, lo)
             for s, a in acts.items():
                 reduced[s]["activations"] = np.asarray(a)[:rows]
-            writer.write_chunk(i, reduced, labels[lo:hi], np.asarray(pred)[:rows])
+            writer.write_chunk(i, reduced, labels[lo:hi], np.asarray(pred)[:rows], digest)
             bar.update(1)
     finally:
         bar.close()

@@ -4,7 +4,11 @@ applied before the SAE.
 The sign split happens per element, *before* the spatial sum: ``positive = sum max(C, 0)``,
 ``negative = sum min(C, 0)`` over the site's spatial axes (height/width, tokens, ...), as the model declared
 them in its :class:`~jaxequiv.sites.SiteInfo`; never guessed from shapes. Axes left after the sum (channel,
-or head x channel) are flattened, in order, into ``C`` channels.
+or head x channel) are flattened, in order, into ``C`` channels. ``keep=("head",)`` reduces an attention site
+per head instead (CODEC's ``attn_heads``: the sum over tokens *and* the head's channels, ``C = H``).
+
+For sequence sites the tokens (axes ``token``, ``query``, ``key``) are the spatial positions; a ``mask``
+``[B, T]`` (1 for real tokens, 0 for padding) leaves padded positions out of the sums.
 """
 
 from __future__ import annotations
@@ -15,9 +19,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.typing import ArrayLike
+
 from jaxequiv.sites import SiteInfo
 
-__all__ = ["VARIANTS", "check_variants", "reduce_site", "spatial_sum", "global_std", "normalise_global_std"]
+TOKEN_AXES = ("token", "query", "key")
+
+__all__ = [
+    "VARIANTS",
+    "check_variants",
+    "reduce_site",
+    "spatial_sum",
+    "reduced_channels",
+    "global_std",
+    "normalise_global_std",
+]
 
 #: "concat" is [positive | negative] (2C values), as in CODEC §1.4 (3).
 VARIANTS = ("positive", "negative", "sum", "concat")
@@ -32,44 +48,83 @@ def check_variants(variants: Iterable[str]) -> tuple[str, ...]:
     return variants
 
 
-def _spatial(info: SiteInfo, ndim: int) -> tuple[int, ...]:
-    """Spatial axis indices of an array with ``ndim - len(info.axes)`` extra axes after the batch axis."""
+def _summed(info: SiteInfo, ndim: int, keep: tuple[str, ...] | None) -> tuple[int, ...]:
+    """Indices of the axes to sum in an array with ``ndim - len(info.axes)`` extra axes after the batch axis:
+    the spatial ones, or every axis but the batch and the ``keep`` ones."""
     extra = ndim - len(info.axes)
     if extra < 0 or info.axes[:1] != ("batch",):
         raise ValueError(
             f"an array of {ndim} axes does not fit a site with axes {info.axes}; expected the batch axis first "
             "and optionally an outputs axis after it"
         )
-    return tuple(i + extra for i in info.spatial_axes)
+    if keep is None:
+        axes = info.spatial_axes
+    else:
+        missing = [a for a in keep if a not in info.axes]
+        if missing:
+            raise ValueError(f"keep={keep}: this site has no axis {missing}; its axes are {info.axes}")
+        axes = tuple(i for i, a in enumerate(info.axes) if a != "batch" and a not in keep)
+    return tuple(i + extra for i in axes)
 
 
-def _flatten_channels(x: jax.Array, lead: int) -> jax.Array:
-    return x.reshape(x.shape[:lead] + (-1,))
+def _masked(x: jax.Array, info: SiteInfo, mask) -> jax.Array:
+    """``x`` with padded positions (``mask [B, T]`` = 0) zeroed along every token axis."""
+    if mask is None:
+        return x
+    mask = jnp.asarray(mask)
+    extra = x.ndim - len(info.axes)
+    token_axes = [i for i, a in enumerate(info.axes) if a in TOKEN_AXES]
+    if not token_axes:
+        raise ValueError(f"a token mask was given but this site has no token axis (axes {info.axes})")
+    for i in token_axes:
+        t = x.shape[i + extra]
+        if mask.shape != (x.shape[0], t):
+            raise ValueError(f"the token mask has shape {mask.shape}; this site needs {(x.shape[0], t)} (batch, seq)")
+        shape = [1] * x.ndim
+        shape[0], shape[i + extra] = x.shape[0], t
+        x = x * mask.reshape(shape).astype(x.dtype)
+    return x
 
 
-def spatial_sum(x: jax.Array, info: SiteInfo) -> jax.Array:
-    """Sum over the site's spatial axes: ``[B, (K,) *site] -> [B, (K,) C]``."""
-    axes = _spatial(info, x.ndim)
+def spatial_sum(x: jax.Array, info: SiteInfo, *, keep: tuple[str, ...] | None = None,
+                mask: ArrayLike | None = None) -> jax.Array:
+    """Sum over the site's spatial axes (or over all axes but ``keep``): ``[B, (K,) *site] -> [B, (K,) C]``.
+
+    ``mask [B, T]`` leaves padded tokens out of the sum.
+    """
+    axes = _summed(info, x.ndim, keep)
     lead = 1 + x.ndim - len(info.axes)
-    return _flatten_channels(jnp.sum(x, axis=axes), lead)
+    summed = jnp.sum(_masked(x, info, mask), axis=axes)
+    return summed.reshape(summed.shape[:lead] + (-1,))
 
 
-def reduce_site(c: jax.Array, info: SiteInfo, variants: Iterable[str] = VARIANTS) -> dict[str, jax.Array]:
+def reduce_site(c: jax.Array, info: SiteInfo, variants: Iterable[str] = VARIANTS, *,
+                keep: tuple[str, ...] | None = None, mask: ArrayLike | None = None) -> dict[str, jax.Array]:
     """Sign-split then spatially summed contributions of one site.
 
     Args:
       c: ``[B, *site_shape]`` or ``[B, K, *site_shape]`` contributions.
       info: the site's :class:`SiteInfo` (its axes say which are spatial).
       variants: subset of ``("positive", "negative", "sum", "concat")``.
+      keep: axes left as channels (e.g. ``("head",)`` for one value per attention head); default: every
+        non-spatial axis.
+      mask: ``[B, T]`` token mask (1 real, 0 padding) for sequence sites.
 
     Returns:
       ``{variant: [B, (K,) C]}``; ``concat`` is ``[B, (K,) 2C]`` = [positive | negative].
     """
     variants = check_variants(variants)
-    pos = spatial_sum(jnp.maximum(c, 0), info)
-    neg = spatial_sum(jnp.minimum(c, 0), info)
+    pos = spatial_sum(jnp.maximum(c, 0), info, keep=keep, mask=mask)
+    neg = spatial_sum(jnp.minimum(c, 0), info, keep=keep, mask=mask)
     full = {"positive": pos, "negative": neg, "sum": pos + neg, "concat": jnp.concatenate([pos, neg], axis=-1)}
     return {v: full[v] for v in variants}
+
+
+def reduced_channels(info: SiteInfo, keep: tuple[str, ...] | None = None) -> int:
+    """Channels ``C`` per example after :func:`spatial_sum` of a site (``H`` with ``keep=("head",)``)."""
+    if keep is None:
+        return info.channels
+    return int(np.prod([n for n, a in zip(info.shape, info.axes) if a in keep]))
 
 
 def global_std(x, ddof: int = 0, chunk_rows: int = 65536) -> float:

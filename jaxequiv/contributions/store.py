@@ -9,25 +9,30 @@ Layout of a finished store ``<root>/``::
     <site>/<variant>.npy           float32 (N, C) for positive / negative / sum; (N, 2C) for concat
     <site>/activations.npy         float32 (N, C) spatially summed activations at the real input
 
-A store is built in ``<root>.partial/``: every file is pre-allocated, each finished chunk is flushed and then
-recorded in ``meta.json`` (written to a temporary file and ``os.replace``-d), and the folder is renamed to
-``<root>`` only once every chunk is done. A half-written store therefore never sits at ``<root>``, and an
-interrupted run resumes from the chunks ``meta.json`` lists.
+A store is built in ``<root>.partial/``: every file is pre-allocated on disk (``posix_fallocate``: a full disk
+is an error before any work, never a crash mid-run), each finished chunk is flushed and then recorded in
+``meta.json`` (written to a temporary file and ``os.replace``-d), and the folder is renamed to ``<root>`` only
+once every chunk is done. A half-written store therefore never sits at ``<root>``, and an interrupted run
+resumes from the chunks ``meta.json`` lists, after checking that its inputs are the same by content: the
+fingerprints of the model, labels, target and baseline, and of the input rows of every finished chunk.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxequiv.io.files import publish, write_json
 
-__all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX"]
+__all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX", "fingerprint"]
 
 FORMAT = "jaxequiv.contributions/1"
 PARTIAL_SUFFIX = ".partial"
@@ -36,6 +41,36 @@ ACTIVATIONS = "activations"
 
 def _write_json(path: str, obj: Any) -> None:
     write_json(path, obj, indent=1, sort_keys=True)
+
+
+def fingerprint(tree: Any) -> str:
+    """Content hash (hex) of a pytree of arrays (``None`` allowed): leaf paths, dtypes, shapes and bytes.
+
+    Static parts of a pytree (e.g. a target's kind) are not hashed; record them in the config.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _preallocate(path: str) -> None:
+    """Reserve the disk blocks of a (sparse) file now, so that writing it later cannot hit a full disk."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:  # not on this platform (macOS): the file stays sparse
+        return
+    with open(path, "r+b") as f:
+        try:
+            allocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
+                return
+            raise
 
 
 def _check_site_name(name: str) -> None:
@@ -120,10 +155,16 @@ class StoreWriter:
       config: everything that determines the values (method, target, steps, model, ...); a resume
         must present the same config.
       overwrite: replace an existing finished store at ``root`` once the new one is complete.
+      fingerprints: ``{name: content hash}`` of what the values depend on besides ``config`` (model params,
+        labels, ...; see :func:`fingerprint`); a resume must present the same.
+
+    Raises:
+      OSError: not enough disk space for the store (nothing is left behind).
     """
 
     def __init__(self, root, n: int, chunk_size: int, sites: Mapping[str, Mapping[str, Any]],
-                 variants, config: Mapping[str, Any], overwrite: bool = False):
+                 variants, config: Mapping[str, Any], overwrite: bool = False,
+                 fingerprints: Mapping[str, str] | None = None):
         self.root = os.fspath(root).rstrip("/")
         self.partial = self.root + PARTIAL_SUFFIX
         if os.path.exists(self.root) and not overwrite:
@@ -140,6 +181,8 @@ class StoreWriter:
             "sites": {k: dict(v) for k, v in sites.items()},
             "variants": list(variants),
             "config": json.loads(json.dumps(dict(config))),
+            "fingerprints": dict(fingerprints or {}),
+            "chunk_inputs": {},
             "finished_chunks": [],
             "complete": False,
         }
@@ -160,10 +203,24 @@ class StoreWriter:
     def _create(self) -> None:
         if os.path.exists(self.partial):
             shutil.rmtree(self.partial)  # a build that died before writing its meta.json holds nothing
-        for path, dtype, shape in self._files():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
-        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+        files = list(self._files())
+        try:
+            for path, dtype, shape in files:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+                _preallocate(path)
+            _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+        except OSError as e:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            if e.errno not in _DISK_FULL:
+                raise
+            need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, dtype, shape in files)
+            raise OSError(
+                e.errno,
+                f"not enough disk space for the contributions store at {self.partial!r}: it needs "
+                f"{need / 2**20:.1f} MiB ({self.meta['n']} examples x {len(files)} arrays); free some space or "
+                f"write it elsewhere ({e.strerror or e})",
+            ) from None
 
     def _resume(self, meta_path: str) -> None:
         with open(meta_path) as f:
@@ -176,7 +233,28 @@ class StoreWriter:
                 f"(there: {[old.get(k) for k in diff]}; now: {[self.meta[k] for k in diff]}). "
                 "Run with the original settings, or delete that folder to start over."
             )
+        there = old.get("fingerprints", {})
+        changed = sorted(k for k in set(there) | set(self.meta["fingerprints"])
+                         if there.get(k) != self.meta["fingerprints"].get(k))
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.partial!r}: its {', '.join(changed)} differ by content from this run's "
+                "(fingerprints in its meta.json). Run with the original ones, or delete that folder to start over."
+            )
         self.meta["finished_chunks"] = sorted(old["finished_chunks"])
+        self.meta["chunk_inputs"] = dict(old.get("chunk_inputs", {}))
+
+    def check_chunk_inputs(self, i: int, digest: str) -> None:
+        """On resume: raise ``ValueError`` unless the finished chunk ``i`` was computed from inputs whose
+        :func:`fingerprint` is ``digest``."""
+        there = self.meta["chunk_inputs"].get(str(i))
+        if there != digest:
+            lo, hi = self.chunk_rows(i)
+            raise ValueError(
+                f"cannot resume {self.partial!r}: the inputs of rows {lo}..{hi - 1} differ by content from those "
+                "its finished chunks were computed from; the data changed since that build started. Restore the "
+                "original data, or delete that folder to start over."
+            )
 
     @property
     def finished(self) -> set[int]:
@@ -186,8 +264,10 @@ class StoreWriter:
         lo = i * self.meta["chunk_size"]
         return lo, min(lo + self.meta["chunk_size"], self.meta["n"])
 
-    def write_chunk(self, i: int, arrays: Mapping[str, Mapping[str, np.ndarray]], labels, predictions) -> None:
-        """Write chunk ``i``: ``arrays[site][variant]`` of shape ``[rows, width]``; then record it as done."""
+    def write_chunk(self, i: int, arrays: Mapping[str, Mapping[str, np.ndarray]], labels, predictions,
+                    inputs_digest: str = "") -> None:
+        """Write chunk ``i``: ``arrays[site][variant]`` of shape ``[rows, width]``; then record it as done,
+        with the :func:`fingerprint` of the inputs it was computed from."""
         lo, hi = self.chunk_rows(i)
         for path, _, _ in self._files():
             rel = os.path.relpath(path, self.partial)[: -len(".npy")]
@@ -197,6 +277,7 @@ class StoreWriter:
             mm[lo:hi] = block
             mm.flush()
             del mm
+        self.meta["chunk_inputs"][str(i)] = inputs_digest
         self.meta["finished_chunks"] = sorted(self.finished | {i})
         _write_json(os.path.join(self.partial, "meta.json"), self.meta)
 
