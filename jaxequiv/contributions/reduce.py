@@ -127,7 +127,7 @@ def reduced_channels(info: SiteInfo, keep: tuple[str, ...] | None = None) -> int
     return int(np.prod([n for n, a in zip(info.shape, info.axes) if a in keep]))
 
 
-def global_std(x, ddof: int = 0, chunk_rows: int = 65536) -> float:
+def global_std(x: ArrayLike, ddof: int = 0, chunk_rows: int = 65536) -> float:
     """Standard deviation of all entries of ``x [N, C]`` (one scalar), streamed in float64 over row chunks,
     so a memory-mapped store is never loaded whole."""
     x_shape = np.shape(x)
@@ -144,7 +144,7 @@ def global_std(x, ddof: int = 0, chunk_rows: int = 65536) -> float:
     return float(np.sqrt(sq / (n - ddof)))
 
 
-def normalise_global_std(x, ddof: int = 0) -> tuple[np.ndarray, float]:
+def normalise_global_std(x: ArrayLike, ddof: int = 0) -> tuple[np.ndarray, float]:
     """``x / std(x)`` with one global scalar std (no centring, no per-feature scaling), as CODEC does before
     the SAE. Returns the float32 ``[N, C]`` result and the std; raises if the std is zero or not finite."""
     s = global_std(x, ddof=ddof)
