@@ -46,7 +46,7 @@ def _jax_steps(cfg, x, steps, lr=1e-4):
     bad = (jnp.full((1,), -1, jnp.int32),)
 
     def run():
-        g, _, m = chunk(carry[0], bad, xs, jnp.arange(steps, dtype=jnp.int32))
+        g, _, m = chunk(carry[0], bad, (xs,), jnp.arange(steps, dtype=jnp.int32))
         jax.block_until_ready(g)
         carry[0] = g
 

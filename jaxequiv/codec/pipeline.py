@@ -162,14 +162,14 @@ def run_pipeline(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an im
               for src, var in sources.items() for s in sites}
     configs = [make("stsae", v.shape[1], expansion=cfg.sae_expansion, theta=cfg.sae_theta, l1=cfg.sae_l1)
                for v in inputs.values()]
-    # every SAE sees its own data: train the groups of equal width together, one call per (source, site)
+    # one job: each SAE trains on its own (source, site) data, SAEs of equal width in one vmapped group
     settings = TrainSettings(batch_size=cfg.sae_batch, steps=cfg.sae_steps, lr=cfg.sae_lr, log_every=200,
                              data_seed=cfg.seed)
+    trained = train_many(configs, list(inputs.values()), seeds=[cfg.seed] * len(configs), settings=settings)
     modes, r2 = {}, {}
-    for (key, v), c in zip(inputs.items(), configs):
-        tr = train_many([c], v, seeds=[cfg.seed], settings=settings)[0]
-        modes[key] = readout(c, tr.params, v, tr.state)
-        r2[key] = evaluate(c, tr.params, v, tr.state)["r2_codec"]
+    for (key, v), tr in zip(inputs.items(), trained):
+        modes[key] = readout(tr.cfg, tr.params, v, tr.state)
+        r2[key] = evaluate(tr.cfg, tr.params, v, tr.state)["r2_codec"]
     lap(f"SAEs ({len(configs)})")
 
     sel = {src: mode_selectivity({s: modes[(src, s)] for s in sites}, store, var, n_classes=data.num_classes)

@@ -62,15 +62,19 @@ def register(subparsers) -> None:
 
 
 def _load(args):
+    import math
+
     from jaxequiv.contributions import open_store
     from jaxequiv.contributions.reduce import global_std
-    from jaxequiv.sae.data import Scaled, check_rows
+    from jaxequiv.sae.data import Scaled, check_finite, check_rows
 
     data = open_store(args.store).array(args.site, args.variant)
     check_rows(data, f"{args.site}/{args.variant}")
     scale = 1.0
     if args.normalize == "global_std":
         std = global_std(data)
+        if not math.isfinite(std):
+            check_finite(data, f"{args.site}/{args.variant}")  # raises, naming the first NaN/Inf
         if std == 0:
             raise ValueError(f"{args.site}/{args.variant} is constant (std 0); use --normalize none")
         scale = 1.0 / std
@@ -86,6 +90,24 @@ def _settings(args):
         epochs = 300.0
     return TrainSettings(batch_size=args.batch_size, steps=steps, epochs=epochs, lr=args.lr, plateau=args.plateau,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every, data_seed=args.data_seed)
+
+
+def _fit(train_fn, *args, **kwargs):
+    """``train_fn(*args, **kwargs)``, printing its FitWarnings as plain ``warning:`` lines."""
+    import sys
+    import warnings
+
+    from jaxequiv.sae import FitWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train_fn(*args, **kwargs)
+    for w in caught:
+        if issubclass(w.category, FitWarning):
+            print(f"jaxequiv sae: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 def _run(args, configs, names) -> int:
@@ -105,8 +127,8 @@ def _run(args, configs, names) -> int:
     cfgs, seeds = configs(data.shape[1])
     settings = _settings(args)
     with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
-        results = train_many(cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
-                             progress=not args.no_progress)
+        results = _fit(train_many, cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
+                       progress=not args.no_progress)
         summary = []
         for name, r in zip(names, results):
             meta = {"hook_name": args.site, "store": os.path.abspath(args.store), "store_variant": args.variant,

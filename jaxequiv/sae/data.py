@@ -3,12 +3,13 @@ fancy-row indexing), streamed as shuffled batches without loading the whole matr
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_rows", "Scaled", "BatchStream", "iter_chunks"]
+__all__ = ["check_rows", "check_finite", "Scaled", "BatchStream", "iter_chunks", "sample_rows", "fingerprint"]
 
 
 def check_rows(data: Any, what: str = "data") -> tuple[int, int]:
@@ -34,8 +35,15 @@ def _check_finite(block: np.ndarray, row0: int | np.ndarray, what: str) -> None:
     if not ok.all():
         bad = np.argwhere(~ok)[0]
         row = int(row0[bad[0]]) if isinstance(row0, np.ndarray) else row0 + int(bad[0])
-        raise ValueError(f"{what} contains NaN/Inf (first at row {row}, column {int(bad[-1])}, "
-                         f"{int((~ok).sum())} bad values in this block); clean or drop those rows before training")
+        kind = "NaN" if np.isnan(block[tuple(bad)]) else "Inf"
+        raise ValueError(f"{what} contains {kind} at row {row}, column {int(bad[-1])}; clean or drop the "
+                         f"non-finite rows first (np.isfinite(x).all(axis=1) selects the good ones)")
+
+
+def check_finite(data: Any, what: str = "data", rows: int = 8192) -> None:
+    """Read ``data`` (N, d) in row blocks and raise ``ValueError`` naming the first NaN/Inf (row, column)."""
+    for _ in iter_chunks(data, rows, what):
+        pass
 
 
 def iter_chunks(data: Any, rows: int = 8192, what: str = "data"):
@@ -63,6 +71,25 @@ class Scaled:
 
     def __getitem__(self, idx):
         return np.asarray(self.data[idx], dtype=np.float32) * np.float32(self.factor)
+
+
+def sample_rows(data: Any, n_rows: int = 1024) -> np.ndarray:
+    """(min(N, n_rows), d) rows of ``data`` evenly spaced from the first to the last, as stored (a cheap, fixed
+    sample: a few reads even for a large memory map)."""
+    n, _ = check_rows(data)
+    idx = np.unique(np.linspace(0, n - 1, min(n, n_rows)).round().astype(np.int64))
+    return np.asarray(data[idx])
+
+
+def fingerprint(data: Any) -> dict[str, Any]:
+    """Identity of an (N, d) array-like's content, for resuming: ``{"shape", "dtype", "sha256"}``, the hash of
+    :func:`sample_rows` (shape, dtype and bytes), so any change to the shape or dtype, or to one of 1024 rows
+    spread over the data, changes it."""
+    n, d = check_rows(data)
+    rows = np.ascontiguousarray(sample_rows(data))
+    h = hashlib.sha256(f"{n},{d},{rows.dtype.str}".encode())
+    h.update(rows.tobytes())
+    return {"shape": [n, d], "dtype": str(rows.dtype), "sha256": h.hexdigest()}
 
 
 class BatchStream:

@@ -1,26 +1,35 @@
 """Training SAEs with optax: one (:func:`train`) or many in lock-step (:func:`train_many`).
 
-``train_many`` groups the configs by their static fields (variant, widths, k, ...); inside a group the configs,
-params, optimiser states and statistics are stacked and the step is ``jax.vmap``-ed; all groups advance together
-in one jitted ``lax.scan`` over a chunk of steps. All SAEs see the same shuffled batches (``data_seed``); each
-SAE's own ``seed`` sets its initial weights and its dropout stream. ``train`` is ``train_many`` of one SAE.
-Under ``vmap`` a ``lax.cond`` runs both branches, so for a variant with an auxiliary loss that is usually off
-(``has_aux_loss``: TopK's AuxK) a group asks ``aux_needed(state)`` and runs the auxiliary loss only on steps where
-some SAE of it needs it (a group of one runs unbatched, where the variant's own ``lax.cond`` skips it).
+``train_many`` trains SAEs on one shared (N, d) array or on one array per SAE (CODEC's one SAE per layer). Configs
+with equal static fields (variant, widths, k, ...) form a group: their configs, params, optimiser states and
+statistics are stacked and the step is ``jax.vmap``-ed, each SAE reading its own data; all groups advance together
+in one jitted ``lax.scan`` over a chunk of steps. At every step every SAE reads the same row indices (one shuffle,
+``data_seed``; the data must all have N rows), each from its own array, so SAEs that share data share batches
+and lock-step training stays one program. Each SAE's ``seed`` sets its initial weights and its dropout stream.
+``train`` is ``train_many`` of one SAE. Under ``vmap`` a ``lax.cond`` runs both branches, so for a variant with an
+auxiliary loss that is usually off (``has_aux_loss``: TopK's AuxK) a group asks ``aux_needed(state)`` and runs the
+auxiliary loss only on steps where some SAE of it needs it (a group of one runs unbatched, where the variant's own
+``lax.cond`` skips it).
 
-Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state
-is written atomically every ``checkpoint_every`` steps and a restarted run continues from it with identical
-results. A non-finite loss or parameter stops training with :class:`TrainingDiverged`, leaving the last good
-checkpoint untouched.
+On many devices (``mesh`` with axes ``stack`` and ``data``, :func:`jaxequiv.distributed.make_mesh`) each group's
+SAEs are split over ``stack`` (a group is padded with copies of its last SAE to a multiple of the axis size; the
+copies are dropped) and every batch over ``data``; results equal the one-device run up to the order of the batch
+sums.
+
+Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state is
+checkpointed with orbax (:mod:`jaxequiv.sae.checkpoint`) every ``checkpoint_every`` steps, and a restarted run
+checks that its configs, seeds, settings and data (a content fingerprint) are the checkpoint's, then continues
+with identical results. A non-finite loss or parameter stops training with :class:`TrainingDiverged`, leaving the
+last good checkpoint untouched; a run that ends with a negative R^2 or most latents dead warns (:class:`FitWarning`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,19 +37,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxequiv.io.arrays import read_npz
-from jaxequiv.io.files import atomic_path
 from jaxequiv.io.progress import progress_bar
 from jaxequiv.rng import as_key
 from jaxequiv.sae import variants as V
-from jaxequiv.sae.data import BatchStream
+from jaxequiv.sae.checkpoint import Checkpoints
+from jaxequiv.sae.data import BatchStream, fingerprint, sample_rows
 from jaxequiv.sae.interface import SAE
 
-__all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train", "train_many", "make_optimizer",
-           "codec_sweep", "CHECKPOINT_FILE"]
+__all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "FitWarning", "train", "train_many",
+           "make_optimizer", "codec_sweep"]
 
-CHECKPOINT_FILE = "checkpoint.npz"
+
+class FitWarning(UserWarning):
+    """Training ended with a reconstruction worse than the data's mean (R^2 < 0) or with most latents dead."""
 
 
 class TrainingDiverged(FloatingPointError):
@@ -135,13 +146,6 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
-def _group(configs) -> list[list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(c.static_key(), []).append(i)
-    return list(groups.values())
-
-
 @jax.jit
 def _init_params(cfg, keys):
     """Stacked initial params and statistics of a stacked group of configs, one compiled call."""
@@ -149,6 +153,7 @@ def _init_params(cfg, keys):
 
 
 def _init_group(cfgs, seeds, tx):
+    """``(stacked configs, keys, (params, optimiser states, statistics))`` of SAEs of equal static fields."""
     keys = jnp.stack([as_key(s, "seed") for s in seeds])
     cfg = _stack(cfgs)
     params, state = _init_params(cfg, keys)
@@ -187,17 +192,18 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
 
     def body(carry, inp):
         groups, bad = carry
-        x, step = inp
+        xs, step = inp
         new_groups, new_bad, mets = [], [], []
-        for (cfg, keys, trio), b in zip(groups, bad):
+        for (cfg, keys, trio), b, x in zip(groups, bad, xs):
+            per_sae = x.ndim == 3  # (G, B, d): each SAE its own batch; (B, d): one batch for the group
             if b.shape[0] == 1:  # a lone SAE runs unbatched, so lax.cond (e.g. AuxK) still skips work
                 one = jax.tree_util.tree_map(lambda a: a[0], (cfg, keys, trio))
-                out = sae_step(one[0], one[1], *one[2], x, step)
+                out = sae_step(one[0], one[1], *one[2], x[0] if per_sae else x, step)
                 new, finite, m = jax.tree_util.tree_map(lambda a: a[None], out)
             else:
                 group_step = lambda with_aux: jax.vmap(  # noqa: E731
-                    functools.partial(sae_step, with_aux=with_aux), in_axes=(0, 0, 0, 0, 0, None, None))(
-                    cfg, keys, *trio, x, step)
+                    functools.partial(sae_step, with_aux=with_aux),
+                    in_axes=(0, 0, 0, 0, 0, 0 if per_sae else None, None))(cfg, keys, *trio, x, step)
                 if cfg.has_aux_loss:  # skip the auxiliary loss unless some SAE of the group needs it
                     need = jnp.any(jax.vmap(type(cfg).aux_needed)(cfg, trio[2]))
                     new, finite, m = jax.lax.cond(need, lambda: group_step(True), lambda: group_step(False))
@@ -219,57 +225,158 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
     return tx, chunk
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------------
-def _meta(configs, seeds, settings, data_shape):
+# -- data and placement ----------------------------------------------------------------------------------------
+def _sources(configs, data) -> tuple[list[Any], list[int]]:
+    """Distinct data arrays and, per config, the index of its array: a list/tuple is one array per config,
+    anything else one array shared by all."""
+    if not isinstance(data, (list, tuple)):
+        return [data], [0] * len(configs)
+    if len(data) != len(configs):
+        raise ValueError(f"data is a sequence of {len(data)} arrays but there are {len(configs)} configs; pass one "
+                         f"(N, d) array per config, or a single array shared by all")
+    sources: list[Any] = []
+    where: dict[int, int] = {}
+    for d in data:
+        if id(d) not in where:
+            where[id(d)] = len(sources)
+            sources.append(d)
+    return sources, [where[id(d)] for d in data]
+
+
+@dataclasses.dataclass
+class _Group:
+    """Configs of equal static fields, trained as one stack: ``members`` index the configs (padded with copies
+    of the last one to a multiple of the mesh's stack size); the first ``size`` are real."""
+
+    members: list[int]
+    size: int
+    per_sae: bool  # members read different arrays (else they share one)
+
+
+def _plan(configs, source_of: list[int], stack: int) -> list[_Group]:
+    by_key: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        by_key.setdefault(c.static_key(), []).append(i)
+    return [_Group(m + [m[-1]] * (-len(m) % stack), len(m), len({source_of[i] for i in m}) > 1)
+            for m in by_key.values()]
+
+
+class _Placement:
+    """Where arrays live: the default device, or a mesh with the stack over ``stack`` and batches over ``data``."""
+
+    def __init__(self, mesh: Mesh | None, batch_size: int):
+        self.mesh = mesh
+        names = mesh.axis_names if mesh is not None else ()
+        self.stack_axis = "stack" if "stack" in names else None
+        self.data_axis = "data" if "data" in names else None
+        self.stack = mesh.shape["stack"] if self.stack_axis else 1
+        n_data = mesh.shape["data"] if self.data_axis else 1
+        if batch_size % n_data:
+            raise ValueError(f"batch_size {batch_size} does not split over the {n_data} devices of the mesh's "
+                             f"'data' axis; use a multiple of {n_data}")
+
+    def _sharding(self, *spec):
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    def stacked(self, tree, size: int | None = None):
+        """Place a pytree whose leaves stack SAEs on their leading axis (of ``size``, when it does not split
+        evenly: replicated)."""
+        if self.mesh is None:
+            return tree
+        even = size is None or size % self.stack == 0
+        return jax.device_put(tree, self._sharding(self.stack_axis) if even else self._sharding())
+
+    def batches(self, x: np.ndarray, per_sae: bool) -> jax.Array:
+        """(T, B, d) or, per SAE, (T, G, B, d) host batches on the devices."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        spec = (None, self.stack_axis, self.data_axis) if per_sae else (None, self.data_axis)
+        return jax.make_array_from_callback(x.shape, self._sharding(*spec), lambda index: x[index])
+
+
+def _read_chunk(streams, source_of, groups, start, stop, place: _Placement):
+    """Per group, the batches of steps [start, stop), each distinct array read once."""
+    read: dict[int, np.ndarray] = {}
+
+    def rows(s):
+        if s not in read:
+            read[s] = streams[s].chunk(start, stop)
+        return read[s]
+
+    return tuple(place.batches(np.stack([rows(source_of[i]) for i in g.members], axis=1) if g.per_sae
+                               else rows(source_of[g.members[0]]), g.per_sae) for g in groups)
+
+
+def _unpad(trio, size):
+    return jax.tree_util.tree_map(lambda a: a[:size], trio)
+
+
+def _pad(trio, n):
+    return jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], n - a.shape[0], axis=0)]), trio)
+
+
+def _identity(configs, seeds, settings, fingerprints) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (JSON-able)."""
     return {"configs": [{"variant": c.name, **c.config_dict()} for c in configs], "seeds": list(seeds),
-            "settings": dataclasses.asdict(settings), "data_shape": list(data_shape)}
+            "settings": dataclasses.asdict(settings), "data": fingerprints}
 
 
-def _save_checkpoint(path, trios, step, meta, history):
-    leaves = jax.tree_util.tree_leaves(trios)
-    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-    arrays["meta"] = np.array(json.dumps({**meta, "step": step, "history": history}))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+_HINTS = {"stsae": "lower theta or l1", "relu_l1": "lower l1", "jumprelu": "lower l0 or init_threshold",
+          "topk": "raise k", "matryoshka": "raise k", "batchtopk": "raise k"}
 
 
-def _load_checkpoint(path, trios, meta):
-    z = read_npz(path, hint="delete it to restart training from step 0, or train into a fresh output folder")
-    saved = json.loads(str(z["meta"]))
-    leaves = [z[f"leaf_{i:05d}"] for i in range(len(z) - 1)]
-    old_d, new_d = saved["data_shape"][1], meta["data_shape"][1]
-    if old_d != new_d:
-        raise ValueError(f"checkpoint {path} was written for data with d={old_d} features, but this data has "
-                         f"d={new_d}; use the matching data or a fresh checkpoint_dir")
-    for key in ("configs", "seeds", "settings"):
-        if saved[key] != meta[key]:
-            raise ValueError(f"checkpoint {path} has different {key} ({saved[key]}) than this run ({meta[key]}); "
-                             f"use the same {key} to resume or a fresh checkpoint_dir")
-    template = jax.tree_util.tree_leaves(trios)
-    if len(leaves) != len(template) or any(a.shape != b.shape for a, b in zip(leaves, template)):
-        raise ValueError(f"checkpoint {path} does not match the structure of this run; use a fresh checkpoint_dir")
-    treedef = jax.tree_util.tree_structure(trios)
-    restored = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=b.dtype) for a, b in zip(leaves, template)])
-    return restored, saved["step"], saved["history"]
+def _check_fit(configs, seeds, sources, source_of, results, settings: TrainSettings) -> None:
+    """Warn (:class:`FitWarning`) about SAEs whose training R^2 over the last logged chunk (against a sample of
+    their data) is negative or whose latents mostly did not fire in the last min(dead_window, steps / 2) steps."""
+    var = {}
+    for s in set(source_of):
+        rows = sample_rows(sources[s]).astype(np.float64)
+        var[s] = float(np.mean(np.square(rows - rows.mean())))
+    poor = []
+    for i, r in enumerate(results):
+        if not r.history:
+            continue
+        window = max(1, min(settings.dead_window, r.step // 2))
+        dead = int(np.sum(np.asarray(r.state["since_fired"]) >= window))
+        r2 = 1.0 - r.history[-1]["mse"] / var[source_of[i]] if var[source_of[i]] > 0 else 1.0
+        if r2 < 0 or dead > r.cfg.d_sae / 2:
+            hint = f" ({_HINTS.get(r.cfg.name, 'loosen the sparsity')})" if dead > r.cfg.d_sae / 2 else ""
+            poor.append(f"SAE {i} ({r.cfg.name}, seed {seeds[i]}): R^2 {r2:.2f}, {r.cfg.d_sae - dead}/{r.cfg.d_sae} "
+                        f"latents fired in the last {window} steps{hint}")
+    if poor:
+        shown = "; ".join(poor[:5]) + (f"; and {len(poor) - 5} more" if len(poor) > 5 else "")
+        warnings.warn(FitWarning(
+            f"{len(poor)} of {len(configs)} SAEs fit poorly after {results[0].step} steps (training R^2 < 0 or "
+            f"most latents dead): {shown}. Train longer (more steps or epochs) or try another learning rate (now "
+            f"{settings.lr:g}); where most latents are dead, make them easier to fire as suggested"), stacklevel=3)
 
 
 # -- the loop --------------------------------------------------------------------------------------------------
-def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
-               checkpoint_dir: str | os.PathLike | None = None,
-               callback: Callable[[int, dict], None] | None = None, progress: bool = False) -> list[TrainResult]:
-    """Train ``len(configs)`` SAEs in lock-step on the same shuffled batches of ``data`` (N, d).
+def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
+               checkpoint_dir: str | os.PathLike | None = None, callback: Callable[[int, dict], None] | None = None,
+               progress: bool = False, mesh: Mesh | None = None) -> list[TrainResult]:
+    """Train ``len(configs)`` SAEs in lock-step, each on its own (or a shared) data array.
 
     Args:
-      configs: variant configs (see :mod:`jaxequiv.sae.variants`); any mix of variants and widths.
-      data: (N, d) array-like; np.memmap is streamed batch by batch.
+      configs: SAE configs (:class:`jaxequiv.sae.SAE`, see :mod:`jaxequiv.sae.variants`); any mix of variants and
+        widths.
+      data: one (N, d) array-like shared by every SAE, or a list/tuple of one per config (all with the same N;
+        each with its config's d_in). np.memmap and lazy views (:class:`~jaxequiv.sae.data.Scaled`) are
+        streamed batch by batch.
       seeds: one int per config (initial weights and dropout).
       settings: :class:`TrainSettings`.
-      checkpoint_dir: where ``checkpoint.npz`` is written every ``settings.checkpoint_every`` steps; if it
-        already holds a checkpoint of the same run, training resumes from it.
+      checkpoint_dir: orbax checkpoints are written there every ``settings.checkpoint_every`` steps and at the
+        end; if it holds a checkpoint of the same run (configs, seeds, settings and data content), training
+        resumes from it, and from another run it refuses (:class:`~jaxequiv.sae.checkpoint.CheckpointError`).
       callback: ``callback(step, entry)`` after every logged chunk (entry: per-SAE lists of loss/mse/l0/dead).
       progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
+      mesh: a device mesh (:func:`jaxequiv.distributed.make_mesh`): the SAEs of a group are split over its
+        ``stack`` axis and each batch over ``data`` (batch_size must divide evenly).
     Returns:
       one :class:`TrainResult` per config, in order.
+    Raises:
+      TrainingDiverged: a loss or parameter became NaN/Inf. Warns :class:`FitWarning` when SAEs end with a
+        negative training R^2 or most latents dead.
     """
     configs, seeds = list(configs), [int(s) for s in seeds]
     if not configs or len(configs) != len(seeds):
@@ -278,81 +385,103 @@ def train_many(configs: Sequence[Any], data: Any, *, seeds: Sequence[int], setti
         if not isinstance(c, SAE):
             raise TypeError(f"expected SAE variant configs (jaxequiv.sae.SAE, e.g. {', '.join(V.VARIANTS)}), got "
                             f"{type(c).__name__}; build them with jaxequiv.sae.make(...)")
+    sources, source_of = _sources(configs, data)
     data_seed = seeds[0] if settings.data_seed is None else settings.data_seed
-    stream = BatchStream(data, settings.batch_size, data_seed)
-    for c in configs:
-        if c.d_in != stream.d:
-            raise ValueError(f"{c.name} config has d_in={c.d_in} but the data has d={stream.d} features; "
-                             f"build the config with d_in={stream.d}")
+    many = len(sources) > 1
+    streams = [BatchStream(d, settings.batch_size, data_seed, f"data[{source_of.index(s)}]" if many else "data")
+               for s, d in enumerate(sources)]
+    if len({st.n for st in streams}) > 1:
+        raise ValueError(f"the data arrays have different row counts {sorted({st.n for st in streams})}; SAEs trained "
+                         "together read the same rows at every step, so give them arrays with equal N (or train "
+                         "them in separate calls)")
+    for i, c in enumerate(configs):
+        if c.d_in != streams[source_of[i]].d:
+            where = f"data[{i}]" if many else "the data"
+            raise ValueError(f"{c.name} config has d_in={c.d_in} but {where} has d={streams[source_of[i]].d} "
+                             f"features; build the config with d_in={streams[source_of[i]].d}")
+    stream = streams[0]
     total = settings.total_steps(stream.steps_per_epoch)
+    place = _Placement(mesh, settings.batch_size)
     tx, chunk_fn = _chunk_fn(settings, total, stream.steps_per_epoch)
-    groups = _group(configs)
-    built = [_init_group([configs[i] for i in g], [seeds[i] for i in g], tx) for g in groups]
-    trios = [b[2] for b in built]
-    meta = _meta(configs, seeds, settings, (stream.n, stream.d))
+    groups = _plan(configs, source_of, place.stack)
+    carry = []
+    for g in groups:
+        cfg, keys, trio = _init_group([configs[i] for i in g.members], [seeds[i] for i in g.members], tx)
+        carry.append(place.stacked((cfg, keys, trio)))
     start, history, saved_step = 0, [], None
-    ckpt = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE) if checkpoint_dir is not None else None
-    if ckpt is not None:
-        os.makedirs(os.fspath(checkpoint_dir), exist_ok=True)
-        if os.path.exists(ckpt):
-            trios, start, history = _load_checkpoint(ckpt, trios, meta)
-            saved_step = start
-    carry = tuple((b[0], b[1], t) for b, t in zip(built, trios))
-    bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step", enabled=progress)
-    step = start
-    next_xs = stream.chunk(step, min(step + settings.log_every, total)) if step < total else None
-    while step < total:
-        stop = min(step + settings.log_every, total)
-        xs = next_xs
-        bad0 = tuple(jnp.full((len(g),), -1, jnp.int32) for g in groups)
-        new_carry, bad, sums = chunk_fn(carry, bad0, jnp.asarray(xs), jnp.arange(step, stop, dtype=jnp.int32))
-        # gather the next chunk on the host while the device works
-        next_xs = stream.chunk(stop, min(stop + settings.log_every, total)) if stop < total else None
-        bad = [np.asarray(b) for b in bad]
-        for g, b in zip(groups, bad):
-            for i, s in zip(g, b):
-                if s >= 0:
-                    where = (f"; the last good checkpoint ({ckpt}, step {saved_step}) is intact"
-                             if saved_step is not None else "")
-                    raise TrainingDiverged(
-                        f"SAE {i} ({configs[i].name}, seed {seeds[i]}) got a NaN/Inf loss or parameter at step "
-                        f"{int(s)}{where}; lower the learning rate or check the data scale")
-        carry = new_carry
-        n = stop - step
-        entry = {"step": stop, "loss": [0.0] * len(configs), "mse": [0.0] * len(configs),
-                 "l0": [0.0] * len(configs), "dead": [0] * len(configs)}
-        for g, sm, (_, _, (_, _, st)) in zip(groups, sums, carry):
-            sm = np.asarray(sm) / n
-            dead = np.asarray(jnp.sum(st["since_fired"] >= settings.dead_window, axis=1))
-            for j, i in enumerate(g):
-                entry["loss"][i], entry["mse"][i], entry["l0"][i] = (float(v) for v in sm[j])
-                entry["dead"][i] = int(dead[j])
-        history.append(entry)
-        step = stop
-        if ckpt is not None and (step == total or (settings.checkpoint_every and step % settings.checkpoint_every == 0)):
-            _save_checkpoint(ckpt, [c[2] for c in carry], step, meta, history)
-            saved_step = step
-        bar.update(n)
-        bar.set_postfix(loss=f"{np.mean(entry['loss']):.4g}", l0=f"{np.mean(entry['l0']):.3g}")
-        if callback is not None:
-            callback(step, entry)
-    bar.close()
+    ckpt = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
+    try:
+        if ckpt is not None:
+            prints = [fingerprint(d) for d in sources]
+            identity = _identity(configs, seeds, settings, [prints[s] for s in source_of])
+            if ckpt.latest_step() is not None:
+                template = tuple(place.stacked(_unpad(c[2], g.size), g.size) for g, c in zip(groups, carry))
+                names = [f"SAE {i} ({c.name}, seed {s})" for i, (c, s) in enumerate(zip(configs, seeds))]
+                trios, start, history = ckpt.restore(template, identity, names)
+                carry = [(c[0], c[1], place.stacked(_pad(t, len(g.members)))) for g, c, t in zip(groups, carry, trios)]
+                saved_step = start
+        carry = tuple(carry)
+        bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step", enabled=progress)
+        step = start
+        next_xs = _read_chunk(streams, source_of, groups, step, min(step + settings.log_every, total), place) \
+            if step < total else None
+        while step < total:
+            stop = min(step + settings.log_every, total)
+            xs = next_xs
+            bad0 = tuple(place.stacked(jnp.full((len(g.members),), -1, jnp.int32)) for g in groups)
+            new_carry, bad, sums = chunk_fn(carry, bad0, xs, jnp.arange(step, stop, dtype=jnp.int32))
+            # gather the next chunk on the host while the device works
+            next_xs = _read_chunk(streams, source_of, groups, stop, min(stop + settings.log_every, total), place) \
+                if stop < total else None
+            for g, b in zip(groups, bad):
+                for i, s in zip(g.members[:g.size], np.asarray(b)[:g.size]):
+                    if s >= 0:
+                        where = (f"; the last good checkpoint ({ckpt.directory}, step {saved_step}) is intact"
+                                 if saved_step is not None else "")
+                        raise TrainingDiverged(
+                            f"SAE {i} ({configs[i].name}, seed {seeds[i]}) got a NaN/Inf loss or parameter at step "
+                            f"{int(s)}{where}; lower the learning rate or check the data scale")
+            carry = new_carry
+            n = stop - step
+            entry = {"step": stop, "loss": [0.0] * len(configs), "mse": [0.0] * len(configs),
+                     "l0": [0.0] * len(configs), "dead": [0] * len(configs)}
+            for g, sm, (_, _, (_, _, st)) in zip(groups, sums, carry):
+                sm = np.asarray(sm) / n
+                dead = np.asarray(jnp.sum(st["since_fired"] >= settings.dead_window, axis=1))
+                for j, i in enumerate(g.members[:g.size]):
+                    entry["loss"][i], entry["mse"][i], entry["l0"][i] = (float(v) for v in sm[j])
+                    entry["dead"][i] = int(dead[j])
+            history.append(entry)
+            step = stop
+            if ckpt is not None and (step == total or (settings.checkpoint_every
+                                                       and step % settings.checkpoint_every == 0)):
+                ckpt.save(step, tuple(_unpad(c[2], g.size) for g, c in zip(groups, carry)), identity, history)
+                saved_step = step
+            bar.update(n)
+            bar.set_postfix(loss=f"{np.mean(entry['loss']):.4g}", l0=f"{np.mean(entry['l0']):.3g}")
+            if callback is not None:
+                callback(step, entry)
+        bar.close()
+    finally:
+        if ckpt is not None:
+            ckpt.close()  # waits for a checkpoint being written
     results: list[TrainResult | None] = [None] * len(configs)
     for g, (_, _, (params, _, state)) in zip(groups, carry):
-        for j, i in enumerate(g):
+        for j, i in enumerate(g.members[:g.size]):
             pick = lambda t: jax.tree_util.tree_map(lambda a: a[j], t)  # noqa: E731
             hist = [{"step": e["step"], **{k: e[k][i] for k in ("loss", "mse", "l0", "dead")}} for e in history]
             results[i] = TrainResult(configs[i], pick(params), pick(state), seeds[i], step, hist)
+    _check_fit(configs, seeds, sources, source_of, results, settings)
     return results
 
 
-def train(cfg: Any, data: Any, *, seed: int = 0, settings: TrainSettings,
+def train(cfg: SAE, data: Any, *, seed: int = 0, settings: TrainSettings,
           checkpoint_dir: str | os.PathLike | None = None, callback: Callable[[int, dict], None] | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, mesh: Mesh | None = None) -> TrainResult:
     """Train one SAE on ``data`` (N, d); see :func:`train_many` for the arguments. Shuffling uses
     ``settings.data_seed`` or, when None, ``seed``."""
     return train_many([cfg], data, seeds=[seed], settings=settings, checkpoint_dir=checkpoint_dir,
-                      callback=callback, progress=progress)[0]
+                      callback=callback, progress=progress, mesh=mesh)[0]
 
 
 def codec_sweep(d_in: int, expansions: Sequence[int] = (1, 3, 5), thetas: Sequence[float] = (0.5, 0.7, 0.9),

@@ -1,6 +1,7 @@
 """``jaxequiv sae train|sweep`` over a real (tiny) contributions store."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from jaxequiv.cli import main
 from jaxequiv.contributions import build_store, open_store
 from jaxequiv.contributions import global_std
 from jaxequiv.sae import Scaled, codec_sweep, evaluate, load_sae
+from jaxequiv.sae.checkpoint import read_meta
 from jaxequiv.sae.cli import sweep_names
 
 # the settings of tests/sae/test_train.py (d = 8 here too), so that these runs reuse its compiled steps
@@ -71,7 +73,7 @@ def test_sae_train_publish_and_resume(store, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(sae, "train_many", interrupted)
     assert main(cmd("o", *longer)) == 130 and "interrupted" in capsys.readouterr().err
-    assert (tmp_path / "o.partial" / "checkpoint" / "checkpoint.npz").exists()
+    assert read_meta(tmp_path / "o.partial" / "checkpoint")["step"] == 10
     _, old, _ = load_sae(tmp_path / "o" / "stsae_x1_seed0")
     np.testing.assert_array_equal(np.asarray(old["W_dec"]), np.asarray(params["W_dec"]))
     monkeypatch.setattr(sae, "train_many", real)
@@ -108,14 +110,34 @@ def test_sae_failures_are_one_line(store, tmp_path, capsys):
         return err
 
     base = ["sae", "train", "--store", str(store), "--site", "fc1", *TRAIN, "--no-progress"]
-    partial = tmp_path / "o.partial" / "checkpoint"
-    partial.mkdir(parents=True)
-    (partial / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")  # a run killed while its disk filled up
-    err = fails([*base, "--out", str(tmp_path / "o")], "checkpoint.npz is truncated or corrupt")
-    assert "delete it to restart training from step 0" in err
+    meta = tmp_path / "o.partial" / "checkpoint" / "10" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "metadata").write_text('{"step": 10, "hist')  # a run killed while its disk filled up
+    err = fails([*base, "--out", str(tmp_path / "o")], "(step 10) cannot be read")
+    assert "it is damaged: delete" in err and "o.partial/checkpoint" in err
     err = fails([*base, "--out", str(tmp_path / "d"), "--lr", "1e30", "--normalize", "none"], "NaN/Inf")
     assert "(e.g. --lr 1e+29)" in err
     assert not (tmp_path / "d").exists()
     fails(["sae", "sweep", "--store", str(store), "--site", "fc1", "--out", str(tmp_path / "s"), *TRAIN,
            "--expansions", "1", "--thetas", "0.5", "--l1s", "0", "--seeds", "1,1"], "more than once")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.partial"]
+
+
+def test_sae_train_names_nan_rows_and_warns_on_a_useless_fit(store, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(store, bad)
+    mm = np.load(bad / "fc1" / "activations.npy", mmap_mode="r+")
+    mm[7, 3] = np.nan
+    mm.flush()
+    del mm
+    common = ["sae", "train", "--site", "fc1", "--variant", "activations", *TRAIN, "--l1", "0", "--expansion", "1",
+              "--no-progress"]
+    assert main([*common, "--store", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "contains NaN at row 7, column 3" in capsys.readouterr().err
+    # theta 0.99: no sigmoid code reaches it, every latent stays dead and the reconstruction is 0
+    assert main([*common, "--store", str(store), "--out", str(tmp_path / "o"), "--theta", "0.99"]) == 0
+    err = capsys.readouterr().err
+    assert "jaxequiv sae: warning: 1 of 1 SAEs fit poorly" in err and "lower theta" in err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert summary[0]["n_alive"] == 0 and summary[0]["relative_reconstruction_bias"] == 0.0

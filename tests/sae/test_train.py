@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+import warnings
 
 import jax
 import numpy as np
@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from jaxequiv import sae
 from jaxequiv.contributions import global_std
-from jaxequiv.sae.data import BatchStream
-from jaxequiv.sae.train import CHECKPOINT_FILE, _meta, make_optimizer
+from jaxequiv.sae.checkpoint import CheckpointError, read_meta
+from jaxequiv.sae.data import BatchStream, fingerprint
+from jaxequiv.sae.train import _identity, make_optimizer
 
 D = 8
 
@@ -55,6 +56,17 @@ def test_training_learns_and_is_deterministic():
     assert set(r1.history[0]) == {"step", "loss", "mse", "l0", "dead"}
 
 
+def test_a_useless_fit_warns_with_what_to_change():
+    x = _sparse_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sae.FitWarning)
+        sae.train(sae.ReluL1(d_in=D, d_sae=16), x, seed=3, settings=S)  # training R^2 about 0.2: no warning
+    never_fires = sae.STSAE(d_in=D, d_sae=D, theta=0.99, l1=0.0)  # sigmoid codes stay below theta
+    with pytest.warns(sae.FitWarning, match=r"1 of 1 SAEs fit poorly after 30 steps .*SAE 0 \(stsae, seed 3\): "
+                                            r"R\^2 -.*0/8 latents fired .*lower theta.*Train longer"):
+        sae.train(never_fires, x, seed=3, settings=S)
+
+
 def test_train_many_equals_separate_runs_across_groups():
     x = _sparse_data()
     # vmapped groups of two stsae (different theta, l1) and two topk whose AuxK switches on mid-run (group-level
@@ -72,6 +84,32 @@ def test_train_many_equals_separate_runs_across_groups():
             np.testing.assert_allclose(np.asarray(r.params[k]), np.asarray(one.params[k]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose([h["loss"] for h in r.history], [h["loss"] for h in one.history], rtol=1e-5)
     assert any(np.asarray(cfg.aux_needed(r.state)) for cfg, r in zip(cfgs, many) if cfg in topk)
+
+
+def test_per_sae_data_equals_separate_runs():
+    """One array per SAE: the stsae pair (different data) is one vmapped group, the relu_l1 pair shares its data
+    in another, the topk runs alone; each SAE equals its own run on its own data (the lone one bitwise)."""
+    xs = [_sparse_data(seed=i) for i in range(3)]
+    cfgs = [STSAE, sae.ReluL1(d_in=D, d_sae=16), sae.STSAE(d_in=D, d_sae=D, theta=0.6, l1=0.0),
+            sae.ReluL1(d_in=D, d_sae=16, l1=1e-2), sae.TopK(d_in=D, d_sae=2 * D, k=2)]
+    data = [xs[0], xs[2], xs[1], xs[2], xs[0]]
+    st_ = dataclasses.replace(S, steps=20, data_seed=7)
+    many = sae.train_many(cfgs, data, seeds=[1, 2, 3, 4, 5], settings=st_)
+    for c, x, s, r in zip(cfgs, data, [1, 2, 3, 4, 5], many):
+        one = sae.train(c, x, seed=s, settings=st_)
+        for k in one.params:
+            np.testing.assert_allclose(np.asarray(r.params[k]), np.asarray(one.params[k]), rtol=1e-5, atol=1e-6)
+    _same(many[-1].params, one.params)
+    with pytest.raises(ValueError, match="2 arrays but there are 5 configs"):
+        sae.train_many(cfgs, xs[:2], seeds=[1, 2, 3, 4, 5], settings=st_)
+    with pytest.raises(ValueError, match=r"different row counts \[300, 512\]"):
+        sae.train_many(cfgs[:2], [xs[0], xs[1][:300]], seeds=[1, 2], settings=st_)
+    with pytest.raises(ValueError, match="data\\[1\\] has d=4 features"):
+        sae.train_many(cfgs[:2], [xs[0], xs[1][:, :4]], seeds=[1, 2], settings=st_)
+    bad = xs[1].copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"data\[1\] contains NaN at row 3, column 5"):
+        sae.train_many(cfgs[:2], [xs[0], bad], seeds=[1, 2], settings=st_)
 
 
 def test_memmap_data_streams_like_in_memory(tmp_path):
@@ -133,9 +171,8 @@ def test_divergence_stops_with_step_and_keeps_checkpoint(tmp_path):
     with pytest.raises(sae.TrainingDiverged, match=rf"at step {step_of[row]};") as e:
         sae.train(sae.ReluL1(d_in=D, d_sae=16), x, settings=st_, checkpoint_dir=tmp_path)
     assert "intact" in str(e.value)
-    with np.load(tmp_path / CHECKPOINT_FILE) as z:
-        meta = json.loads(str(z["meta"]))
-        assert meta["step"] == 10 and all(np.isfinite(z[f]).all() for f in z.files if f != "meta")
+    meta = read_meta(tmp_path)
+    assert meta["step"] == 10 and np.isfinite([h["loss"] for h in meta["history"]]).all()
 
 
 def test_epochs_and_plateau_schedule():
@@ -156,58 +193,103 @@ def test_epochs_and_plateau_schedule():
     assert np.allclose(np.asarray(u["w"]), 0)  # warm-up starts at lr = 0
 
 
+# kills itself (SIGKILL) in the callback of step 20, right after checkpoint 20 was handed to orbax's background
+# writer: a kill inside the write window of a checkpoint
 SCRIPT = textwrap.dedent("""
-    import sys, time, numpy as np
+    import os, signal, sys, numpy as np
     from jaxequiv import sae
-    x = np.load(sys.argv[1])
-    cfg = sae.STSAE(d_in=x.shape[1], d_sae=x.shape[1], theta=0.5, l1=0.0)
+    xs = [np.load(sys.argv[1]), np.load(sys.argv[2])]
+    cfgs = [sae.STSAE(d_in=xs[0].shape[1], d_sae=xs[0].shape[1], theta=t, l1=0.0) for t in (0.5, 0.6)]
     st = sae.TrainSettings(batch_size=32, steps=40, lr=3e-3, log_every=10, checkpoint_every=10)
-    sae.train(cfg, x, seed=11, settings=st, checkpoint_dir=sys.argv[2], callback=lambda s, e: time.sleep(1.5))
+    kill = lambda step, entry: os.kill(os.getpid(), signal.SIGKILL) if step == 20 else None
+    sae.train_many(cfgs, xs, seeds=[11, 12], settings=st, checkpoint_dir=sys.argv[3], callback=kill)
 """)
 
 
-def test_killed_run_resumes_to_identical_params(tmp_path):
-    x = _sparse_data(n=256)
-    np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+def test_sigkilled_run_resumes_to_identical_params(tmp_path):
+    xs = [_sparse_data(n=256), _sparse_data(n=256, seed=1)]
+    for i, x in enumerate(xs):
+        np.save(tmp_path / f"x{i}.npy", x)
+    (tmp_path / "run.py").write_text(SCRIPT)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "x.npy"), str(run)], env=env)
-    ckpt = run / CHECKPOINT_FILE
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with np.load(ckpt) as z:
-        killed_at = json.loads(str(z["meta"]))["step"]
-    assert 0 < killed_at < 40
+    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "x0.npy"),
+                           str(tmp_path / "x1.npy"), str(run)], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = read_meta(run)["step"]
+    assert killed_at in (10, 20)  # 20 if its background write had finished, else the previous one, intact
+    cfgs = [sae.STSAE(d_in=D, d_sae=D, theta=t, l1=0.0) for t in (0.5, 0.6)]
     st_ = dataclasses.replace(S, steps=40, checkpoint_every=10)
-    resumed = sae.train(STSAE, x, seed=11, settings=st_, checkpoint_dir=run)
-    fresh = sae.train(STSAE, x, seed=11, settings=st_)
+    resumed = sae.train_many(cfgs, xs, seeds=[11, 12], settings=st_, checkpoint_dir=run)
+    fresh = sae.train_many(cfgs, xs, seeds=[11, 12], settings=st_)
+    for r, f in zip(resumed, fresh):
+        _same(r.params, f.params)
+        _same(r.state, f.state)
+        assert [h["loss"] for h in r.history] == [h["loss"] for h in f.history]
+    assert sorted(p.name for p in run.iterdir()) == ["40"]  # no temporary folders left
+
+
+def test_interrupted_run_resumes_between_checkpoints(tmp_path):
+    x = _sparse_data(n=256)
+    cfg = sae.TopK(d_in=D, d_sae=2 * D, k=2, dead_steps=4)  # AuxK and its statistics must resume too
+    st_ = dataclasses.replace(S, steps=40, checkpoint_every=20)
+
+    def stop(step, entry):
+        if step == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sae.train(cfg, x, seed=2, settings=st_, checkpoint_dir=tmp_path, callback=stop)
+    assert read_meta(tmp_path)["step"] == 20
+    resumed = sae.train(cfg, x, seed=2, settings=st_, checkpoint_dir=tmp_path)
+    fresh = sae.train(cfg, x, seed=2, settings=st_)
     _same(resumed.params, fresh.params)
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in fresh.history]
+    _same(resumed.state, fresh.state)
+    assert resumed.history == fresh.history
 
 
 def test_checkpoint_meta_survives_json_for_every_variant():
     # resuming compares the run's meta with the checkpoint's JSON copy (tuples such as prefixes become lists)
     cfgs = [cls(d_in=D, d_sae=64) for cls in sae.VARIANTS.values()]
-    meta = _meta(cfgs, list(range(len(cfgs))), S, (64, D))
+    meta = _identity(cfgs, list(range(len(cfgs))), S, [fingerprint(_sparse_data(n=64))] * len(cfgs))
     assert json.loads(json.dumps(meta)) == meta
     assert [sae.VARIANTS[c["variant"]](**{k: v for k, v in c.items() if k != "variant"}) for c in meta["configs"]] == cfgs
 
 
-def test_resume_rejects_mismatched_data(tmp_path):
+def test_resume_checks_its_inputs(tmp_path):
     x = _sparse_data(n=64)
     st_ = dataclasses.replace(S, steps=20, checkpoint_every=10)
-    sae.train(sae.ReluL1(d_in=D, d_sae=16), x, settings=st_, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="d=8 features, but this data has d=4"):
+    cfg = sae.ReluL1(d_in=D, d_sae=16)
+    done = sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"other training data: SAE 0 \(relu_l1, seed 0\) was trained on "
+                                              r"\(64, 8\) float32 .* \(64, 4\) float32 .*the shapes differ.*delete"):
         sae.train(sae.ReluL1(d_in=4, d_sae=16), x[:, :4], settings=st_, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="different configs"):
+    edited = x.copy()
+    edited[63, 0] += 1.0  # one value of the last row (always in the fingerprint's sample)
+    with pytest.raises(CheckpointError, match=r"the values \(same shape and dtype\) differ.*to start fresh"):
+        sae.train(cfg, edited, settings=st_, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="different configs"):
         sae.train(sae.ReluL1(d_in=D, d_sae=16, l1=0.5), x, settings=st_, checkpoint_dir=tmp_path)
-    r = sae.train(sae.ReluL1(d_in=D, d_sae=16), x, settings=st_, checkpoint_dir=tmp_path)  # already complete
+    r = sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path)  # already complete
     assert r.step == 20 and len(r.history) == 2
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a: bool(np.isfinite(a).all()), r.params))
+    _same(r.params, done.params)
+
+
+def test_damaged_checkpoints_are_refused_with_a_hint(tmp_path):
+    x = _sparse_data(n=64)
+    st_ = dataclasses.replace(S, steps=10, checkpoint_every=10)
+    cfg = sae.ReluL1(d_in=D, d_sae=16)
+    sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "a")
+    for f in (tmp_path / "a" / "10" / "state").rglob("*"):  # garble every array file
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name.lower():
+            f.write_bytes(b"\0" * 7)
+    with pytest.raises(CheckpointError, match=r"step 10\) cannot be read .* damaged: delete .*a"):
+        sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "a")
+    sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "b")
+    (tmp_path / "b" / "10" / "meta" / "metadata").write_text("{not json")
+    with pytest.raises(CheckpointError, match="damaged: delete"):
+        sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint.npz").write_bytes(b"old")
+    with pytest.raises(CheckpointError, match="older jaxequiv"):
+        sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "c")
