@@ -25,6 +25,7 @@ last good checkpoint untouched; a run that ends with a negative R^2 or most late
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -47,7 +48,7 @@ from jaxequiv.sae.data import BatchStream, fingerprint, sample_rows
 from jaxequiv.sae.interface import SAE
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "FitWarning", "train", "train_many",
-           "make_optimizer", "codec_sweep"]
+           "compiled_chunk", "make_optimizer", "codec_sweep"]
 
 
 class FitWarning(UserWarning):
@@ -161,18 +162,20 @@ def _init_group(cfgs, seeds, tx):
     return cfg, keys, (params, opt, state)
 
 
-def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int):
+def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int, sharded: bool = False):
     """Optimiser and jit(carry, bad, xs, steps) -> (carry, bad, sums): a scan of vmapped steps over every group.
     Runs whose settings differ only in what the compiled step does not read (length, batch size, seeds,
-    logging) share one cached function, hence its compiled code."""
+    logging) share one cached function, hence its compiled code. ``sharded``: traced for inputs on a mesh
+    (top-k selections that XLA partitions, :func:`jaxequiv.sae.variants.sharded_top_k`)."""
     decays = settings.schedule != "constant" or settings.warmup_steps > 0
     step_settings = dataclasses.replace(settings, steps=1, epochs=None, batch_size=1, data_seed=None, log_every=1,
                                         checkpoint_every=None, dead_window=1)
-    return _compiled_chunk(step_settings, total if decays else 0, steps_per_epoch if settings.plateau else 0)
+    return _compiled_chunk(step_settings, total if decays else 0, steps_per_epoch if settings.plateau else 0,
+                           sharded)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
+def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int, sharded: bool):
     tx = make_optimizer(settings, total, steps_per_epoch)
 
     def sae_step(cfg, key, params, opt, state, x, step, with_aux=True):
@@ -219,7 +222,8 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int):
 
     @functools.partial(jax.jit, donate_argnums=(0,))  # params/optimiser buffers are updated in place
     def chunk(groups, bad, xs, steps):
-        (groups, bad), mets = jax.lax.scan(body, (groups, bad), (xs, steps))
+        with V.sharded_top_k() if sharded else contextlib.nullcontext():
+            (groups, bad), mets = jax.lax.scan(body, (groups, bad), (xs, steps))
         return groups, bad, tuple(m.sum(axis=0) for m in mets)
 
     return tx, chunk
@@ -257,7 +261,7 @@ def _plan(configs, source_of: list[int], stack: int) -> list[_Group]:
     by_key: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         by_key.setdefault(c.static_key(), []).append(i)
-    return [_Group(m + [m[-1]] * (-len(m) % stack), len(m), len({source_of[i] for i in m}) > 1)
+    return [_Group(m + [m[-1]] * (-len(m) % stack if len(m) > 1 else 0), len(m), len({source_of[i] for i in m}) > 1)
             for m in by_key.values()]
 
 
@@ -278,19 +282,20 @@ class _Placement:
     def _sharding(self, *spec):
         return NamedSharding(self.mesh, PartitionSpec(*spec))
 
-    def stacked(self, tree, size: int | None = None):
-        """Place a pytree whose leaves stack SAEs on their leading axis (of ``size``, when it does not split
-        evenly: replicated)."""
+    def _stack_axis(self, size: int) -> str | None:
+        return self.stack_axis if size % self.stack == 0 else None  # a lone SAE: replicated over stack
+
+    def stacked(self, tree, size: int):
+        """Place a pytree whose leaves stack ``size`` SAEs on their leading axis."""
         if self.mesh is None:
             return tree
-        even = size is None or size % self.stack == 0
-        return jax.device_put(tree, self._sharding(self.stack_axis) if even else self._sharding())
+        return jax.device_put(tree, self._sharding(self._stack_axis(size)))
 
     def batches(self, x: np.ndarray, per_sae: bool) -> jax.Array:
         """(T, B, d) or, per SAE, (T, G, B, d) host batches on the devices."""
         if self.mesh is None:
             return jnp.asarray(x)
-        spec = (None, self.stack_axis, self.data_axis) if per_sae else (None, self.data_axis)
+        spec = (None, self._stack_axis(x.shape[1]), self.data_axis) if per_sae else (None, self.data_axis)
         return jax.make_array_from_callback(x.shape, self._sharding(*spec), lambda index: x[index])
 
 
@@ -352,6 +357,74 @@ def _check_fit(configs, seeds, sources, source_of, results, settings: TrainSetti
 
 
 # -- the loop --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """A prepared run: validated inputs, one batch stream per distinct array, the groups, their initial stacked
+    state on the devices and the compiled chunk."""
+
+    configs: list
+    seeds: list[int]
+    sources: list
+    source_of: list[int]
+    streams: list[BatchStream]
+    total: int
+    place: _Placement
+    chunk_fn: Any
+    groups: list[_Group]
+    carry: list
+
+    def read(self, start: int, stop: int):
+        return _read_chunk(self.streams, self.source_of, self.groups, start, stop, self.place)
+
+    def no_failures(self):
+        return tuple(self.place.stacked(jnp.full((len(g.members),), -1, jnp.int32), len(g.members))
+                     for g in self.groups)
+
+
+def _prepare(configs, data, seeds, settings: TrainSettings, mesh: Mesh | None) -> _Run:
+    configs, seeds = list(configs), [int(s) for s in seeds]
+    if not configs or len(configs) != len(seeds):
+        raise ValueError(f"train_many needs one seed per config, got {len(configs)} configs and {len(seeds)} seeds")
+    for c in configs:
+        if not isinstance(c, SAE):
+            raise TypeError(f"expected SAE variant configs (jaxequiv.sae.SAE, e.g. {', '.join(V.VARIANTS)}), got "
+                            f"{type(c).__name__}; build them with jaxequiv.sae.make(...)")
+    sources, source_of = _sources(configs, data)
+    data_seed = seeds[0] if settings.data_seed is None else settings.data_seed
+    many = len(sources) > 1
+    streams = [BatchStream(d, settings.batch_size, data_seed, f"data[{source_of.index(s)}]" if many else "data")
+               for s, d in enumerate(sources)]
+    if len({st.n for st in streams}) > 1:
+        raise ValueError(f"the data arrays have different row counts {sorted({st.n for st in streams})}; SAEs trained "
+                         "together read the same rows at every step, so give them arrays with equal N (or train "
+                         "them in separate calls)")
+    for i, c in enumerate(configs):
+        if c.d_in != streams[source_of[i]].d:
+            where = f"data[{i}]" if many else "the data"
+            raise ValueError(f"{c.name} config has d_in={c.d_in} but {where} has d={streams[source_of[i]].d} "
+                             f"features; build the config with d_in={streams[source_of[i]].d}")
+    total = settings.total_steps(streams[0].steps_per_epoch)
+    place = _Placement(mesh, settings.batch_size)
+    tx, chunk_fn = _chunk_fn(settings, total, streams[0].steps_per_epoch, sharded=mesh is not None)
+    groups = _plan(configs, source_of, place.stack)
+    carry = []
+    for g in groups:
+        cfg, keys, trio = _init_group([configs[i] for i in g.members], [seeds[i] for i in g.members], tx)
+        carry.append(place.stacked((cfg, keys, trio), len(g.members)))
+    return _Run(configs, seeds, sources, source_of, streams, total, place, chunk_fn, groups, carry)
+
+
+def compiled_chunk(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
+                   mesh: Mesh | None = None):
+    """The compiled program :func:`train_many` runs for its first ``settings.log_every`` steps with these
+    arguments (a ``jax.stages.Compiled``), to inspect its communication
+    (:func:`jaxequiv.distributed.assert_no_gather`) or its cost."""
+    run = _prepare(configs, data, seeds, settings, mesh)
+    stop = min(settings.log_every, run.total)
+    return run.chunk_fn.lower(tuple(run.carry), run.no_failures(), run.read(0, stop),
+                              jnp.arange(stop, dtype=jnp.int32)).compile()
+
+
 def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
                checkpoint_dir: str | os.PathLike | None = None, callback: Callable[[int, dict], None] | None = None,
                progress: bool = False, mesh: Mesh | None = None) -> list[TrainResult]:
@@ -378,61 +451,31 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
       TrainingDiverged: a loss or parameter became NaN/Inf. Warns :class:`FitWarning` when SAEs end with a
         negative training R^2 or most latents dead.
     """
-    configs, seeds = list(configs), [int(s) for s in seeds]
-    if not configs or len(configs) != len(seeds):
-        raise ValueError(f"train_many needs one seed per config, got {len(configs)} configs and {len(seeds)} seeds")
-    for c in configs:
-        if not isinstance(c, SAE):
-            raise TypeError(f"expected SAE variant configs (jaxequiv.sae.SAE, e.g. {', '.join(V.VARIANTS)}), got "
-                            f"{type(c).__name__}; build them with jaxequiv.sae.make(...)")
-    sources, source_of = _sources(configs, data)
-    data_seed = seeds[0] if settings.data_seed is None else settings.data_seed
-    many = len(sources) > 1
-    streams = [BatchStream(d, settings.batch_size, data_seed, f"data[{source_of.index(s)}]" if many else "data")
-               for s, d in enumerate(sources)]
-    if len({st.n for st in streams}) > 1:
-        raise ValueError(f"the data arrays have different row counts {sorted({st.n for st in streams})}; SAEs trained "
-                         "together read the same rows at every step, so give them arrays with equal N (or train "
-                         "them in separate calls)")
-    for i, c in enumerate(configs):
-        if c.d_in != streams[source_of[i]].d:
-            where = f"data[{i}]" if many else "the data"
-            raise ValueError(f"{c.name} config has d_in={c.d_in} but {where} has d={streams[source_of[i]].d} "
-                             f"features; build the config with d_in={streams[source_of[i]].d}")
-    stream = streams[0]
-    total = settings.total_steps(stream.steps_per_epoch)
-    place = _Placement(mesh, settings.batch_size)
-    tx, chunk_fn = _chunk_fn(settings, total, stream.steps_per_epoch)
-    groups = _plan(configs, source_of, place.stack)
-    carry = []
-    for g in groups:
-        cfg, keys, trio = _init_group([configs[i] for i in g.members], [seeds[i] for i in g.members], tx)
-        carry.append(place.stacked((cfg, keys, trio)))
+    run = _prepare(configs, data, seeds, settings, mesh)
+    configs, seeds, groups, place, total, carry = run.configs, run.seeds, run.groups, run.place, run.total, run.carry
     start, history, saved_step = 0, [], None
     ckpt = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
     try:
         if ckpt is not None:
-            prints = [fingerprint(d) for d in sources]
-            identity = _identity(configs, seeds, settings, [prints[s] for s in source_of])
+            prints = [fingerprint(d) for d in run.sources]
+            identity = _identity(configs, seeds, settings, [prints[s] for s in run.source_of])
             if ckpt.latest_step() is not None:
                 template = tuple(place.stacked(_unpad(c[2], g.size), g.size) for g, c in zip(groups, carry))
                 names = [f"SAE {i} ({c.name}, seed {s})" for i, (c, s) in enumerate(zip(configs, seeds))]
                 trios, start, history = ckpt.restore(template, identity, names)
-                carry = [(c[0], c[1], place.stacked(_pad(t, len(g.members)))) for g, c, t in zip(groups, carry, trios)]
+                carry = [(c[0], c[1], place.stacked(_pad(t, len(g.members)), len(g.members)))
+                         for g, c, t in zip(groups, carry, trios)]
                 saved_step = start
         carry = tuple(carry)
         bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step", enabled=progress)
         step = start
-        next_xs = _read_chunk(streams, source_of, groups, step, min(step + settings.log_every, total), place) \
-            if step < total else None
+        next_xs = run.read(step, min(step + settings.log_every, total)) if step < total else None
         while step < total:
             stop = min(step + settings.log_every, total)
             xs = next_xs
-            bad0 = tuple(place.stacked(jnp.full((len(g.members),), -1, jnp.int32)) for g in groups)
-            new_carry, bad, sums = chunk_fn(carry, bad0, xs, jnp.arange(step, stop, dtype=jnp.int32))
+            new_carry, bad, sums = run.chunk_fn(carry, run.no_failures(), xs, jnp.arange(step, stop, dtype=jnp.int32))
             # gather the next chunk on the host while the device works
-            next_xs = _read_chunk(streams, source_of, groups, stop, min(stop + settings.log_every, total), place) \
-                if stop < total else None
+            next_xs = run.read(stop, min(stop + settings.log_every, total)) if stop < total else None
             for g, b in zip(groups, bad):
                 for i, s in zip(g.members[:g.size], np.asarray(b)[:g.size]):
                     if s >= 0:
@@ -471,7 +514,7 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
             pick = lambda t: jax.tree_util.tree_map(lambda a: a[j], t)  # noqa: E731
             hist = [{"step": e["step"], **{k: e[k][i] for k in ("loss", "mse", "l0", "dead")}} for e in history]
             results[i] = TrainResult(configs[i], pick(params), pick(state), seeds[i], step, hist)
-    _check_fit(configs, seeds, sources, source_of, results, settings)
+    _check_fit(configs, seeds, run.sources, run.source_of, results, settings)
     return results
 
 

@@ -9,6 +9,8 @@ and features of ``(x_hat - x)**2``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any, ClassVar
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 from jaxequiv.io.config import to_dict
 from jaxequiv.sae.interface import LossOutput, Params, State
 
-__all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make"]
+__all__ = ["ReluL1", "TopK", "Matryoshka", "BatchTopK", "JumpReLU", "STSAE", "VARIANTS", "make", "sharded_top_k"]
 
 
 def _static(**kw):
@@ -146,6 +148,29 @@ class ReluL1(_Base):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+_SHARDED_TOP_K = contextvars.ContextVar("sharded_top_k", default=False)
+
+
+@contextlib.contextmanager
+def sharded_top_k():
+    """Trace the top-k selections inside this block with ``lax.approx_max_k(recall_target=1.0)``, which keeps
+    every candidate (the exact top k, same values and indices) and which XLA partitions along sharded batch and
+    stack axes; ``lax.top_k``, used otherwise, is gathered onto every device. :func:`jaxequiv.sae.train_many`
+    traces its sharded step in this block."""
+    token = _SHARDED_TOP_K.set(True)
+    try:
+        yield
+    finally:
+        _SHARDED_TOP_K.reset(token)
+
+
+def _top_k(x, k):
+    """(..., n) -> the k largest values along the last axis and their indices, largest first."""
+    if _SHARDED_TOP_K.get():
+        return jax.lax.approx_max_k(x, k, recall_target=1.0)
+    return jax.lax.top_k(x, k)
+
+
 def _over_latents(k, body, init):
     """``fori_loop`` over the k selected latents. Each iteration gathers/scatters one (B, d) block of rows,
     which XLA CPU fuses into a vectorised loop (a single (B, k, d) gather or scatter is far slower there)."""
@@ -250,11 +275,11 @@ class TopK(_Base):
     def _select(self, params, xc, pre, k):
         """ReLU of the k largest pre-activations per row of the detached (B, K) ``pre``, differentiable through
         the selected encoder columns only: (B, k) values, (B, k) indices."""
-        top, idx = jax.lax.top_k(pre, k)
+        top, idx = _top_k(pre, k)
         return jax.nn.relu(_selected_pre(xc, params["W_enc"], params["b_enc"], idx, top)), idx
 
     def encode(self, params, x, state=None):
-        vals, idx = jax.lax.top_k(self._pre(params, x), self.k)
+        vals, idx = _top_k(self._pre(params, x), self.k)
         return _dense_from_topk(jax.nn.relu(vals), idx, self.d_sae)
 
     def aux_needed(self, state: State) -> jax.Array:
@@ -367,7 +392,7 @@ class BatchTopK(TopK):
         pre = jax.nn.relu(self._pre(params, x))
         n = x.shape[0] * self.k
         flat = pre.reshape(-1)
-        _, sel = jax.lax.top_k(jax.lax.stop_gradient(flat), n)
+        _, sel = _top_k(jax.lax.stop_gradient(flat), n)
         z = jnp.zeros_like(flat).at[sel].set(flat[sel]).reshape(pre.shape)
         x_hat = self.decode(params, z)
         mse = _mse(x_hat, x)
