@@ -3,6 +3,10 @@
 Each chunk of ``chunk_size`` examples runs the kernel and the reductions in one jitted call on the device;
 only ``(chunk, C)`` arrays per site come back to the host, so memory is bounded by the chunk size whatever N is.
 The last chunk is padded (by repeating its last example) so every chunk has one compiled shape.
+
+On a mesh, each chunk is split over the axis ``data``, across every device of every process: each process
+reads only its own rows of the chunk (:func:`jaxequiv.distributed.local_rows`), each device computes its own
+examples with no communication, and each process writes its own rows of the store (see :mod:`.store`).
 """
 
 from __future__ import annotations
@@ -15,36 +19,47 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxequiv.contributions import methods as _methods
 from jaxequiv.contributions import targets as _targets
 from jaxequiv.contributions.reduce import VARIANTS, check_variants, reduce_site, reduced_channels, spatial_sum
-from jaxequiv.contributions.store import Store, StoreWriter, fingerprint
+from jaxequiv.contributions.store import Store, StoreWriter, all_processes, fingerprint, rows_digest
+from jaxequiv.distributed import DATA, global_array, is_writer, local_array, local_rows, replicate, shard
 from jaxequiv.io.progress import progress_bar
 from jaxequiv.network import Network
 
 __all__ = ["build_store"]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "plan", "variants"))
-def _chunk(net, x, baseline, target, args, keys, mask, *, config, plan, variants):
+@functools.partial(jax.jit, static_argnames=("config", "plan", "variants", "mesh"))
+def _chunk(net, x, baseline, target, args, key, rows, mask, *, config, plan, variants, mesh):
     """Kernel + reductions for one chunk: ``({site: {variant: [B, C]}}, {site: [B, C]}, predictions [B])``.
 
-    ``plan``: ``((site, SiteInfo, axes kept as channels or None), ...)``.
+    ``plan``: ``((site, SiteInfo, axes kept as channels or None), ...)``; ``rows``: ``[B]`` the examples' rows
+    in the data set (``smoothgrad`` draws from ``fold_in(key, row)``). With a ``mesh``, every array but the
+    model and the key is split over ``data`` and each device computes its own examples.
     """
-    values, acts, y, _ = _methods.kernel(net, x, baseline, target, config, args, keys)
-    reduced = {n: reduce_site(values[n], info, variants, keep=keep, mask=mask) for n, info, keep in plan}
-    act_sums = {n: spatial_sum(acts[n], info, keep=keep, mask=mask) for n, info, keep in plan}
-    return reduced, act_sums, jnp.argmax(target.select(y), axis=-1)
+    def local(net, x, baseline, target, args, key, rows, mask):
+        keys = None if key is None else _methods.example_keys(key, rows)
+        values, acts, y, _ = _methods.kernel(net, x, baseline, target, config, args, keys)
+        reduced = {n: reduce_site(values[n], info, variants, keep=keep, mask=mask) for n, info, keep in plan}
+        act_sums = {n: spatial_sum(acts[n], info, keep=keep, mask=mask) for n, info, keep in plan}
+        return reduced, act_sums, jnp.argmax(target.select(y), axis=-1)
+
+    if mesh is not None:
+        local = jax.shard_map(local, mesh=mesh, in_specs=_methods.batch_specs(target) + (P(DATA),),
+                              out_specs=P(DATA), check_vma=False)  # per-example work: nothing crosses devices
+    return local(net, x, baseline, target, args, key, rows, mask)
 
 
-def _rows(a, lo: int, hi: int, size: int) -> np.ndarray:
-    """Rows ``lo:hi`` of an array-like, padded to ``size`` rows by repeating the last one."""
-    x = np.asarray(a[lo:hi])
-    if hi - lo < size:
-        x = x[np.minimum(np.arange(size), hi - lo - 1)]
-    return x
+def _read(a, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted, repeats allowed) of an array-like, reading each contiguous run of them once."""
+    unique = np.unique(rows)
+    runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+    return np.concatenate([np.asarray(a[r[0]: r[-1] + 1]) for r in runs])[np.searchsorted(unique, rows)]
 
 
 def build_store(
@@ -72,6 +87,7 @@ def build_store(
     key: Any = None,
     mask: ArrayLike | None = None,
     per_head: bool = False,
+    mesh: Mesh | None = None,
 ) -> Store:
     """Compute reduced contributions for a whole data set and write them to ``root`` (see :mod:`.store`).
 
@@ -95,9 +111,14 @@ def build_store(
       args: further network inputs ``[N, ...]`` (e.g. attention masks), read chunk by chunk with ``inputs``.
       mask: ``[N, T]`` token mask (1 real, 0 padding): padded positions are left out of the reductions.
       per_head: reduce sites with a ``head`` axis to one value per head (``C = H``).
+      mesh: split each chunk over the mesh axis ``data`` (``chunk_size`` must be a multiple of its size), across
+        the devices of every process: each process reads and writes only its rows of each chunk (``root`` must
+        be on a file system they share), process 0 alone shows progress and publishes the store. Every process
+        calls ``build_store`` with the same arguments. The store equals a one-device build: bitwise when the
+        examples per device are the same, else to float32 rounding.
 
     Returns:
-      The finished :class:`Store`.
+      The finished :class:`Store` (on every process).
 
     Raises:
       ValueError: bad arguments, NaN/Inf contributions (naming the site and the example), or a resume whose
@@ -111,7 +132,11 @@ def build_store(
         raise ValueError(f"inputs must be an array-like [N, {net.input_shape}] with N >= 1, got shape {shape}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    chunk_size = int(min(chunk_size, n))
+    d = 1 if mesh is None else mesh.shape[DATA]
+    chunk_size = int(min(chunk_size, -(-n // d) * d))
+    if chunk_size % d:
+        raise ValueError(f"chunk_size {chunk_size} must be a multiple of the {d} devices of the mesh axis 'data' "
+                         "(each device computes an equal share of a chunk)")
     variants = check_variants(variants)
     if labels is None:
         labels = np.full(n, -1, np.int64)
@@ -174,34 +199,59 @@ def build_store(
     writer = StoreWriter(root, n, chunk_size, site_meta, variants, config_meta, overwrite=overwrite,
                          fingerprints=fingerprints)
 
-    def read(i):
-        lo, hi = writer.chunk_rows(i)
-        x = _rows(inputs, lo, hi, chunk_size)
-        extra = tuple(_rows(a, lo, hi, chunk_size) for a in args)
-        return x, extra, fingerprint((np.asarray(x[: hi - lo]), [a[: hi - lo] for a in extra]))
+    own = np.arange(chunk_size) if mesh is None else local_rows(chunk_size, mesh)  # this process's share
 
-    for i in sorted(writer.finished):  # a resume re-reads the rows it already holds and checks their content
-        writer.check_chunk_inputs(i, read(i)[2])
+    def place(a):  # this process's rows of a chunk -> the chunk's array
+        return jnp.asarray(a) if mesh is None else global_array(a, mesh, n=chunk_size)
+
+    def read(i):
+        """Chunk ``i``'s rows (padded by repeating its last), this process's: (rows, real rows, x, further)."""
+        lo, hi = writer.chunk_rows(i)
+        idx = np.minimum(lo + own, hi - 1)
+        return idx, (lo + own)[lo + own < hi], _read(inputs, idx), tuple(_read(a, idx) for a in args)
+
+    def digest(rows, x, extra):
+        return rows_digest(rows, x[: len(rows)], *(a[: len(rows)] for a in extra))
+
+    # A resume re-reads the rows it already holds and checks their content (each process hashes its own).
+    done = sorted(writer.finished)
+    if done:
+        mine = np.stack([digest(*read(i)[1:]) for i in done])
+        total = all_processes(mine, "jaxequiv.store.resume").sum(0, dtype=np.uint64) % 2**32
+        for i, sums in zip(done, total.astype(np.uint32)):
+            writer.check_chunk_inputs(i, sums.tobytes().hex())
     todo = [i for i in range(writer.meta["n_chunks"]) if i not in writer.finished]
     bar = progress_bar(writer.meta["n_chunks"], initial=writer.meta["n_chunks"] - len(todo), desc="contributions",
-                       unit="chunk", enabled=progress)
-    kw = dict(config=config, plan=plan, variants=variants)
+                       unit="chunk", enabled=progress and is_writer())
+    kw = dict(config=config, plan=plan, variants=variants, mesh=mesh)
+    if mesh is not None:
+        net, b0 = replicate(net, mesh), shard(b0, mesh)
     try:
         for i in todo:
             lo, hi = writer.chunk_rows(i)
-            idx = np.minimum(np.arange(lo, lo + chunk_size), hi - 1)  # pad by repeating the last row
-            x, extra, digest = read(i)
+            idx, real, x, extra = read(i)
             net.check_input(x)
-            keys = None if key is None else _methods.example_keys(key, idx)
-            m = None if mask is None else jnp.asarray(_rows(mask, lo, hi, chunk_size))
-            reduced, acts, pred = _chunk(net, jnp.asarray(x, x0.dtype), b0, full_target.rows(idx),
-                                         tuple(jnp.asarray(a) for a in extra), keys, m, **kw)
-            rows = hi - lo
-            reduced = {s: {v: np.asarray(a)[:rows] for v, a in d.items()} for s, d in reduced.items()}
-            _methods.check_finite({s: np.concatenate(list(d.values()), axis=1) for s, d in reduced.items()}, lo)
+            chunk_target = full_target.rows(np.minimum(np.arange(lo, lo + chunk_size), hi - 1))
+            if mesh is not None:
+                chunk_target = _methods.place_target(chunk_target, mesh)
+            reduced, acts, pred = _chunk(
+                net, place(np.asarray(x, x0.dtype)), b0, chunk_target, tuple(place(a) for a in extra), key,
+                place(idx.astype(np.int32)), None if mask is None else place(_read(mask, idx)), **kw)
+            k = len(real)
+            reduced = {s: {v: local_array(a)[:k] for v, a in d.items()} for s, d in reduced.items()}
+            bad = _methods.first_nonfinite({s: np.concatenate(list(d.values()), axis=1) for s, d in reduced.items()},
+                                           real)
             for s, a in acts.items():
-                reduced[s]["activations"] = np.asarray(a)[:rows]
-            writer.write_chunk(i, reduced, labels[lo:hi], np.asarray(pred)[:rows], digest)
+                reduced[s]["activations"] = local_array(a)[:k]
+            writer.write_rows(real, reduced, labels[real], local_array(pred)[:k])
+            # after every process has written its rows: one exchange of NaN reports and input digests
+            status = np.concatenate([[bad is not None], bad or (0, 0, 0), digest(real, x, extra)]).astype(np.uint32)
+            every = all_processes(status, f"jaxequiv.store.chunk{i}")
+            if every[:, 0].any():
+                site = every[every[:, 0] == 1, 1].min()
+                at = every[(every[:, 0] == 1) & (every[:, 1] == site)]
+                raise _methods.nonfinite_error(plan[int(site)][0], int(at[:, 2].min()), int(at[:, 3].sum()))
+            writer.record(i, (every[:, 4:].sum(0, dtype=np.uint64) % 2**32).astype(np.uint32).tobytes().hex())
             bar.update(1)
     finally:
         bar.close()

@@ -33,10 +33,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxequiv import sites as _sites
 from jaxequiv.contributions import targets as _targets
+from jaxequiv.distributed import DATA, fetch_global, replicate, shard
 from jaxequiv.network import Network
 from jaxequiv.rng import as_key
 
@@ -53,6 +56,10 @@ __all__ = [
     "example_keys",
     "resolve_sites",
     "check_finite",
+    "first_nonfinite",
+    "nonfinite_error",
+    "batch_specs",
+    "place_target",
     "quadrature",
     "completeness_delta",
 ]
@@ -577,18 +584,75 @@ def example_keys(key: jax.Array, rows: ArrayLike) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(rows, jnp.uint32))
 
 
-def check_finite(values: Mapping[str, ArrayLike], offset: int = 0) -> None:
-    """Raise ``ValueError`` naming the first site and example (``offset`` + row) holding NaN or Inf."""
-    for name, v in values.items():
-        v = np.asarray(v)
-        bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
+_row_nonfinite = jax.jit(lambda v: ~jnp.isfinite(v.reshape(v.shape[0], -1)).all(axis=1))
+
+
+def first_nonfinite(values: Mapping[str, ArrayLike], rows: ArrayLike | None = None) -> tuple[int, int, int] | None:
+    """Where the first site (in order) of ``values`` ``{site: [B, ...]}`` holds NaN or Inf, or ``None``.
+
+    Returns ``(site index, example, examples affected at that site)``; the example is ``rows[i]`` for row ``i``
+    (default ``i``). Arrays split over processes are checked where they lie (only ``[B]`` flags are gathered).
+    """
+    for k, v in enumerate(values.values()):
+        if isinstance(v, jax.Array) and not v.is_fully_addressable:
+            bad = fetch_global(_row_nonfinite(v))
+        else:
+            v = np.asarray(v)
+            bad = ~np.isfinite(v.reshape(v.shape[0], int(np.prod(v.shape[1:])))).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"non-finite contributions (NaN or Inf) at site {name!r} for example {offset + i} "
-                f"({int(bad.sum())} example(s) affected); check that input for NaN/Inf and the target for "
-                "overflow (e.g. a softmax of huge logits)"
-            )
+            return k, int(i if rows is None else rows[i]), int(bad.sum())
+    return None
+
+
+def nonfinite_error(site: str, example: int, count: int) -> ValueError:
+    """The error for NaN or Inf contributions at ``site``, first at ``example``, in ``count`` examples."""
+    return ValueError(
+        f"non-finite contributions (NaN or Inf) at site {site!r} for example {example} ({count} example(s) "
+        "affected); check that input for NaN/Inf and the target for overflow (e.g. a softmax of huge logits)"
+    )
+
+
+def check_finite(values: Mapping[str, ArrayLike], offset: int = 0) -> None:
+    """Raise ``ValueError`` naming the first site and example (``offset`` + row) holding NaN or Inf."""
+    found = first_nonfinite(values)
+    if found is not None:
+        site, row, count = found
+        raise nonfinite_error(list(values)[site], offset + row, count)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Many devices and processes: the examples split over the mesh axis ``data``, each device computing its own.
+
+
+def _array_fields(target: _targets.Target) -> dict[str, Any]:
+    return {f.name: getattr(target, f.name) for f in dataclasses.fields(target)
+            if not f.metadata.get("static") and getattr(target, f.name) is not None}
+
+
+def place_target(target: _targets.Target, mesh: Mesh) -> _targets.Target:
+    """``target`` on ``mesh``: its per-example arrays split over ``data``, the others replicated."""
+    example = target.example_fields()
+    return dataclasses.replace(target, **{f: shard(v, mesh) if f in example else replicate(v, mesh)
+                                          for f, v in _array_fields(target).items()})
+
+
+def batch_specs(target: _targets.Target) -> tuple:
+    """``shard_map`` specs of ``(net, x, baseline, target, args, key, rows)`` for a batch split over ``data``:
+    the model, the key and the target's shared arrays replicated, everything per example split."""
+    example = target.example_fields()
+    specs = dataclasses.replace(target, **{f: P(DATA) if f in example else P() for f in _array_fields(target)})
+    return P(), P(DATA), P(DATA), specs, P(DATA), P(), P(DATA)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+def _kernel_on_mesh(net, x, baseline, target, args, key, rows, *, config: KernelConfig, mesh: Mesh):
+    """:func:`kernel` on each device's share of a batch split over ``data``; no communication."""
+    def local(net, x, baseline, target, args, key, rows):
+        return kernel(net, x, baseline, target, config, args, None if key is None else example_keys(key, rows))
+
+    return jax.shard_map(local, mesh=mesh, in_specs=batch_specs(target), out_specs=P(DATA), check_vma=False)(
+        net, x, baseline, target, args, key, rows)
 
 
 def contributions(
@@ -609,6 +673,7 @@ def contributions(
     input_site: str | None = None,
     sigma: float = DEFAULT_SIGMA,
     key: Any = None,
+    mesh: Mesh | None = None,
 ) -> Contributions:
     """Contributions of every unit at ``sites`` for a batch ``x [B, *input]``, from one pass per point.
 
@@ -634,6 +699,11 @@ def contributions(
       sigma: ``smoothgrad`` noise standard deviation (in the units of the space that moves).
       key: ``smoothgrad``'s random key (int seed or ``jax.random.key``); example ``i`` draws from
         ``fold_in(key, i)``.
+      mesh: split the batch over the mesh axis ``data`` (every device of every process computes its own
+        examples; B must be a multiple of that axis). ``x`` (and ``args``, a per-example ``baseline`` or target)
+        is then the whole batch, the same on every process, or a global array
+        (:func:`jaxequiv.distributed.global_array`); the results are global arrays split the same way
+        (:func:`jaxequiv.distributed.local_array` gives a process its rows).
 
     Returns:
       :class:`Contributions` with ``values {site: [B, ...]}``, activations, outputs, site infos and, for
@@ -641,8 +711,14 @@ def contributions(
     """
     p = prepare(net, x, sites, method, target, outputs, steps, baseline, step_chunk, rule=rule, output=output,
                 args=args, input_site=input_site, sigma=sigma, key=key)
-    keys = None if p.key is None else example_keys(p.key, np.arange(p.x.shape[0]))
-    values, acts, y, change = kernel(net, p.x, p.baseline, p.target, p.config, p.args, keys)
+    rows = np.arange(p.x.shape[0], dtype=np.int32)
+    if mesh is None:
+        keys = None if p.key is None else example_keys(p.key, rows)
+        values, acts, y, change = kernel(net, p.x, p.baseline, p.target, p.config, p.args, keys)
+    else:
+        values, acts, y, change = _kernel_on_mesh(
+            replicate(net, mesh), shard(p.x, mesh), shard(p.baseline, mesh), place_target(p.target, mesh),
+            tuple(shard(a, mesh) for a in p.args), p.key, shard(rows, mesh), config=p.config, mesh=mesh)
     if finite:
         check_finite(values)
     delta = None if change is None else completeness_delta(values, change)

@@ -15,6 +15,14 @@ is an error before any work, never a crash mid-run), each finished chunk is flus
 once every chunk is done. A half-written store therefore never sits at ``<root>``, and an interrupted run
 resumes from the chunks ``meta.json`` lists, after checking that its inputs are the same by content: the
 fingerprints of the model, labels, target and baseline, and of the input rows of every finished chunk.
+
+Several processes (``jax.distributed``) build one store in a folder they share (a local disk, NFS, Lustre,
+GPFS: any file system where writers of disjoint byte ranges of one file do not disturb each other): process 0
+creates the files and ``meta.json``; each process writes its own rows of every chunk into them (``pwrite``,
+not a shared memory map, so no page is written by two hosts) and flushes them; after a :func:`barrier` process
+0 records the chunk and, at the end, publishes the folder. The input digest of a chunk (:func:`rows_digest`) is
+a sum over its rows, so each process hashes only the rows it read, and a resume may use another number of
+processes or devices.
 """
 
 from __future__ import annotations
@@ -29,10 +37,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from jaxequiv.distributed import barrier, is_writer
 from jaxequiv.io.files import publish, write_json
 
-__all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX", "fingerprint"]
+__all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX", "fingerprint", "rows_digest",
+           "all_processes"]
 
 FORMAT = "jaxequiv.contributions/1"
 PARTIAL_SUFFIX = ".partial"
@@ -56,6 +67,38 @@ def fingerprint(tree: Any) -> str:
     return h.hexdigest()
 
 
+def rows_digest(rows, *arrays) -> np.ndarray:
+    """Content hash of some rows of a data set: ``uint32 [4]``, the sum (mod 2**32, per word) of one 128-bit
+    hash per row of its index and of its bytes, dtype and shape in each of ``arrays`` (each ``[len(rows), ...]``).
+
+    Being a sum, the digests of disjoint sets of rows add up to the digest of their union, whatever the order:
+    processes that each hash their own rows of a chunk agree on the chunk's digest (see :func:`all_processes`).
+    """
+    total = np.zeros(4, np.uint64)
+    for k, row in enumerate(np.asarray(rows, np.int64)):
+        h = hashlib.blake2b(str(int(row)).encode(), digest_size=16)
+        for a in arrays:
+            r = np.ascontiguousarray(np.asarray(a[k]))
+            h.update(f"|{r.dtype.str}|{r.shape}|".encode())
+            h.update(r.reshape(-1).view(np.uint8))
+        total += np.frombuffer(h.digest(), np.uint32)
+    return (total % 2**32).astype(np.uint32)
+
+
+_BARRIER_S = 600.0  # how long a process waits for the others (a slow chunk, a large allocation)
+
+
+def all_processes(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` (a small array, the same shape everywhere) of every process, stacked in process order ``[P, ...]``.
+
+    Every process calls it at the same point; ``name`` names the :func:`barrier` passed first, so that a process
+    that never comes makes the others fail (:class:`~jaxequiv.distributed.BarrierTimeout`), not wait forever.
+    """
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    barrier(name, _BARRIER_S)
+    return np.asarray(multihost_utils.process_allgather(x))
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -146,6 +189,10 @@ def open_store(path: str | os.PathLike) -> Store:
 class StoreWriter:
     """Creates or resumes ``<root>.partial``, writes chunks, and publishes ``<root>`` when all are done.
 
+    Every process of a multi-process run makes one, with the same arguments: process 0 creates (or finds) the
+    files and keeps ``meta.json``; each process writes its own rows (:meth:`write_rows`) and then all record the
+    chunk together (:meth:`record`).
+
     Args:
       root: final store folder.
       n: number of examples.
@@ -187,10 +234,14 @@ class StoreWriter:
             "complete": False,
         }
         meta_path = os.path.join(self.partial, "meta.json")
-        if os.path.exists(meta_path):
+        resume = os.path.exists(meta_path)
+        if resume:  # every process checks (and fails) alike
             self._resume(meta_path)
-        else:
+        barrier("jaxequiv.store.found", _BARRIER_S)  # all have looked before process 0 creates
+        if not resume and is_writer():
             self._create()
+        barrier("jaxequiv.store.created", _BARRIER_S)
+        self._offsets = {path: np.load(path, mmap_mode="r").offset for path, _, _ in self._files()}
 
     def _files(self):
         for s, info in self.meta["sites"].items():
@@ -246,7 +297,7 @@ class StoreWriter:
 
     def check_chunk_inputs(self, i: int, digest: str) -> None:
         """On resume: raise ``ValueError`` unless the finished chunk ``i`` was computed from inputs whose
-        :func:`fingerprint` is ``digest``."""
+        digest (:func:`rows_digest` of all its rows, hex) is ``digest``."""
         there = self.meta["chunk_inputs"].get(str(i))
         if there != digest:
             lo, hi = self.chunk_rows(i)
@@ -264,29 +315,46 @@ class StoreWriter:
         lo = i * self.meta["chunk_size"]
         return lo, min(lo + self.meta["chunk_size"], self.meta["n"])
 
-    def write_chunk(self, i: int, arrays: Mapping[str, Mapping[str, np.ndarray]], labels, predictions,
-                    inputs_digest: str = "") -> None:
-        """Write chunk ``i``: ``arrays[site][variant]`` of shape ``[rows, width]``; then record it as done,
-        with the :func:`fingerprint` of the inputs it was computed from."""
-        lo, hi = self.chunk_rows(i)
-        for path, _, _ in self._files():
+    def write_rows(self, rows: np.ndarray, arrays: Mapping[str, Mapping[str, np.ndarray]], labels,
+                   predictions) -> None:
+        """Write some rows (sorted global indices, e.g. this process's of a chunk) and flush them to disk:
+        ``arrays[site][variant]`` of shape ``[len(rows), width]``, ``labels`` and ``predictions`` ``[len(rows)]``."""
+        rows = np.asarray(rows, np.int64)
+        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []
+        for path, dtype, shape in self._files():
             rel = os.path.relpath(path, self.partial)[: -len(".npy")]
             head, _, tail = rel.rpartition(os.sep)
             block = {"labels": labels, "predictions": predictions}[tail] if not head else arrays[head][tail]
-            mm = np.load(path, mmap_mode="r+")
-            mm[lo:hi] = block
-            mm.flush()
-            del mm
+            block = np.ascontiguousarray(block, dtype)
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for run in runs:
+                    data = memoryview(block[run].reshape(-1).view(np.uint8))
+                    offset = self._offsets[path] + int(rows[run[0]]) * row_bytes
+                    while data:  # pwrite may write less than asked
+                        done = os.pwrite(fd, data, offset)
+                        data, offset = data[done:], offset + done
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def record(self, i: int, inputs_digest: str = "") -> None:
+        """Record chunk ``i`` as done (its rows written by every process), computed from inputs whose digest is
+        ``inputs_digest``; process 0 writes it to ``meta.json``. Call it on every process, after the writes."""
         self.meta["chunk_inputs"][str(i)] = inputs_digest
         self.meta["finished_chunks"] = sorted(self.finished | {i})
-        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+        if is_writer():
+            _write_json(os.path.join(self.partial, "meta.json"), self.meta)
 
     def finish(self) -> Store:
-        """Publish the store at ``root`` (all chunks must be written)."""
+        """Publish the store at ``root`` (all chunks must be recorded); every process opens it."""
         missing = sorted(set(range(self.meta["n_chunks"])) - self.finished)
         if missing:
             raise RuntimeError(f"cannot finish {self.partial!r}: chunks {missing[:10]} are not written")
         self.meta["complete"] = True
-        _write_json(os.path.join(self.partial, "meta.json"), self.meta)
-        publish(self.partial, self.root, overwrite=self.overwrite, marker="meta.json")
+        if is_writer():
+            _write_json(os.path.join(self.partial, "meta.json"), self.meta)
+            publish(self.partial, self.root, overwrite=self.overwrite, marker="meta.json")
+        barrier("jaxequiv.store.published", _BARRIER_S)
         return open_store(self.root)

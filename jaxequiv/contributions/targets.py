@@ -149,10 +149,11 @@ class Target:
     @property
     def batch_size(self) -> int | None:
         """Number of examples of the per-example arrays (class indices, positions, mask), or ``None``."""
-        sizes = {np.shape(v)[0] for v in self._per_example_fields().values()}
+        sizes = {np.shape(v)[0] for v in self.example_fields().values()}
         return sizes.pop() if sizes else None
 
-    def _per_example_fields(self) -> dict[str, Any]:
+    def example_fields(self) -> dict[str, Any]:
+        """``{field: [B, ...] array}`` of the per-example arrays (sliced with the batch, split over ``data``)."""
         out = {f: getattr(self, f) for f in ("classes", "contrast", "positions")
                if getattr(self, f) is not None and np.ndim(getattr(self, f)) == 1}
         if self.position_mask is not None:
@@ -162,7 +163,7 @@ class Target:
     def rows(self, index) -> Target:
         """This target for the examples ``index`` of a larger data set (slices the per-example arrays)."""
         index = jnp.asarray(index)
-        return dataclasses.replace(self, **{f: jnp.asarray(v)[index] for f, v in self._per_example_fields().items()})
+        return dataclasses.replace(self, **{f: jnp.asarray(v)[index] for f, v in self.example_fields().items()})
 
     def fix_classes(self, y_final: jax.Array) -> Target:
         """For ``top1_fixed``: freeze the class to ``argmax`` of the rows read at the real input ``[B, K]``."""
@@ -186,7 +187,7 @@ class Target:
                     "mask=attention_mask)") if len(shape) == 3 else ""
             raise ValueError(f"target {self.kind!r} needs outputs of shape [batch, n_outputs]; the network "
                              f"returns {shape}{hint}")
-        for field, value in self._per_example_fields().items():
+        for field, value in self.example_fields().items():
             if np.shape(value)[0] != batch:
                 raise ValueError(f"the target holds {np.shape(value)[0]} {_FIELD_NAMES[field]} for a batch of "
                                  f"{batch} examples")

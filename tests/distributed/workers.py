@@ -107,3 +107,70 @@ def count_steps(steps: int, folder: str) -> int:
             done += 1
         milestone(f"step{step}")
     return done
+
+
+# --- engines ------------------------------------------------------------------------------------------------
+
+
+class Rows:
+    """Array-like over ``x`` that records the row slices read, reporting each as a milestone ``read<start>``."""
+
+    def __init__(self, x):
+        self.x, self.reads = x, []
+        self.shape, self.dtype = x.shape, x.dtype
+
+    def __getitem__(self, s):
+        milestone(f"read{s.start}")
+        self.reads.append((s.start, s.stop))
+        return self.x[s]
+
+
+def store_job(kind: str):
+    """``(net, inputs, sites, keyword arguments)`` of a small store build, the same in every process.
+
+    ``"cnn"``: a convolutional net, smoothgrad (per-example keys) toward given classes (a per-example target),
+    10 examples in chunks of 4 (the last one padded). ``"lm"``: a one-layer transformer, ig from the embeddings
+    with an attention mask (a further input and the token mask), the last real position's top class, per head.
+    """
+    from flax import nnx
+
+    from jaxequiv import Network, site
+    from jaxequiv.contributions import targets
+
+    r = np.random.default_rng(0)
+    if kind == "cnn":
+        class TinyCNN(nnx.Module):
+            def __init__(self):
+                rngs = nnx.Rngs(0)
+                self.c1 = nnx.Conv(2, 3, (3, 3), bias_init=nnx.initializers.normal(0.3), rngs=rngs)
+                self.fc = nnx.Linear(3, 3, bias_init=nnx.initializers.normal(0.3), rngs=rngs)
+
+            def __call__(self, x):
+                h = site("conv1", jax.nn.relu(self.c1(x)), axes=("batch", "height", "width", "channel"))
+                return self.fc(h.mean((1, 2)))
+
+        x = r.normal(size=(10, 5, 5, 2)).astype(np.float32)
+        y = r.integers(0, 3, 10)
+        return Network.from_module(TinyCNN(), (5, 5, 2)), x, "conv1", dict(
+            labels=y, target=y, method="smoothgrad", steps=2, key=3, chunk_size=4)
+    from jaxequiv.models.transformer import Transformer, TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=11, n_layer=1, n_head=2, d_model=8, n_ctx=6)
+    ids = r.integers(0, 11, (6, 6))
+    mask = (np.arange(6)[None] < np.array([6, 4, 2, 5, 3, 6])[:, None]).astype(np.int32)
+    return Transformer(cfg, nnx.Rngs(0)).network(), ids, ["h.0.attn.z", "h.0"], dict(
+        method="ig", steps=2, input_site="embed", target=targets.at_position("top1", "last", mask=mask),
+        args=(mask,), mask=mask, per_head=True, chunk_size=4)
+
+
+def build_stores(root: str, kinds: tuple[str, ...]) -> dict:
+    """Build each store of ``kinds`` at ``root/<kind>`` on a mesh over every device of every process."""
+    from jaxequiv.contributions import build_store
+
+    reads = {}
+    for kind in kinds:
+        net, x, sites, kw = store_job(kind)
+        rows = Rows(x)
+        build_store(net, rows, f"{root}/{kind}", sites, mesh=dist.make_mesh(), progress=False, **kw)
+        reads[kind] = rows.reads
+    return reads
