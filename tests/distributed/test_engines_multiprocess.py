@@ -39,7 +39,7 @@ def _reference(kind, root, mesh):
 
 
 def test_store_built_by_two_processes_equals_one_process(tmp_path):
-    reads = run_workers(workers.build_stores, str(tmp_path / "mp"), ("cnn",), timeout_s=240)
+    reads = run_workers(workers.build_stores, str(tmp_path / "mp"), ("cnn",), timeout_s=300)
     # 4 devices, chunks of 4: each process reads its 2 rows of each chunk (the padding repeats row 9)
     assert reads[0]["cnn"] == [(0, 2), (4, 6), (8, 10)] and reads[1]["cnn"] == [(2, 4), (6, 8), (9, 10)]
     built = open_store(tmp_path / "mp" / "cnn")
@@ -51,11 +51,11 @@ def test_store_built_by_two_processes_equals_one_process(tmp_path):
 
 def test_store_build_killed_in_one_process_resumes(tmp_path):
     root = tmp_path / "mp"
-    first = run_workers(workers.build_stores, str(root), ("cnn",), kill_at=(1, "read9"), timeout_s=240)
+    first = run_workers(workers.build_stores, str(root), ("cnn",), kill_at=(1, "read9"), timeout_s=300)
     assert first == [None, None] and not (root / "cnn").exists()
     meta = json.loads((root / "cnn.partial" / "meta.json").read_text())
     assert 0 in meta["finished_chunks"] and 2 not in meta["finished_chunks"]  # killed reading the last chunk
-    again = run_workers(workers.build_stores, str(root), ("cnn",), timeout_s=240)
+    again = run_workers(workers.build_stores, str(root), ("cnn",), timeout_s=300)
     assert again[1]["cnn"][0] == (2, 4)  # the finished chunks' rows are read back to check their content
     _same_store(open_store(root / "cnn"),
                 _reference("cnn", tmp_path / "ref", make_mesh(devices=jax.devices()[:4])), True)
