@@ -1,6 +1,7 @@
-"""CONGRUITY (Algorithm 1 of Sun & Toneva) and the toy task's bootstrap distinguishability grid, vmapped.
+"""CONGRUITY (Algorithm 1 of Sun & Toneva), the congruity matrix of many models, and the toy task's bootstrap
+distinguishability grid, vmapped.
 
-Both take representations of *implementations* (e.g. from :func:`jaxequiv.equivalence.get_impl`) and any
+All take representations of *implementations* (e.g. from :func:`jaxequiv.equivalence.get_impl`) and any
 :class:`~jaxequiv.similarity.Measure` (the ridge score by default, as the reference code). For asymmetric
 measures the base representation is always the first argument (``X`` predicts ``Y`` for ridge); distances
 are negated internally so "closer" always means "more similar".
@@ -10,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
+from jaxequiv.rng import as_key
 from jaxequiv.similarity import RIDGE, Measure, check_pair, check_reprs
 from jaxequiv.similarity.base import default_chunk
-from jaxequiv.similarity.pairwise import pairwise_unchecked
 
-__all__ = ["congruity", "CongruityResult", "distinguishability_grid"]
+__all__ = ["congruity", "CongruityResult", "congruity_matrix", "CongruityMatrix", "distinguishability_grid"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +59,8 @@ def _own_and_other(measure, X, own, other, key):
     return jnp.stack([measure.many_kernel(X, own[None], key)[0], measure.many_kernel(X, other[None], key)[0]])
 
 
-@functools.partial(jax.jit, static_argnames=("measure", "n_rounds", "compare_to", "n_boot", "chunk"))
-def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, compare_to, n_boot, chunk):
+def _congruity_rounds(base1, impls1, base2, impls2, key, measure, n_rounds, compare_to, n_boot, chunk):
+    """Score, bootstrap scores (n_boot,) and indicators (n_rounds, 2) of one pair of models (unjitted)."""
     k_draw, k_fit, k_boot = jax.random.split(key, 3)
     kd = jax.random.split(k_draw, 4)
     own1 = jax.random.randint(kd[0], (n_rounds,), 0, impls1.shape[0])
@@ -88,11 +91,36 @@ def _congruity_kernel(base1, impls1, base2, impls2, key, measure, n_rounds, comp
     return _score(jnp.mean(per_round)), boot_scores, ind
 
 
+_STATIC = ("measure", "n_rounds", "compare_to", "n_boot", "chunk")
+_congruity_kernel = jax.jit(_congruity_rounds, static_argnames=_STATIC)
+
+
+def _check_settings(measure, compare_to, n_rounds, n_boot, ci, where):
+    if not isinstance(measure, Measure):
+        raise TypeError(f"{where}: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
+    if compare_to not in ("implementation", "model"):
+        raise ValueError(f"compare_to must be 'implementation' or 'model', got {compare_to!r}")
+    if n_rounds < 1 or n_boot < 1 or not 0 < ci < 1:
+        raise ValueError(f"need n_rounds >= 1, n_boot >= 1 and 0 < ci < 1; got {n_rounds}, {n_boot}, {ci}")
+
+
+def _check_model(base, impls, measure, label):
+    impls = check_reprs(impls, name=f"{label} impls", min_count=2)
+    base, _ = check_pair(base, impls[0], min_samples=measure.min_samples, name=f"{label} base")
+    return base, impls
+
+
+def _interval(boots, ci):
+    """Percentile interval of bootstrap scores along the last axis: (low, high)."""
+    lo, hi = np.quantile(np.asarray(boots), [(1 - ci) / 2, (1 + ci) / 2], axis=-1)
+    return lo, hi
+
+
 def congruity(
-    base1,
-    impls1,
-    base2,
-    impls2,
+    base1: ArrayLike,
+    impls1: ArrayLike,
+    base2: ArrayLike,
+    impls2: ArrayLike,
     *,
     key,
     n_rounds: int = 100,
@@ -119,25 +147,142 @@ def congruity(
       n_boot, ci: bootstrap resamples of rounds and the percentile interval's coverage.
       chunk: rounds evaluated per vmapped batch (memory knob); default see :func:`jaxequiv.similarity.base.default_chunk`.
     """
-    if not isinstance(measure, Measure):
-        raise TypeError(f"congruity: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
-    if compare_to not in ("implementation", "model"):
-        raise ValueError(f"compare_to must be 'implementation' or 'model', got {compare_to!r}")
-    if n_rounds < 1 or n_boot < 1 or not 0 < ci < 1:
-        raise ValueError(f"need n_rounds >= 1, n_boot >= 1 and 0 < ci < 1; got {n_rounds}, {n_boot}, {ci}")
-    impls1 = check_reprs(impls1, name="congruity impls1", min_count=2)
-    impls2 = check_reprs(impls2, name="congruity impls2", min_count=2)
-    base1, _ = check_pair(base1, impls1[0], min_samples=measure.min_samples, name="congruity base1")
-    base2, _ = check_pair(base2, impls2[0], min_samples=measure.min_samples, name="congruity base2")
+    _check_settings(measure, compare_to, n_rounds, n_boot, ci, "congruity")
+    base1, impls1 = _check_model(base1, impls1, measure, "congruity model 1")
+    base2, impls2 = _check_model(base2, impls2, measure, "congruity model 2")
     if base1.shape[0] != base2.shape[0]:
         raise ValueError(f"congruity: both models need the same N stimuli, got {base1.shape[0]} and {base2.shape[0]}")
-    if isinstance(key, int):
-        key = jax.random.key(key)
     score, boots, ind = _congruity_kernel(
-        base1, impls1, base2, impls2, key, measure, int(n_rounds), compare_to, int(n_boot), default_chunk(chunk, 64)
+        base1, impls1, base2, impls2, as_key(key), measure, int(n_rounds), compare_to, int(n_boot), default_chunk(chunk, 64)
     )
-    lo, hi = np.quantile(np.asarray(boots), [(1 - ci) / 2, (1 + ci) / 2])
+    lo, hi = _interval(boots, ci)
     return CongruityResult(float(score), float(lo), float(hi), np.asarray(ind))
+
+
+@dataclasses.dataclass(frozen=True)
+class CongruityMatrix:
+    """Congruity of every pair of k models (see :func:`congruity_matrix`).
+
+    Attributes:
+      names: the k model names, in order.
+      score, ci_low, ci_high: (k, k) symmetric matrices of congruity and its bootstrap interval.
+      indicators: (k, k, n_rounds, 2): ``indicators[i, j]`` are the per-round indicators of
+        ``congruity(model i, model j)`` (column 0: model i as base), so ``indicators[j, i]`` swaps the columns.
+    """
+
+    names: tuple[str, ...]
+    score: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    indicators: np.ndarray
+
+    def pair(self, i: int, j: int) -> CongruityResult:
+        """The :class:`CongruityResult` of models ``i`` and ``j`` (model i is "model 1")."""
+        return CongruityResult(float(self.score[i, j]), float(self.ci_low[i, j]), float(self.ci_high[i, j]),
+                               self.indicators[i, j])
+
+
+def _pair_key(key, i, j, k):
+    """The key of pair (i, j) of k models: ``fold_in(key, i * k + j)``."""
+    return jax.random.fold_in(key, i * k + j)
+
+
+@functools.partial(jax.jit, static_argnames=("groups",) + _STATIC)
+def _matrix_kernel(stacks, pairs, key, groups, measure, n_rounds, compare_to, n_boot, chunk):
+    """Per group of pairs: ``vmap`` of the congruity rounds over its pairs.
+
+    ``stacks``: per shape group, ``(bases (G, N, D), impls (G, M, N, D))``; ``groups``: per group of pairs the
+    indices ``(a, b)`` of the two shape groups; ``pairs``: per group of pairs ``(i, j, ia, ib)`` (P,) arrays:
+    model indices (for the keys) and positions in the shape groups.
+    """
+    k = sum(b.shape[0] for b, _ in stacks)
+    out = []
+    for (a, b), (i, j, ia, ib) in zip(groups, pairs):
+        (ba, ma), (bb, mb) = stacks[a], stacks[b]
+
+        def one(i, j, ia, ib):
+            return _congruity_rounds(ba[ia], ma[ia], bb[ib], mb[ib], _pair_key(key, i, j, k),
+                                     measure, n_rounds, compare_to, n_boot, chunk)
+
+        out.append(jax.vmap(one)(i, j, ia, ib))
+    return out
+
+
+def congruity_matrix(
+    models: Mapping[str, tuple[ArrayLike, ArrayLike]] | Sequence[tuple[ArrayLike, ArrayLike]],
+    *,
+    key,
+    names: Sequence[str] | None = None,
+    n_rounds: int = 100,
+    measure: Measure = RIDGE,
+    compare_to: str = "implementation",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    chunk: int | None = None,
+) -> CongruityMatrix:
+    """:func:`congruity` of every pair of models (each with itself on the diagonal), in one compiled call.
+
+    Pair ``(i, j)``, ``i <= j``, is exactly ``congruity(*models[i], *models[j], key=fold_in(key, i * k + j))``
+    for k models. Models are grouped by the shape of their implementation stacks; the pairs of each two groups
+    run as one vmap (models of one width as one batch), so the matrix costs one compilation and no Python loop.
+
+    Args:
+      models: ``{name: (base (N, D), impls (M, N, D))}``, or a sequence of ``(base, impls)`` with ``names``
+        (default ``"0"``, ``"1"``, ...). Every model needs the same N stimuli; widths D and counts M may differ.
+      key: PRNG key (or int seed).
+      names: unique model names for a sequence of models.
+      n_rounds, measure, compare_to, n_boot, ci, chunk: as :func:`congruity`.
+
+    Returns:
+      A :class:`CongruityMatrix`.
+    """
+    _check_settings(measure, compare_to, n_rounds, n_boot, ci, "congruity_matrix")
+    if isinstance(models, Mapping):
+        if names is not None:
+            raise ValueError("congruity_matrix: pass names only with a sequence of models (a mapping names them)")
+        names, models = list(models), list(models.values())
+    models = list(models)
+    names = [str(i) for i in range(len(models))] if names is None else [str(n) for n in names]
+    if len(models) < 1 or len(names) != len(models):
+        raise ValueError(f"congruity_matrix: needs >= 1 model and one name per model, got {len(models)} models and "
+                         f"{len(names)} names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"congruity_matrix: model names must be unique, {dup} appear more than once")
+    checked = []
+    for name, model in zip(names, models):
+        if not isinstance(model, (tuple, list)) or len(model) != 2:
+            raise ValueError(f"congruity_matrix: model {name!r} must be a (base (N, D), impls (M, N, D)) pair")
+        checked.append(_check_model(*model, measure, f"congruity_matrix model {name!r}"))
+    sizes = {b.shape[0] for b, _ in checked}
+    if len(sizes) > 1:
+        raise ValueError(f"congruity_matrix: every model needs the same N stimuli, got N = {sorted(sizes)}")
+    k = len(checked)
+    shapes = list(dict.fromkeys((m.shape, m.dtype) for _, m in checked))  # shape groups, in order of appearance
+    group_of = [shapes.index((m.shape, m.dtype)) for _, m in checked]
+    position = [group_of[:i].count(group_of[i]) for i in range(k)]
+    stacks = tuple((jnp.stack([checked[i][0] for i in range(k) if group_of[i] == g]),
+                    jnp.stack([checked[i][1] for i in range(k) if group_of[i] == g])) for g in range(len(shapes)))
+    by_groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i in range(k):
+        for j in range(i, k):
+            by_groups.setdefault((group_of[i], group_of[j]), []).append((i, j))
+    groups = tuple(by_groups)
+    pairs = tuple(tuple(np.array(v, np.int32) for v in ([p[0] for p in ps], [p[1] for p in ps],
+                                                         [position[p[0]] for p in ps], [position[p[1]] for p in ps]))
+                  for ps in by_groups.values())
+    out = _matrix_kernel(stacks, pairs, as_key(key), groups, measure, int(n_rounds), compare_to, int(n_boot),
+                         default_chunk(chunk, 64))
+    score, lo, hi = (np.zeros((k, k)) for _ in range(3))
+    ind = np.zeros((k, k, int(n_rounds), 2))
+    for ps, (sc, boots, indicators) in zip(by_groups.values(), out):
+        low, high = _interval(boots, ci)
+        for p, (i, j) in enumerate(ps):
+            for mat, value in ((score, sc[p]), (lo, low[p]), (hi, high[p])):
+                mat[i, j] = mat[j, i] = value
+            ind[i, j] = indicators[p]
+            ind[j, i] = np.asarray(indicators[p])[:, ::-1]
+    return CongruityMatrix(tuple(names), score, lo, hi, ind)
 
 
 @functools.partial(jax.jit, static_argnames=("measure", "straps", "trials", "z", "distinct", "chunk"))
@@ -164,7 +309,7 @@ def _grid_kernel(reprs, key, measure, straps, trials, z, distinct, chunk):
         flat = tuple(v.reshape(-1) for v in (a, b, x, x2, y)) + (keys,)
         within, across = (s.reshape(shape) for s in jax.lax.map(trial, flat, batch_size=min(chunk, flat[0].size)))
     else:  # deterministic scores: each ordered pair of the A*M implementations is scored once, trials look up
-        S = pairwise_unchecked(measure, reprs.reshape(A * M, *reprs.shape[2:]), None, k4)
+        S = measure.matrix_kernel(reprs.reshape(A * M, *reprs.shape[2:]), None, k4)
         within, across = S[a * M + x, a * M + x2], S[a * M + x, b * M + y]
     wins = within > across if measure.higher_is_similar else within < across
     p = jnp.mean(wins.astype(reprs.dtype), axis=-1)  # (A, A, straps)
@@ -173,7 +318,7 @@ def _grid_kernel(reprs, key, measure, straps, trials, z, distinct, chunk):
 
 
 def distinguishability_grid(
-    reprs,
+    reprs: ArrayLike,
     *,
     key,
     straps: int = 40,
@@ -221,6 +366,4 @@ def distinguishability_grid(
         raise ValueError(f"straps and trials must be >= 1, got {straps} and {trials}")
     if np.dtype(reprs.dtype).kind != "f":
         reprs = reprs.astype(jnp.float32)
-    if isinstance(key, int):
-        key = jax.random.key(key)
-    return _grid_kernel(reprs, key, measure, int(straps), int(trials), float(z), bool(distinct), default_chunk(chunk, 32))
+    return _grid_kernel(reprs, as_key(key), measure, int(straps), int(trials), float(z), bool(distinct), default_chunk(chunk, 32))

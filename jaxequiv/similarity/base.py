@@ -16,6 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from jaxequiv.rng import as_key
 
 __all__ = ["Measure", "check_pair", "check_reprs", "default_chunk", "INVARIANCES"]
 
@@ -36,7 +39,7 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_pair(X, Y, *, min_samples: int = 2, name: str = "measure") -> tuple[jax.Array, jax.Array]:
+def check_pair(X: ArrayLike, Y: ArrayLike, *, min_samples: int = 2, name: str = "measure") -> tuple[jax.Array, jax.Array]:
     """Validate a pair of representations; return them as float arrays (float32 unless already float64).
 
     Raises ``ValueError`` if either is not 2-D ``(n, d)``, their ``n`` differ, ``n < min_samples``, or (for
@@ -69,7 +72,7 @@ def check_pair(X, Y, *, min_samples: int = 2, name: str = "measure") -> tuple[ja
     return X, Y
 
 
-def check_reprs(Xs, *, name: str = "reprs", min_count: int = 1) -> jax.Array:
+def check_reprs(Xs: ArrayLike, *, name: str = "reprs", min_count: int = 1) -> jax.Array:
     """Validate a stack of representations ``(m, n, d)`` (an array, or a sequence of equal-shape ``(n, d)``)."""
     if isinstance(Xs, (list, tuple)):
         shapes = {tuple(np.shape(x)) for x in Xs}
@@ -141,29 +144,44 @@ class Measure:
         if unknown:
             raise ValueError(f"Measure {self.name}: unknown invariances {sorted(unknown)}; allowed: {sorted(INVARIANCES)}")
 
-    def __call__(self, X, Y, key: Any = None) -> jax.Array:
+    def __call__(self, X: ArrayLike, Y: ArrayLike, key: Any = None) -> jax.Array:
         """Validated ``kernel(X, Y, key)``; a scalar."""
         X, Y = check_pair(X, Y, min_samples=self.min_samples, name=self.name)
-        key = self._key(key)
+        key = self.key_for(key)
         return self.kernel(X, Y, key)
 
-    def many(self, X, Ys, key: Any = None) -> jax.Array:
+    def many(self, X: ArrayLike, Ys: ArrayLike, key: Any = None) -> jax.Array:
         """Scores of ``X (n, d1)`` against each of ``Ys (k, n, d2)``, sharing per-X work; shape ``(k,)``."""
         Ys = check_reprs(Ys, name=f"{self.name} targets")
         X, _ = check_pair(X, Ys[0], min_samples=self.min_samples, name=self.name)
-        return self.many_kernel(X, Ys, self._key(key))
+        return self.many_kernel(X, Ys, self.key_for(key))
 
-    def many_kernel(self, X, Ys, key) -> jax.Array:
-        """Unvalidated one-to-many kernel (jittable)."""
+    def many_kernel(self, X: jax.Array, Ys: jax.Array, key: jax.Array) -> jax.Array:
+        """Unvalidated one-to-many kernel (jittable): ``X (n, d1)``, ``Ys (k, n, d2)`` -> ``(k,)``."""
         if self.one_to_many is not None:
             return self.one_to_many(X, Ys, key)
         return jax.vmap(lambda Y: self.kernel(X, Y, key))(Ys)
 
-    def _key(self, key):
+    def matrix_kernel(self, Xs: jax.Array, Ys: jax.Array | None, key: jax.Array, chunk: int = 64) -> jax.Array:
+        """Unvalidated all-pairs kernel (jittable): ``Xs (m, n, d1)``, ``Ys (k, n, d2)`` or ``None`` (Xs) -> (m, k).
+
+        Uses ``pairwise_kernel`` where the measure has one; otherwise maps ``kernel`` over the m*k pairs,
+        ``chunk`` pairs at a time (a vmap inside a ``lax.map``), pair ``(i, j)`` with key ``split(key, m*k)[i*k+j]``.
+        """
+        if self.pairwise_kernel is not None:
+            return self.pairwise_kernel(Xs, Ys, key, chunk)
+        Ys = Xs if Ys is None else Ys
+        m, k = Xs.shape[0], Ys.shape[0]
+        i, j = jnp.divmod(jnp.arange(m * k), k)
+        one = lambda a: self.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
+        pairs = (i, j, jax.random.split(key, m * k))
+        return jax.lax.map(one, pairs, batch_size=min(chunk, m * k)).reshape(m, k)
+
+    def key_for(self, key: Any) -> jax.Array:
+        """A typed key for the kernels from ``key`` (a key or int seed); ``None`` is allowed (and means a fixed
+        key) only for measures that draw nothing."""
         if key is None:
             if self.needs_key:
-                raise ValueError(f"{self.name} draws a random split: pass key=jax.random.key(seed)")
+                raise ValueError(f"{self.name} draws a random split: pass key=jax.random.key(seed) or an int seed")
             return jax.random.key(0)
-        if isinstance(key, int):
-            return jax.random.key(key)
-        return key
+        return as_key(key, "key")

@@ -2,8 +2,8 @@
 
 Conventions (documented values instead of NaN):
 
-* Inputs are centred and scaled to unit Frobenius norm first (CKA is invariant to both), so tiny or huge
-  inputs are safe in float32.
+* Inputs are centred and scaled to unit Frobenius norm first (CKA is invariant to both;
+  :func:`jaxequiv.similarity.numerics.center_unit`), so any finite float32 scale gives the same value.
 * If either representation has no variance (constant rows) CKA is defined as 0.
 * Unbiased CKA (HSIC_1 of Song et al. 2012) needs n >= 4; if an unbiased self-HSIC is <= 0 (possible for
   very small n) the value is 0.
@@ -20,8 +20,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxequiv.similarity.base import Measure, check_pair
+from jaxequiv.similarity.numerics import center_unit, max_abs
 
 __all__ = [
     "linear_cka",
@@ -40,19 +42,6 @@ __all__ = [
 ]
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _center_unit(X):
-    """Centre columns and scale to unit Frobenius norm; returns ``(X, ok)`` with ``ok`` False (and X zeros) when
-    X is constant up to float rounding. Scales by the max entry first, so tiny or huge inputs do not under/overflow.
-    """
-    scale = jnp.max(jnp.abs(X))
-    Xc = X - jnp.mean(X, axis=0)
-    m = jnp.max(jnp.abs(Xc))
-    ok = m > 16 * jnp.finfo(X.dtype).eps * scale * jnp.sqrt(X.shape[0])
-    Xc = Xc / jnp.where(ok, m, 1.0)
-    norm = jnp.sqrt(jnp.sum(Xc * Xc))
-    return jnp.where(ok, Xc / jnp.where(ok, norm, 1.0), 0.0), ok
 
 
 def _cross_sq(X, Y):
@@ -79,8 +68,8 @@ def _ratio(xy, xx, yy):
 
 @functools.partial(jax.jit, static_argnames=("unbiased",))
 def _linear_cka_kernel(X, Y, unbiased: bool = False):
-    X, okx = _center_unit(X)
-    Y, oky = _center_unit(Y)
+    X, okx = center_unit(X)
+    Y, oky = center_unit(Y)
     xy, xx, yy = _cross_sq(X, Y), _cross_sq(X, X), _cross_sq(Y, Y)
     if unbiased:
         n = X.shape[0]
@@ -89,7 +78,7 @@ def _linear_cka_kernel(X, Y, unbiased: bool = False):
     return jnp.where(okx & oky, _ratio(xy, xx, yy), 0.0)
 
 
-def linear_cka(X, Y, *, unbiased: bool = False) -> jax.Array:
+def linear_cka(X: ArrayLike, Y: ArrayLike, *, unbiased: bool = False) -> jax.Array:
     """Linear CKA of X (n, d1) and Y (n, d2), in [0, 1] (unbiased: may be slightly negative); a scalar.
 
     ``unbiased=True`` uses the unbiased HSIC estimator (needs n >= 4), which is ~0 for independent data.
@@ -112,8 +101,8 @@ def _rbf_gram(X, sigma_frac):
 
 @functools.partial(jax.jit, static_argnames=("sigma_frac",))
 def _rbf_cka_kernel(X, Y, sigma_frac: float = 1.0):
-    X, okx = _center_unit(X)
-    Y, oky = _center_unit(Y)
+    X, okx = center_unit(X)
+    Y, oky = center_unit(Y)
     K, ok1 = _rbf_gram(X, sigma_frac)
     L, ok2 = _rbf_gram(Y, sigma_frac)
 
@@ -126,7 +115,7 @@ def _rbf_cka_kernel(X, Y, sigma_frac: float = 1.0):
     return jnp.where(okx & oky & ok1 & ok2, val, 0.0)
 
 
-def rbf_cka(X, Y, *, sigma_frac: float = 1.0) -> jax.Array:
+def rbf_cka(X: ArrayLike, Y: ArrayLike, *, sigma_frac: float = 1.0) -> jax.Array:
     """CKA with Gaussian kernels of bandwidth ``sigma_frac * sqrt(median squared distance)``; a scalar in [0, 1].
 
     Forms n x n Gram matrices (memory O(n^2)).
@@ -170,8 +159,12 @@ def _batch_hsic(Xb, Yb):
 
 
 @jax.jit
-def cka_stream_update(state: CKAStream, Xb, Yb) -> CKAStream:
-    """Add one minibatch ``Xb (b, d1)``, ``Yb (b, d2)`` (b >= 4, same stimuli in the same order)."""
+def cka_stream_update(state: CKAStream, Xb: ArrayLike, Yb: ArrayLike) -> CKAStream:
+    """Add one minibatch ``Xb (b, d1)``, ``Yb (b, d2)`` (b >= 4, same stimuli in the same order).
+
+    Batches are summed at their own scale (HSIC is a 4th power of it): divide a stream's values by one fixed
+    constant if their magnitudes are far from 1 (beyond ~1e-9 .. 1e9 in float32); the value does not change.
+    """
     if Xb.shape[0] < 4:
         raise ValueError(f"minibatch CKA needs batches of at least 4 samples, got {Xb.shape[0]}")
     xy, xx, yy = _batch_hsic(Xb, Yb)
@@ -190,6 +183,7 @@ def cka_stream_result(state: CKAStream) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def _minibatch_kernel(X, Y, batch_size: int):
+    X, Y = X / max_abs(X), Y / max_abs(Y)  # one scale for all batches: HSIC sums stay in float32 range
     nb = X.shape[0] // batch_size
     Xb = X[: nb * batch_size].reshape(nb, batch_size, -1)
     Yb = Y[: nb * batch_size].reshape(nb, batch_size, -1)
@@ -197,7 +191,7 @@ def _minibatch_kernel(X, Y, batch_size: int):
     return _ratio(jnp.sum(xy), jnp.sum(xx), jnp.sum(yy))
 
 
-def minibatch_cka(X, Y, *, batch_size: int = 256) -> jax.Array:
+def minibatch_cka(X: ArrayLike, Y: ArrayLike, *, batch_size: int = 256) -> jax.Array:
     """Minibatch CKA over consecutive batches of ``batch_size`` rows (n must be a multiple); a scalar."""
     X, Y = check_pair(X, Y, min_samples=4, name="minibatch_cka")
     if batch_size < 4 or X.shape[0] % batch_size:
@@ -221,8 +215,8 @@ def _pairwise_linear_cka(Xs, Ys, unbiased: bool, block: int, same: bool):
     per pair.
     """
     n = Xs.shape[1]
-    Xs, okx = jax.vmap(_center_unit)(Xs)
-    Ys, oky = (Xs, okx) if same else jax.vmap(_center_unit)(Ys)
+    Xs, okx = jax.vmap(center_unit)(Xs)
+    Ys, oky = (Xs, okx) if same else jax.vmap(center_unit)(Ys)
     pad = (-n) % block
     Xp = jnp.pad(Xs, ((0, 0), (0, pad), (0, 0)))
     Yp = Xp if same else jnp.pad(Ys, ((0, 0), (0, pad), (0, 0)))

@@ -1,7 +1,8 @@
 """Shape and subspace measures: orthogonal Procrustes, CCA / SVCCA / PWCCA, RSA, mutual k-NN alignment.
 
 Conventions (documented values instead of NaN): inputs are centred (except k-NN, which L2-normalises rows)
-and scaled to unit Frobenius norm; a constant representation gives Procrustes distance sqrt(2) / angle pi/2,
+and scaled to unit Frobenius norm (:mod:`jaxequiv.similarity.numerics`, so any finite float32 scale gives the same
+value); a constant representation gives Procrustes distance sqrt(2) / angle pi/2,
 CCA-type similarity 0, RSA 0 (an RDM with no spread has no rank order) and RSA rows with no variance count
 as maximally dissimilar (correlation distance 1). Wide inputs (d > n) are first reduced to an ``n x n``
 factor with the same Gram matrix, so every decomposition is at most ``min(n, d)`` on a side.
@@ -13,9 +14,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxequiv.similarity.base import Measure, check_pair
-from jaxequiv.similarity.cka import _center_unit
+from jaxequiv.similarity.numerics import center_unit, qr_r, svd, unit_rows
 
 __all__ = [
     "procrustes",
@@ -41,8 +43,7 @@ def _reduce(X):
     n, d = X.shape
     if d <= n:
         return X
-    _, R = jnp.linalg.qr(X.T)  # X' = Q R, X X' = R' R
-    return R.T
+    return qr_r(X.T).T  # X' = Q R, X X' = R' R
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -51,16 +52,16 @@ def _reduce(X):
 
 @functools.partial(jax.jit, static_argnames=("angular",))
 def _procrustes_kernel(X, Y, angular: bool):
-    X, okx = _center_unit(X)
-    Y, oky = _center_unit(Y)
+    X, okx = center_unit(X)
+    Y, oky = center_unit(Y)
     Xr, Yr = _reduce(X), _reduce(Y)
-    U, _, Vt = jnp.linalg.svd(jnp.matmul(Yr.T, Xr, precision=_HI), full_matrices=False)
+    U, _, Vt = svd(jnp.matmul(Yr.T, Xr, precision=_HI))
     R = Xr - jnp.matmul(Yr, U @ Vt, precision=_HI)  # the residual itself: no 2 - 2 cos cancellation near 0
     e = jnp.where(okx & oky, jnp.minimum(jnp.sqrt(jnp.sum(R * R)), jnp.sqrt(2.0)), jnp.sqrt(2.0))
     return 2.0 * jnp.arcsin(e / 2.0) if angular else e
 
 
-def procrustes(X, Y, *, angular: bool = False) -> jax.Array:
+def procrustes(X: ArrayLike, Y: ArrayLike, *, angular: bool = False) -> jax.Array:
     """Orthogonal Procrustes distance of centred, unit-norm X (n, d1) and Y (n, d2); a scalar.
 
     Euclidean: ``min_Q ||X - Y Q||_F = sqrt(2 - 2 ||X'Y||_*)`` in [0, sqrt 2]; angular: ``arccos ||X'Y||_*`` in
@@ -75,10 +76,9 @@ def procrustes(X, Y, *, angular: bool = False) -> jax.Array:
 
 
 def _whiten(X, reg, keep_var):
-    """Whitened basis (n, r) of centred X, column weights, and the number of usable directions."""
-    X = X - jnp.mean(X, axis=0)
+    """Whitened basis (n, r) of X (centred, unit norm), the number of usable directions, and X reduced."""
     X = _reduce(X)
-    U, s, _ = jnp.linalg.svd(X, full_matrices=False)
+    U, s, _ = svd(X)
     s2 = s * s
     total = jnp.sum(s2)
     rank_ok = s > jnp.max(s) * max(X.shape) * jnp.finfo(X.dtype).eps * 10
@@ -94,9 +94,9 @@ def _whiten(X, reg, keep_var):
 
 
 def _cca_parts(X, Y, reg, keep_var):
-    Wx, kx, Xr = _whiten(X, reg, keep_var)
-    Wy, ky, _ = _whiten(Y, reg, keep_var)
-    A, rho, _ = jnp.linalg.svd(jnp.matmul(Wx.T, Wy, precision=_HI), full_matrices=False)
+    Wx, kx, Xr = _whiten(center_unit(X)[0], reg, keep_var)  # a constant X has no usable direction: CCA 0
+    Wy, ky, _ = _whiten(center_unit(Y)[0], reg, keep_var)
+    A, rho, _ = svd(jnp.matmul(Wx.T, Wy, precision=_HI))
     k = jnp.minimum(kx, ky)
     valid = jnp.arange(rho.shape[0]) < k
     return jnp.clip(rho, 0.0, 1.0), valid, k, Wx @ A, Xr
@@ -119,7 +119,7 @@ def _check_reg(reg):
     return float(reg)
 
 
-def cca(X, Y, *, reg: float = 0.0) -> jax.Array:
+def cca(X: ArrayLike, Y: ArrayLike, *, reg: float = 0.0) -> jax.Array:
     """Mean canonical correlation of X (n, d1) and Y (n, d2) over the min(rank) canonical pairs; in [0, 1].
 
     ``reg > 0`` shrinks each covariance towards ``reg * mean eigenvalue * I`` (regularised CCA), which keeps
@@ -129,7 +129,7 @@ def cca(X, Y, *, reg: float = 0.0) -> jax.Array:
     return _cca_kernel(X, Y, _check_reg(reg), None, False)
 
 
-def svcca(X, Y, *, keep_var: float = 0.99, reg: float = 0.0) -> jax.Array:
+def svcca(X: ArrayLike, Y: ArrayLike, *, keep_var: float = 0.99, reg: float = 0.0) -> jax.Array:
     """SVCCA (Raghu et al. 2017): CCA on the leading singular directions explaining ``keep_var`` of variance."""
     if not 0 < keep_var <= 1:
         raise ValueError(f"keep_var must be in (0, 1], got {keep_var}")
@@ -137,7 +137,7 @@ def svcca(X, Y, *, keep_var: float = 0.99, reg: float = 0.0) -> jax.Array:
     return _cca_kernel(X, Y, _check_reg(reg), float(keep_var), False)
 
 
-def pwcca(X, Y, *, reg: float = 0.0) -> jax.Array:
+def pwcca(X: ArrayLike, Y: ArrayLike, *, reg: float = 0.0) -> jax.Array:
     """Projection-weighted CCA (Morcos et al. 2018), weights from X's neurons (not symmetric); in [0, 1]."""
     X, Y = check_pair(X, Y, name="pwcca")
     return _cca_kernel(X, Y, _check_reg(reg), None, True)
@@ -167,11 +167,9 @@ def _pearson(a, b):
 
 def _rdm(X, kind):
     if kind == "correlation":
-        Z = X - jnp.mean(X, axis=1, keepdims=True)
-        norm = jnp.sqrt(jnp.sum(Z * Z, axis=1, keepdims=True))
-        Z = Z / jnp.where(norm > 0, norm, 1.0)
+        Z = unit_rows(X, center=True)
         return 1.0 - jnp.matmul(Z, Z.T, precision=_HI)
-    X, _ = _center_unit(X)
+    X, _ = center_unit(X)
     sq = jnp.sum(X * X, axis=1)
     return jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(X, X.T, precision=_HI), 0.0))
 
@@ -185,7 +183,7 @@ def _rsa_kernel(X, Y, rdm: str, compare: str):
     return _pearson(a, b)
 
 
-def rsa(X, Y, *, rdm: str = "correlation", compare: str = "spearman") -> jax.Array:
+def rsa(X: ArrayLike, Y: ArrayLike, *, rdm: str = "correlation", compare: str = "spearman") -> jax.Array:
     """Representational similarity analysis: correlation of the upper triangles of the two RDMs; in [-1, 1].
 
     Args:
@@ -207,8 +205,7 @@ def rsa(X, Y, *, rdm: str = "correlation", compare: str = "spearman") -> jax.Arr
 @functools.partial(jax.jit, static_argnames=("k",))
 def _knn_kernel(X, Y, k: int):
     def neighbours(A):
-        norm = jnp.sqrt(jnp.sum(A * A, axis=1, keepdims=True))
-        A = A / jnp.where(norm > 0, norm, 1.0)
+        A = unit_rows(A)
         S = jnp.matmul(A, A.T, precision=_HI)
         S = jnp.where(jnp.eye(A.shape[0], dtype=bool), -jnp.inf, S)
         return jax.lax.top_k(S, k)[1]
@@ -218,7 +215,7 @@ def _knn_kernel(X, Y, k: int):
     return jnp.mean(shared / k)
 
 
-def knn_alignment(X, Y, *, k: int = 10) -> jax.Array:
+def knn_alignment(X: ArrayLike, Y: ArrayLike, *, k: int = 10) -> jax.Array:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean fraction of shared cosine neighbours; [0, 1]."""
     X, Y = check_pair(X, Y, min_samples=2, name="knn_alignment")
     if not 1 <= k < X.shape[0]:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxequiv.similarity.base import Measure, check_reprs
 
-__all__ = ["pairwise", "pairwise_unchecked"]
+__all__ = ["pairwise"]
 
 
-def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 64) -> jax.Array:
+def pairwise(measure: Measure, Xs: ArrayLike, Ys: ArrayLike | None = None, *, key=None, chunk: int = 64) -> jax.Array:
     """Matrix of ``measure(Xs[i], Ys[j])`` for stacks ``Xs`` (m, n, d1) and ``Ys`` (k, n, d2); shape (m, k).
 
     ``Ys=None`` compares ``Xs`` with itself. Structure is exploited where the measure provides it (CKA:
     centred Grams once per representation, accumulated as one matrix of inner products over row blocks of
     ``chunk`` samples; ridge: one decomposition per ``Xs[i]`` shared by every target, one split per row drawn
-    from ``key``); otherwise ``chunk`` pairs are evaluated at a time (a vmap) inside one jitted ``lax.map``.
-    ``chunk`` is the memory knob.
+    from ``key``); otherwise ``chunk`` pairs are evaluated at a time (a vmap) inside one jitted ``lax.map``
+    (:meth:`Measure.matrix_kernel`). ``chunk`` is the memory knob.
     """
     if not isinstance(measure, Measure):
         raise TypeError(f"pairwise: measure must be a jaxequiv.similarity.Measure, got {type(measure).__name__}")
@@ -32,17 +32,9 @@ def pairwise(measure: Measure, Xs, Ys=None, *, key=None, chunk: int = 64) -> jax
         raise ValueError(f"pairwise: Xs and Ys must share n (samples), got {Xs.shape[1]} and {Ys.shape[1]}")
     if Xs.shape[1] < measure.min_samples:
         raise ValueError(f"pairwise: {measure.name} needs at least {measure.min_samples} samples, got n={Xs.shape[1]}")
-    return pairwise_unchecked(measure, Xs, None if same else Ys, measure._key(key), int(chunk))
+    return _matrix(measure, Xs, None if same else Ys, measure.key_for(key), int(chunk))
 
 
 @functools.partial(jax.jit, static_argnames=("measure", "chunk"))
-def pairwise_unchecked(measure: Measure, Xs, Ys, key, chunk: int = 64) -> jax.Array:
-    """:func:`pairwise` without validation (jitted): ``Xs`` (m, n, d1), ``Ys`` (k, n, d2) or ``None``."""
-    if measure.pairwise_kernel is not None:
-        return measure.pairwise_kernel(Xs, Ys, key, chunk)
-    Ys = Xs if Ys is None else Ys
-    m, k = Xs.shape[0], Ys.shape[0]
-    i, j = jnp.divmod(jnp.arange(m * k), k)
-    one = lambda a: measure.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
-    pairs = (i, j, jax.random.split(key, m * k))
-    return jax.lax.map(one, pairs, batch_size=min(chunk, m * k)).reshape(m, k)
+def _matrix(measure: Measure, Xs, Ys, key, chunk: int):
+    return measure.matrix_kernel(Xs, Ys, key, chunk)

@@ -10,9 +10,11 @@ R^2 averaged over outputs, optionally ``sqrt(max(R^2, 0))``. :func:`ridge_score`
   reuses it: with factors ``R`` (n, r), ``L`` (n, r), eigenvalues ``lam`` and ``g = 1 / (lam + alpha)``,
   fitted values are ``L diag(g) R' y``, the hat diagonal is ``(L * R) g``, and the leave-one-out residual is
   ``(y - fit) / (1 - hat - 1/n)`` (the ``1/n`` is the intercept's leverage).
-* On the CPU backend with ``n_train > d`` the default ``solver="auto"`` uses one Cholesky factor of
-  ``Xc'Xc + alpha I`` per alpha instead (``W = L^-1 Xc'`` gives the hat diagonal ``sum W^2`` and the fits
-  ``W' L^-1 Xc' y``), because batched LAPACK eigh is very slow there; the numbers are the same.
+* Scale: X is divided by its largest magnitude ``s`` and the alphas by ``s^2`` (the same fit exactly), Y by its
+  largest magnitude (R^2 and the choice of alpha do not depend on it), so any finite float32 input gives
+  scikit-learn's float64 answer: at scale 1e-20 every alpha shrinks the fit to the mean, at 1e19 none does.
+* The eigendecomposition is :func:`jaxequiv.similarity.numerics.eigh`: vmapped fits (congruity rounds, pairwise
+  rows) run it as a loop of unbatched LAPACK calls on the CPU, where a batched call can deadlock the XLA pool.
 * alpha = argmin over alphas of the mean squared LOO residual over all samples and targets (first on ties).
 * R^2 per output as ``sklearn.metrics.r2_score``: a constant held-out column scores 1 if predicted exactly and
   0 otherwise (constant means a spread below float32 resolution of the column's magnitude).
@@ -30,8 +32,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from jaxequiv.similarity.base import Measure, check_pair, check_reprs, default_chunk
+from jaxequiv.rng import as_key
+from jaxequiv.similarity.base import Measure, check_pair, check_reprs
+from jaxequiv.similarity.numerics import eigh, max_abs
 
 __all__ = ["ridge_score", "ridge_many", "ridge_r2_outputs", "split_indices", "ridge_measure", "RIDGE", "RIDGE_SQRT", "DEFAULT_ALPHAS"]
 
@@ -49,9 +54,11 @@ def _split_sizes(n: int, test_size: float) -> tuple[int, int]:
 
 
 def split_indices(key, n: int, test_size: float = 0.1) -> tuple[jax.Array, jax.Array]:
-    """Random train/test row indices like ``train_test_split``: ``(train (n - ceil(t n),), test (ceil(t n),))``."""
+    """Random train/test row indices like ``train_test_split``: ``(train (n - ceil(t n),), test (ceil(t n),))``.
+
+    ``key``: a ``jax.random.key`` or an int seed."""
     n_train, n_test = _split_sizes(n, test_size)
-    perm = jax.random.permutation(key, n)
+    perm = jax.random.permutation(as_key(key), n)
     return perm[n_test:], perm[:n_test]
 
 
@@ -59,11 +66,11 @@ def split_indices(key, n: int, test_size: float = 0.1) -> tuple[jax.Array, jax.A
 # Kernels (jittable, no validation).
 
 
-def _basis(Xtr, Xte):
-    """Factors of the ridge hat matrix of centred ``Xtr`` (n, d) and the test design ``Xte`` (m, d).
+def _basis(Xtr, Xte, a):
+    """Factors of the ridge hat matrix of ``Xtr`` (n, d) (centred here) and the test design ``Xte`` (m, d).
 
-    Returns ``(R, L, T, lam)`` with ``R, L`` (n, r), ``T`` (m, r), ``lam`` (r,): for any alpha, with
-    ``g = 1 / (lam + alpha)``, the training fit is ``L diag(g) R' y`` and the test prediction ``T diag(g) R' y``.
+    Returns ``(R, L, T, lam, a)`` with ``R, L`` (n, r), ``T`` (m, r), ``lam`` (r,) and the ridge strengths ``a``
+    (A,) passed through: with ``g = 1 / (lam + a_k)``, the training fit is ``L diag(g) R' y`` and the test prediction ``T diag(g) R' y``.
     In the Gram form ``L is None`` and ``R`` is an orthonormal eigenbasis of the complement of the constant
     vector, so residuals and LOO denominators are sums of positive terms (no cancellation in float32).
     """
@@ -77,68 +84,15 @@ def _basis(Xtr, Xte):
         beta = 2.0 / jnp.dot(v, v)
         w = K @ v
         HKH = K - beta * jnp.outer(v, w) - beta * jnp.outer(w, v) + beta**2 * jnp.dot(v, w) * jnp.outer(v, v)
-        lam, Qh = jnp.linalg.eigh(HKH[1:, 1:])
+        lam, Qh = eigh(HKH[1:, 1:])
         Q = jnp.concatenate([jnp.zeros((1, n - 1), K.dtype), Qh]) - beta * jnp.outer(v, v[1:] @ Qh)
         T = jnp.matmul(jnp.matmul(Xt, Xc.T, precision=hi), Q, precision=hi)
-        return Q, None, T, jnp.maximum(lam, 0.0)
+        return Q, None, T, jnp.maximum(lam, 0.0), a
     # Covariance form: C = V lam V'; Z = Xc V; fit = Z diag(g) Z' y; test = (Xt V) diag(g) Z' y
     C = jnp.matmul(Xc.T, Xc, precision=hi)
-    lam, V = jnp.linalg.eigh(C)
+    lam, V = eigh(C)
     Z = jnp.matmul(Xc, V, precision=hi)
-    return Z, Z, jnp.matmul(Xt, V, precision=hi), jnp.maximum(lam, 0.0)
-
-
-def _chol_basis(Xtr, Xte, alphas):
-    """Per-alpha Cholesky factors of ``Xc'Xc + alpha I`` (covariance form, ``n > d``), shared by all targets.
-
-    Returns ``(Xc, Li, W, Wt, hat)``: ``Li = L^-1`` (A, d, d), ``W = L^-1 Xc'`` (A, d, n), ``Wt = L^-1 Xt'``
-    (A, d, m) and the hat diagonals ``sum_k W_ki^2`` (A, n).
-    """
-    mu = jnp.mean(Xtr, axis=0)
-    Xc, Xt = Xtr - mu, Xte - mu
-    hi = jax.lax.Precision.HIGHEST
-    C = jnp.matmul(Xc.T, Xc, precision=hi)
-    eye = jnp.eye(C.shape[0], dtype=C.dtype)
-    # explicit inverse factors L^-1 (a d x d triangular solve), then plain matrix products
-    Li = jax.vmap(lambda a: jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(C + a * eye), eye, lower=True))(alphas)
-    W = jnp.einsum("ade,ne->adn", Li, Xc, precision=hi)
-    return Xc, Li, W, jnp.einsum("ade,me->adm", Li, Xt, precision=hi), jnp.sum(W * W, axis=1)
-
-
-def _chol_fit_eval(basis, Ytr, Yte, alphas):
-    Xc, Li, W, Wt, hat = basis
-    n = Ytr.shape[0]
-    hi = jax.lax.Precision.HIGHEST
-    ym = jnp.mean(Ytr, axis=0)
-    Yc = Ytr - ym
-    P = jnp.matmul(Xc.T, Yc, precision=hi)  # (d, t)
-    Q = jnp.matmul(Li, P, precision=hi)  # (A, d, t)
-    fits = jnp.einsum("adn,adt->ant", W, Q, precision=hi)
-    looe = (Yc[None] - fits) / (1.0 - hat - 1.0 / n)[:, :, None]
-    best = jnp.argmin(jnp.mean(looe**2, axis=(1, 2)))
-    pred = jnp.matmul(Wt[best].T, Q[best], precision=hi) + ym
-    return best, _r2_outputs(Yte, pred)
-
-
-def _decompose(Xtr, Xte, alphas, solver):
-    return _chol_basis(Xtr, Xte, alphas) if solver == "cholesky" else _basis(Xtr, Xte)
-
-
-def _evaluate(basis, Ytr, Yte, alphas, solver):
-    return (_chol_fit_eval if solver == "cholesky" else _fit_eval)(basis, Ytr, Yte, alphas)
-
-
-def _resolve_solver(solver: str, n_train: int, d: int) -> str:
-    """``"eigh"`` (one eigendecomposition per split for all alphas) or ``"cholesky"`` (one factor per alpha;
-    covariance form only). ``"auto"``: Cholesky on the CPU backend when ``n_train > d`` (batched LAPACK eigh is
-    slow there), else eigh. Wide data (``n_train <= d``) always uses the Gram eigendecomposition."""
-    if solver not in ("auto", "eigh", "cholesky"):
-        raise ValueError(f"solver must be 'auto', 'eigh' or 'cholesky', got {solver!r}")
-    if n_train <= d:
-        return "eigh"
-    if solver == "auto":
-        return "cholesky" if jax.default_backend() == "cpu" else "eigh"
-    return solver
+    return Z, Z, jnp.matmul(Xt, V, precision=hi), jnp.maximum(lam, 0.0), a
 
 
 def _r2_outputs(Yte, pred):
@@ -152,19 +106,26 @@ def _r2_outputs(Yte, pred):
     return jnp.where(constant, jnp.where(ss_res <= tol, 1.0, 0.0), 1.0 - ss_res / jnp.where(constant, 1.0, ss_tot))
 
 
-def _fit_eval(basis, Ytr, Yte, alphas):
-    """Chosen-alpha index and per-output held-out R^2 for one target ``Ytr`` (n, t) / ``Yte`` (m, t)."""
-    R, L, T, lam = basis
+def _fit_eval(basis, Ytr, Yte):
+    """Chosen-alpha index and per-output held-out R^2 for one target ``Ytr`` (n, t) / ``Yte`` (m, t).
+
+    Y is divided by its largest magnitude first: R^2 and the leave-one-out choice of alpha do not depend on it.
+    """
+    R, L, T, lam, a = basis
     n = Ytr.shape[0]
     hi = jax.lax.Precision.HIGHEST
+    s = jnp.maximum(max_abs(Ytr), max_abs(Yte))
+    Ytr, Yte = Ytr / s, Yte / s
     ym = jnp.mean(Ytr, axis=0)
     Yc = Ytr - ym
     B = jnp.matmul(R.T, Yc, precision=hi)  # (r, t)
-    G = 1.0 / (lam[None, :] + alphas[:, None])  # (A, r)
-    if L is None:  # Gram form: residual = R diag(alpha g) R' y, 1 - h_ii - 1/n = sum_j R_ij^2 alpha g_j
-        aG = alphas[:, None] * G
-        resid = jnp.einsum("nr,art->ant", R, aG[:, :, None] * B[None], precision=hi)  # (A, n, t)
-        denom = jnp.matmul(R * R, aG.T, precision=hi)  # (n, A)
+    G = 1.0 / (lam[None, :] + a[:, None])  # (A, r)
+    if L is None:  # Gram form: residual = R diag(a g) R' y and 1 - h_ii - 1/n = sum_j R_ij^2 a g_j
+        # LOO = residual / denominator does not change when a g is rescaled per alpha: use
+        # W = (lam_min + a) / (lam + a) in (0, 1], which neither under- nor overflows at any alpha.
+        W = (jnp.min(lam) + a[:, None]) / (lam[None, :] + a[:, None])
+        resid = jnp.einsum("nr,art->ant", R, W[:, :, None] * B[None], precision=hi)  # (A, n, t)
+        denom = jnp.matmul(R * R, W.T, precision=hi)  # (n, A)
     else:
         resid = Yc[None] - jnp.einsum("nr,art->ant", L, G[:, :, None] * B[None], precision=hi)
         denom = 1.0 - jnp.matmul(L * R, G.T, precision=hi) - 1.0 / n
@@ -180,13 +141,22 @@ def _finish(r2, sqrt: bool):
     return jnp.sqrt(jnp.maximum(r2, 0.0)) if sqrt else r2
 
 
-@functools.partial(jax.jit, static_argnames=("alphas", "sqrt", "solver"))
-def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt, solver="auto"):
+def _fits(X, Ys, train_idx, test_idx, alphas):
+    """Chosen-alpha indices (k,) and per-output R^2 (k, t) of X (n, d) predicting each of Ys (k, n, t) on one
+    split, with one decomposition of X. X is divided by its largest magnitude (the alphas follow, see
+    :func:`_basis`), so any finite scale works."""
+    s = max_abs(X)
+    fmax = jnp.finfo(X.dtype)
+    a = jnp.clip(jnp.asarray(alphas, X.dtype) / s / s, fmax.tiny, fmax.max)
+    X = X / s
+    basis = _basis(X[train_idx], X[test_idx], a)
+    return jax.vmap(lambda Y: _fit_eval(basis, Y[train_idx], Y[test_idx]))(Ys)
+
+
+@functools.partial(jax.jit, static_argnames=("alphas", "sqrt"))
+def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt):
     """R^2 of X (n, d) predicting each of Ys (k, n, t) on one split: shape (k,)."""
-    a = jnp.asarray(alphas, X.dtype)
-    solver = _resolve_solver(solver, train_idx.shape[0], X.shape[1])
-    basis = _decompose(X[train_idx], X[test_idx], a, solver)
-    r2 = jax.vmap(lambda Y: _evaluate(basis, Y[train_idx], Y[test_idx], a, solver)[1])(Ys)
+    r2 = _fits(X, Ys, train_idx, test_idx, alphas)[1]
     return jax.vmap(lambda r: _finish(r, sqrt))(r2)
 
 
@@ -214,64 +184,58 @@ def _resolve_split(n, key, train_idx, test_idx, test_size):
         return _check_split(n, train_idx, test_idx)
     if key is None:
         raise ValueError("ridge_score draws a random train/test split: pass key=jax.random.key(seed) or train_idx/test_idx")
-    if isinstance(key, int):
-        key = jax.random.key(key)
     return split_indices(key, n, test_size)
 
 
+def _check_alphas(alphas) -> tuple[float, ...]:
+    alphas = tuple(float(a) for a in np.atleast_1d(np.asarray(alphas, dtype=float)))
+    if not alphas or not all(0 < a < np.inf for a in alphas):
+        raise ValueError(f"alphas must be positive, finite regularisation strengths, got {alphas}")
+    return alphas
+
+
+@functools.partial(jax.jit, static_argnames=("alphas",))
+def _single(X, Y, train, test, alphas):
+    best, r2 = _fits(X, Y[None], train, test, alphas)
+    return best[0], r2[0]
+
+
 def ridge_r2_outputs(
-    X,
-    Y,
+    X: ArrayLike,
+    Y: ArrayLike,
     *,
     key=None,
-    train_idx=None,
-    test_idx=None,
+    train_idx: ArrayLike | None = None,
+    test_idx: ArrayLike | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     test_size: float = 0.1,
-    solver: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     """Held-out R^2 per output (t,) and the chosen alpha of ``RidgeCV`` fitted on X (n, d) -> Y (n, t)."""
     X, Y = check_pair(X, Y, min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    best, r2 = _single(X, Y, train, test, alphas, solver)
+    best, r2 = _single(X, Y, train, test, alphas)
     return r2, jnp.asarray(alphas, X.dtype)[best]
 
 
-@functools.partial(jax.jit, static_argnames=("alphas", "solver"))
-def _single(X, Y, train, test, alphas, solver):
-    a = jnp.asarray(alphas, X.dtype)
-    solver = _resolve_solver(solver, train.shape[0], X.shape[1])
-    return _evaluate(_decompose(X[train], X[test], a, solver), Y[train], Y[test], a, solver)
-
-
-def _check_alphas(alphas) -> tuple[float, ...]:
-    alphas = tuple(float(a) for a in np.atleast_1d(np.asarray(alphas, dtype=float)))
-    if not alphas or min(alphas) <= 0:
-        raise ValueError(f"alphas must be positive regularisation strengths, got {alphas}")
-    return alphas
-
-
 def ridge_score(
-    X,
-    Y,
+    X: ArrayLike,
+    Y: ArrayLike,
     *,
     key=None,
-    train_idx=None,
-    test_idx=None,
+    train_idx: ArrayLike | None = None,
+    test_idx: ArrayLike | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     test_size: float = 0.1,
     sqrt: bool = False,
-    solver: str = "auto",
 ) -> jax.Array:
     """Held-out R^2 of ``RidgeCV(alphas)`` predicting Y (n, t) from X (n, d), averaged over outputs.
 
     Args:
-      X, Y: representations of the same n stimuli.
+      X, Y: representations of the same n stimuli (any finite scale).
       key: PRNG key (or int seed) for a random ``test_size`` split; or give ``train_idx`` and ``test_idx``.
       alphas: candidate ridge strengths; one is chosen for all targets by efficient leave-one-out.
       sqrt: return ``sqrt(max(R^2, 0))`` (the reference's "correlation-like" score).
-      solver: ``"eigh"``, ``"cholesky"`` or ``"auto"`` (same numbers; see :func:`_resolve_solver`).
 
     Returns:
       A scalar; matches ``RidgeCV(alphas).fit(X[tr], Y[tr]).score(X[te], Y[te])`` (float64 sklearn) to ~1e-5.
@@ -279,14 +243,13 @@ def ridge_score(
     X, Y = check_pair(X, Y, min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Y[None], train, test, alphas, bool(sqrt), solver)[0]
+    return _many_idx(X, Y[None], train, test, alphas, bool(sqrt))[0]
 
 
 def ridge_measure(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     test_size: float = 0.1,
     sqrt: bool = False,
-    solver: str = "auto",
     split=None,
 ) -> Measure:
     """The ridge score as a :class:`Measure` (X predicts Y).
@@ -299,7 +262,6 @@ def ridge_measure(
     """
     alphas = _check_alphas(alphas)
     _split_sizes(3, test_size)  # validates the fraction
-    _resolve_solver(solver, 2, 1)  # validates the name
     if isinstance(split, (int, np.integer)) and not isinstance(split, bool):
         split = int(split)
     elif split is not None:
@@ -307,7 +269,7 @@ def ridge_measure(
             raise ValueError(f"split must be None, an int seed or a (train_idx, test_idx) pair, got {split!r}")
         split = tuple(np.asarray(s) for s in split)
         _check_split(int(max(split[0].max(initial=0), split[1].max(initial=0))) + 1, *split)
-    settings = dict(alphas=alphas, sqrt=bool(sqrt), solver=solver)
+    settings = dict(alphas=alphas, sqrt=bool(sqrt))
 
     def many(X, Ys, key):
         n = X.shape[0]
@@ -325,7 +287,7 @@ def ridge_measure(
     def pairwise_kernel(Xs, Ys, key, chunk):
         Ys = Xs if Ys is None else Ys
         keys = jax.random.split(key, Xs.shape[0])  # one split per row, shared by all k targets
-        rows = default_chunk(None, max(1, min(Xs.shape[0], chunk // Ys.shape[0])))  # rows vmapped at a time
+        rows = max(1, min(Xs.shape[0], chunk // Ys.shape[0]))  # rows vmapped at a time
         return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=rows)
 
     return Measure(
@@ -349,12 +311,19 @@ RIDGE_SQRT = ridge_measure(sqrt=True)
 
 
 def ridge_many(
-    X, Ys, *, key=None, train_idx=None, test_idx=None, alphas=DEFAULT_ALPHAS, test_size=0.1, sqrt=False, solver="auto"
-):
+    X: ArrayLike,
+    Ys: ArrayLike,
+    *,
+    key=None,
+    train_idx: ArrayLike | None = None,
+    test_idx: ArrayLike | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    test_size: float = 0.1,
+    sqrt: bool = False,
+) -> jax.Array:
     """Ridge scores of X (n, d) predicting each of Ys (k, n, t) with one split and one decomposition; (k,)."""
     Ys = check_reprs(Ys, name="ridge targets")
     X, _ = check_pair(X, Ys[0], min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Ys, train, test, alphas, bool(sqrt), solver)
-
+    return _many_idx(X, Ys, train, test, alphas, bool(sqrt))
