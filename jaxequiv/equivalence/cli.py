@@ -52,15 +52,11 @@ def _heatmap(path: Path, matrix, names, title: str, vmin=None, vmax=None) -> Non
 
 
 def _measure(name: str, fixed_split: int | None):
-    from jaxequiv.similarity import MEASURES, ridge_measure
+    from jaxequiv.similarity import get_measure
 
-    if name not in MEASURES:
-        raise ValueError(f"unknown measure {name!r}; choose one of {sorted(MEASURES)}")
-    if fixed_split is None:
-        return MEASURES[name]
-    if name not in ("ridge", "ridge_sqrt"):
+    if fixed_split is not None and name not in ("ridge", "ridge_sqrt"):
         raise ValueError(f"--fixed-split applies to the ridge measures (ridge, ridge_sqrt), not {name!r}")
-    return ridge_measure(sqrt=name == "ridge_sqrt", split=fixed_split)
+    return get_measure(name) if fixed_split is None else get_measure(name, split=fixed_split)
 
 
 def _pairwise(args) -> int:
@@ -84,38 +80,38 @@ def _pairwise(args) -> int:
     return 0
 
 
+def _labels(paths: list[str]) -> list[str]:
+    """Model names from file paths: the file stems, or the shortest path suffixes that tell them apart."""
+    parts = [Path(p).resolve().with_suffix("").parts for p in paths]
+    if len(set(parts)) < len(parts):
+        raise ValueError(f"a model file is given more than once: {paths}")
+    depth = next(t for t in range(1, max(map(len, parts)) + 1) if len({q[-t:] for q in parts}) == len(parts))
+    return ["/".join(q[-depth:]) for q in parts]
+
+
 def _congruity(args) -> int:
     import jax
-    import numpy as np
 
-    from jaxequiv.equivalence import congruity
+    from jaxequiv.equivalence import congruity_matrix
 
     if len(args.models) < 2:
         raise ValueError("congruity needs at least 2 model files (each with 'base' and 'impls')")
     measure = _measure(args.measure, args.fixed_split)
-    stems = [Path(p).stem for p in args.models]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"model files are named by their file name, and {args.models} repeat one; give each "
-                         "model file a distinct name")
+    labels = _labels(args.models)
     check_output(args.out, overwrite=args.overwrite, marker="congruity.json")
     models = {}
-    for path in args.models:
+    for name, path in zip(labels, args.models):
         arrays = read_arrays(path)
         missing = {"base", "impls"} - set(arrays)
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)}; a model file holds 'base' (N, D) and 'impls' (M, N, D)")
-        models[Path(path).stem] = (arrays["base"], arrays["impls"])
-    names = list(models)
-    k = len(names)
-    score, lo, hi = (np.full((k, k), np.nan) for _ in range(3))
-    key = jax.random.key(args.seed)
-    for i in range(k):
-        for j in range(i, k):
-            r = congruity(*models[names[i]], *models[names[j]], key=jax.random.fold_in(key, i * k + j),
-                          n_rounds=args.rounds, measure=measure, n_boot=args.boot)
-            for mat, value in ((score, r.score), (lo, r.ci_low), (hi, r.ci_high)):
-                mat[i, j] = mat[j, i] = value
-            print(f"{names[i]} vs {names[j]}: {r}")
+        models[name] = (arrays["base"], arrays["impls"])
+    result = congruity_matrix(models, key=jax.random.key(args.seed), n_rounds=args.rounds, measure=measure,
+                              n_boot=args.boot)
+    names, score, lo, hi = list(result.names), result.score, result.ci_low, result.ci_high
+    for i in range(len(names)):
+        for j in range(i, len(names)):
+            print(f"{names[i]} vs {names[j]}: {result.pair(i, j)}")
     doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "fixed_split": args.fixed_split,
            "names": names, "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
     with publishing(args.out, overwrite=args.overwrite, marker="congruity.json") as tmp:

@@ -7,15 +7,18 @@ A *unit* is a site, or one head of a site whose axes include ``"head"`` (e.g. ``
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxequiv import sites as _sites
 from jaxequiv.network import Network
+from jaxequiv.rng import as_key
 
 __all__ = ["get_impl", "patching_importance", "units_of", "parse_units"]
 
@@ -115,10 +118,39 @@ def _check_inputs(network, inputs, label):
     return jnp.asarray(inputs)
 
 
+@functools.partial(jax.jit, static_argnames=("apply", "infos", "read_sites", "units", "pool", "stacked", "chunk"))
+def _implementations(params, flags, clean, counterfactual, lengths, extra_args, *, apply, infos, read_sites, units,
+                     pool, stacked, chunk):
+    """Representations (n, batch, D) of the implementations flagged by ``flags`` (n, U) (see :func:`get_impl`).
+
+    Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)`` of the read and patched sites), ``read_sites``,
+    ``units``, ``pool``, ``stacked`` (params carry a leading member axis) and ``chunk``.
+    """
+    infos = dict(infos)
+    patch_sites = list(dict.fromkeys(u[0] for u in units))
+    batch = min(chunk, flags.shape[0])
+
+    def counterfactual_acts(p):
+        return _sites.run(apply, p, counterfactual, *extra_args, capture=patch_sites)[1] if units else {}
+
+    def represent(p, cf, flag):
+        edits = {}
+        if units:
+            masks = _site_masks(units, flag, infos)
+            edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
+        _, cap = _sites.run(apply, p, clean, *extra_args, capture=list(read_sites), edits=edits)
+        return jnp.concatenate([_pool(cap[s], infos[s], pool, lengths) for s in read_sites], axis=1)
+
+    if not stacked:  # counterfactual activations once, shared by every implementation
+        cf = counterfactual_acts(params)
+        return jax.lax.map(lambda f: represent(params, cf, f), flags, batch_size=batch)
+    return jax.lax.map(lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), (params, flags), batch_size=batch)
+
+
 def get_impl(
     network: Network,
-    clean,
-    counterfactual=None,
+    clean: ArrayLike,
+    counterfactual: ArrayLike | None = None,
     *,
     read: str | Sequence[str],
     key=None,
@@ -127,7 +159,7 @@ def get_impl(
     candidates: Sequence[str] | None = None,
     p: float = 0.5,
     pool: str = "last",
-    lengths=None,
+    lengths: ArrayLike | None = None,
     extra_args: tuple = (),
     chunk: int = 16,
 ) -> jax.Array:
@@ -152,6 +184,7 @@ def get_impl(
       pool: ``"last"`` (last token, or last real token given ``lengths``), ``"mean"`` (over real tokens) or
         ``"none"``.
       lengths: (batch,) number of real tokens per example (right padding).
+      extra_args: further array arguments of ``network.apply`` (traced).
 
     Returns:
       (n, batch, D) float array of representations.
@@ -173,9 +206,8 @@ def get_impl(
     infos = _sites.list_sites(member.apply, member.params, clean, *extra_args)
     read_sites = _sites.match(read, infos)
 
-    patching = counterfactual is not None
     units: list = []
-    if patching:
+    if counterfactual is not None:
         counterfactual = _check_inputs(network, counterfactual, "counterfactual")
         if counterfactual.shape != clean.shape:
             raise ValueError(f"counterfactual shape {counterfactual.shape} differs from clean {clean.shape}")
@@ -185,33 +217,15 @@ def get_impl(
             raise ValueError("no non-circuit unit left to patch: every candidate is in the circuit")
         if key is None:
             raise ValueError("patching draws random masks: pass key=jax.random.key(seed)")
-        key = jax.random.key(key) if isinstance(key, int) else key
-        flags = jax.random.bernoulli(key, p, (n, len(units)))
+        flags = jax.random.bernoulli(as_key(key), p, (n, len(units)))
     else:
         flags = jnp.zeros((n, 0), bool)
-    patch_sites = list(dict.fromkeys(u[0] for u in units))
-
-    def counterfactual_acts(params):
-        return _sites.run(member.apply, params, counterfactual, *extra_args, capture=patch_sites)[1] if patching else {}
-
-    def represent(params, cf, flag):
-        edits = {}
-        if patching:
-            masks = _site_masks(units, flag, infos)
-            edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
-        _, cap = _sites.run(member.apply, params, clean, *extra_args, capture=read_sites, edits=edits)
-        return jnp.concatenate([_pool(cap[s], infos[s], pool, lengths) for s in read_sites], axis=1)
-
-    @jax.jit
-    def all_impls(params, flags):
-        if stacked is None:  # counterfactual activations once, shared by every implementation
-            cf = counterfactual_acts(params)
-            return jax.lax.map(lambda f: represent(params, cf, f), flags, batch_size=min(chunk, n))
-        return jax.lax.map(
-            lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), (params, flags), batch_size=min(chunk, n)
-        )
-
-    return all_impls(network.params, flags)
+    used = dict.fromkeys([*read_sites, *(u[0] for u in units)])
+    return _implementations(
+        network.params, flags, clean, counterfactual, lengths, tuple(extra_args), apply=member.apply,
+        infos=tuple((s, infos[s]) for s in used), read_sites=tuple(read_sites), units=tuple(units), pool=pool,
+        stacked=stacked is not None, chunk=int(chunk),
+    )
 
 
 def _final(logits, positions):
@@ -223,14 +237,36 @@ def _final(logits, positions):
     return logits[jnp.arange(logits.shape[0]), idx]
 
 
+@functools.partial(jax.jit, static_argnames=("apply", "infos", "units", "output", "chunk"))
+def _importance(params, clean, base_in, src_in, positions, extra_args, *, apply, infos, units, output, chunk):
+    """Per-unit KL scores (U,) of :func:`patching_importance`: ``base_in`` run with one unit at a time replaced
+    by its value on ``src_in``. Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)``), ``units``,
+    ``output`` (or None) and ``chunk``."""
+    infos = dict(infos)
+    patch_sites = list(dict.fromkeys(u[0] for u in units))
+    to_logits = output if output is not None else (lambda o: o)
+    clean_out, _ = _sites.run(apply, params, clean, *extra_args)
+    _, src = _sites.run(apply, params, src_in, *extra_args, capture=patch_sites)
+    ref = jax.nn.log_softmax(_final(to_logits(clean_out), positions))
+
+    def one(flag):
+        masks = _site_masks(units, flag, infos)
+        edits = {s: _sites.Replace(src[s], where=masks[s]) for s in patch_sites}
+        out, _ = _sites.run(apply, params, base_in, *extra_args, edits=edits)
+        logq = jax.nn.log_softmax(_final(to_logits(out), positions))
+        return jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logq), axis=-1))
+
+    return jax.lax.map(one, jnp.eye(len(units), dtype=bool), batch_size=min(chunk, len(units)))
+
+
 def patching_importance(
     network: Network,
-    clean,
-    corrupted,
+    clean: ArrayLike,
+    corrupted: ArrayLike,
     *,
     sites: Sequence[str] | None = None,
     mode: str = "denoise",
-    positions=None,
+    positions: ArrayLike | None = None,
     extra_args: tuple = (),
     chunk: int = 64,
     output: Callable | None = None,
@@ -244,7 +280,9 @@ def patching_importance(
 
     Args:
       positions: (batch,) index of the final real token per example (default: the last position).
-      output: optional ``fn(out) -> logits`` when the network returns something else.
+      extra_args: further array arguments of ``network.apply`` (traced).
+      output: optional ``fn(out) -> logits`` when the network returns something else (a hashable function:
+        the compiled program is cached per network ``apply`` and ``output``).
 
     Returns:
       ``{site: (heads,) scores}`` (a 0-d array for sites without a head axis).
@@ -261,25 +299,10 @@ def patching_importance(
     infos = _sites.list_sites(network.apply, network.params, clean, *extra_args)
     units = units_of(infos, sites)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
-    to_logits = output if output is not None else (lambda o: o)
     base_in, src_in = (corrupted, clean) if mode == "denoise" else (clean, corrupted)
-
-    @jax.jit
-    def scores(params):
-        clean_out, _ = _sites.run(network.apply, params, clean, *extra_args)
-        _, src = _sites.run(network.apply, params, src_in, *extra_args, capture=patch_sites)
-        ref = jax.nn.log_softmax(_final(to_logits(clean_out), positions))
-
-        def one(flag):
-            masks = _site_masks(units, flag, infos)
-            edits = {s: _sites.Replace(src[s], where=masks[s]) for s in patch_sites}
-            out, _ = _sites.run(network.apply, params, base_in, *extra_args, edits=edits)
-            logq = jax.nn.log_softmax(_final(to_logits(out), positions))
-            return jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logq), axis=-1))
-
-        return jax.lax.map(one, jnp.eye(len(units), dtype=bool), batch_size=min(chunk, len(units)))
-
-    flat = scores(network.params)
+    flat = _importance(network.params, clean, base_in, src_in, positions, tuple(extra_args), apply=network.apply,
+                       infos=tuple((s, infos[s]) for s in patch_sites), units=tuple(units), output=output,
+                       chunk=int(chunk))
     out: dict[str, jax.Array] = {}
     for site in patch_sites:
         idx = np.array([i for i, u in enumerate(units) if u[0] == site])

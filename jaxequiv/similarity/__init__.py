@@ -7,8 +7,11 @@ Every measure takes ``X`` (n, d1) and ``Y`` (n, d2) whose rows are the same n st
     sim.linear_cka(X, Y, unbiased=True)
     sim.pairwise(sim.LINEAR_CKA, Xs)      # (m, m) for a stack Xs (m, n, d), one compiled call
     sim.MEASURES["procrustes"].higher_is_similar   # False: a distance
+    sim.get_measure("ridge", split=0)     # by name, with options (the CLI's --measure)
 
-``MEASURES`` maps names to :class:`Measure` objects (used by ``pairwise``, ``congruity`` and the CLI).
+``MEASURES`` maps names to :class:`Measure` objects (used by ``pairwise``, ``congruity`` and the CLI);
+:func:`get_measure` looks them up by name with options. Every measure accepts any finite float32 scale, and the
+decompositions in their kernels are safe to ``vmap`` on the CPU (:mod:`jaxequiv.similarity.numerics`).
 """
 
 from jaxequiv.similarity.base import INVARIANCES, Measure, check_pair, check_reprs
@@ -44,6 +47,7 @@ from jaxequiv.similarity.geometry import (
     svcca,
 )
 from jaxequiv.similarity.pairwise import pairwise
+from jaxequiv.similarity.registry import MEASURES, get_measure
 from jaxequiv.similarity.ridge import (
     DEFAULT_ALPHAS,
     RIDGE,
@@ -55,28 +59,10 @@ from jaxequiv.similarity.ridge import (
     split_indices,
 )
 
-MEASURES: dict[str, Measure] = {
-    m.name: m
-    for m in (
-        RIDGE,
-        RIDGE_SQRT,
-        LINEAR_CKA,
-        LINEAR_CKA_UNBIASED,
-        RBF_CKA,
-        PROCRUSTES,
-        PROCRUSTES_ANGULAR,
-        CCA,
-        SVCCA,
-        PWCCA,
-        RSA,
-        KNN,
-        D_REPR,
-    )
-}
-
 __all__ = [
     "Measure",
     "MEASURES",
+    "get_measure",
     "INVARIANCES",
     "check_pair",
     "check_reprs",
