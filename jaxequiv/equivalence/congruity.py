@@ -52,11 +52,11 @@ def _score(s_over_n):
 
 
 def _own_and_other(measure, X, own, other, key):
-    """``measure(X, own)`` and ``measure(X, other)`` with one draw of ``key`` (the same ridge split): one call
-    when both have the same width, two otherwise (models of different widths, e.g. GPT-2 vs Pythia)."""
+    """``measure(X, own)`` and ``measure(X, other)`` with one draw of ``key`` (the same ridge split and one
+    decomposition of X), also when the two have different widths (models like GPT-2 and Pythia)."""
     if own.shape == other.shape:
         return measure.many_kernel(X, jnp.stack([own, other]), key)
-    return jnp.stack([measure.many_kernel(X, own[None], key)[0], measure.many_kernel(X, other[None], key)[0]])
+    return measure.many_kernel(X, (own[None], other[None]), key)
 
 
 def _congruity_rounds(base1, impls1, base2, impls2, key, measure, n_rounds, compare_to, n_boot, chunk):
@@ -280,8 +280,8 @@ def congruity_matrix(
         for p, (i, j) in enumerate(ps):
             for mat, value in ((score, sc[p]), (lo, low[p]), (hi, high[p])):
                 mat[i, j] = mat[j, i] = value
+            ind[j, i] = np.asarray(indicators[p])[:, ::-1]  # model j as base in column 0
             ind[i, j] = indicators[p]
-            ind[j, i] = np.asarray(indicators[p])[:, ::-1]
     return CongruityMatrix(tuple(names), score, lo, hi, ind)
 
 

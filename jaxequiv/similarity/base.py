@@ -22,7 +22,8 @@ from jaxequiv.rng import as_key
 
 __all__ = ["Measure", "check_pair", "check_reprs", "default_chunk", "INVARIANCES"]
 
-# Vocabulary of declared invariances (transformations of X or Y that leave the value unchanged).
+# Vocabulary of declared invariances: transformations that leave the value unchanged whether applied to X, to Y
+# or to both.
 INVARIANCES = frozenset(
     {
         "orthogonal",  # X -> X Q with Q orthogonal
@@ -118,8 +119,9 @@ class Measure:
       symmetric: ``m(X, Y) == m(Y, X)``.
       invariances: subset of :data:`INVARIANCES`.
       min_samples: smallest ``n`` accepted.
-      one_to_many: optional jittable ``(X, Ys (k, n, d2), key) -> (k,)`` sharing work across targets (e.g. one
-        ridge decomposition of X for all targets); defaults to a vmap of ``kernel`` with the same key.
+      one_to_many: optional jittable ``(X, Ys, key) -> (k,)`` sharing work across targets (e.g. one ridge
+        decomposition of X for all targets); ``Ys`` is a tuple of target stacks ``(k_i, n, d_i)`` (widths may
+        differ) and the scores are concatenated. Defaults to a vmap of ``kernel`` with the same key.
       pairwise_kernel: optional jittable ``(Xs (m, n, d1), Ys (k, n, d2) or None for Xs, key, chunk) -> (m, k)``
         that exploits
         structure (e.g. Gram inner products for CKA); :func:`jaxequiv.similarity.pairwise` otherwise maps
@@ -156,11 +158,13 @@ class Measure:
         X, _ = check_pair(X, Ys[0], min_samples=self.min_samples, name=self.name)
         return self.many_kernel(X, Ys, self.key_for(key))
 
-    def many_kernel(self, X: jax.Array, Ys: jax.Array, key: jax.Array) -> jax.Array:
-        """Unvalidated one-to-many kernel (jittable): ``X (n, d1)``, ``Ys (k, n, d2)`` -> ``(k,)``."""
+    def many_kernel(self, X: jax.Array, Ys: jax.Array | tuple[jax.Array, ...], key: jax.Array) -> jax.Array:
+        """Unvalidated one-to-many kernel (jittable): ``X (n, d1)`` against ``Ys (k, n, d2)``, or a tuple of such
+        stacks of different widths (their scores concatenated), all with one ``key``; shape ``(k,)`` (total)."""
+        Ys = tuple(Ys) if isinstance(Ys, (tuple, list)) else (Ys,)
         if self.one_to_many is not None:
             return self.one_to_many(X, Ys, key)
-        return jax.vmap(lambda Y: self.kernel(X, Y, key))(Ys)
+        return jnp.concatenate([jax.vmap(lambda Y: self.kernel(X, Y, key))(Y) for Y in Ys])
 
     def matrix_kernel(self, Xs: jax.Array, Ys: jax.Array | None, key: jax.Array, chunk: int = 64) -> jax.Array:
         """Unvalidated all-pairs kernel (jittable): ``Xs (m, n, d1)``, ``Ys (k, n, d2)`` or ``None`` (Xs) -> (m, k).

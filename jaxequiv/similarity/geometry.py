@@ -244,8 +244,9 @@ SVCCA = Measure(
     "svcca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, 0.99, False), True, False, True, _SHAPE_INV,
     doc="SVCCA (99% variance) mean canonical correlation",
 )
-PWCCA = Measure(
-    "pwcca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, None, True), True, False, False, _SHAPE_INV,
+PWCCA = Measure(  # the weights sum over X's neurons: not invariant to rotating them
+    "pwcca", lambda X, Y, key: _cca_kernel(X, Y, 0.0, None, True), True, False, False,
+    frozenset({"isotropic_scaling", "translation", "permutation"}),
     doc="projection-weighted CCA",
 )
 RSA = Measure(

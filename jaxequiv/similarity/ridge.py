@@ -142,22 +142,22 @@ def _finish(r2, sqrt: bool):
 
 
 def _fits(X, Ys, train_idx, test_idx, alphas):
-    """Chosen-alpha indices (k,) and per-output R^2 (k, t) of X (n, d) predicting each of Ys (k, n, t) on one
-    split, with one decomposition of X. X is divided by its largest magnitude (the alphas follow, see
-    :func:`_basis`), so any finite scale works."""
+    """Per target stack ``Ys[i]`` (k_i, n, t_i): the chosen-alpha indices (k_i,) and per-output R^2 (k_i, t_i) of
+    X (n, d) predicting it on one split, all with one decomposition of X. X is divided by its largest magnitude
+    and the alphas by its square (the same fit, see :func:`_basis`), so any finite scale works."""
     s = max_abs(X)
     fmax = jnp.finfo(X.dtype)
     a = jnp.clip(jnp.asarray(alphas, X.dtype) / s / s, fmax.tiny, fmax.max)
     X = X / s
     basis = _basis(X[train_idx], X[test_idx], a)
-    return jax.vmap(lambda Y: _fit_eval(basis, Y[train_idx], Y[test_idx]))(Ys)
+    return [jax.vmap(lambda Y: _fit_eval(basis, Y[train_idx], Y[test_idx]))(Y) for Y in Ys]
 
 
 @functools.partial(jax.jit, static_argnames=("alphas", "sqrt"))
 def _many_idx(X, Ys, train_idx, test_idx, alphas, sqrt):
-    """R^2 of X (n, d) predicting each of Ys (k, n, t) on one split: shape (k,)."""
-    r2 = _fits(X, Ys, train_idx, test_idx, alphas)[1]
-    return jax.vmap(lambda r: _finish(r, sqrt))(r2)
+    """R^2 of X (n, d) predicting each target of the stacks ``Ys`` (a tuple of (k_i, n, t_i)) on one split,
+    concatenated: shape (sum k_i,)."""
+    return jnp.concatenate([jax.vmap(lambda r: _finish(r, sqrt))(r2) for _, r2 in _fits(X, Ys, train_idx, test_idx, alphas)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def _check_alphas(alphas) -> tuple[float, ...]:
 
 @functools.partial(jax.jit, static_argnames=("alphas",))
 def _single(X, Y, train, test, alphas):
-    best, r2 = _fits(X, Y[None], train, test, alphas)
+    ((best, r2),) = _fits(X, (Y[None],), train, test, alphas)
     return best[0], r2[0]
 
 
@@ -243,7 +243,7 @@ def ridge_score(
     X, Y = check_pair(X, Y, min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Y[None], train, test, alphas, bool(sqrt))[0]
+    return _many_idx(X, (Y[None],), train, test, alphas, bool(sqrt))[0]
 
 
 def ridge_measure(
@@ -271,7 +271,7 @@ def ridge_measure(
         _check_split(int(max(split[0].max(initial=0), split[1].max(initial=0))) + 1, *split)
     settings = dict(alphas=alphas, sqrt=bool(sqrt))
 
-    def many(X, Ys, key):
+    def many(X, Ys, key):  # Ys: a tuple of target stacks (see Measure.one_to_many)
         n = X.shape[0]
         if split is None:
             rows = split_indices(key, n, test_size)
@@ -282,13 +282,13 @@ def ridge_measure(
         return _many_idx(X, Ys, *rows, **settings)
 
     def kernel(X, Y, key):
-        return many(X, Y[None], key)[0]
+        return many(X, (Y[None],), key)[0]
 
     def pairwise_kernel(Xs, Ys, key, chunk):
         Ys = Xs if Ys is None else Ys
         keys = jax.random.split(key, Xs.shape[0])  # one split per row, shared by all k targets
         rows = max(1, min(Xs.shape[0], chunk // Ys.shape[0]))  # rows vmapped at a time
-        return jax.lax.map(lambda xk: many(xk[0], Ys, xk[1]), (Xs, keys), batch_size=rows)
+        return jax.lax.map(lambda xk: many(xk[0], (Ys,), xk[1]), (Xs, keys), batch_size=rows)
 
     return Measure(
         name="ridge_sqrt" if sqrt else "ridge",
@@ -296,7 +296,7 @@ def ridge_measure(
         higher_is_similar=True,
         is_metric=False,
         symmetric=False,
-        invariances=frozenset({"orthogonal", "translation"}),
+        invariances=frozenset({"translation"}),  # X Q alone is invariant, Y Q is not (R^2 averaged over outputs)
         min_samples=3,
         one_to_many=many,
         pairwise_kernel=pairwise_kernel,
@@ -326,4 +326,4 @@ def ridge_many(
     X, _ = check_pair(X, Ys[0], min_samples=3, name="ridge_score")
     alphas = _check_alphas(alphas)
     train, test = _resolve_split(X.shape[0], key, train_idx, test_idx, test_size)
-    return _many_idx(X, Ys, train, test, alphas, bool(sqrt))
+    return _many_idx(X, (Ys,), train, test, alphas, bool(sqrt))

@@ -12,7 +12,10 @@ from flax import nnx
 from jaxequiv import Network, Replace, run
 from jaxequiv import equivalence as eq
 from jaxequiv import similarity as sim
+from jaxequiv.equivalence import impl
+from jaxequiv.equivalence.congruity import _congruity_rounds
 from jaxequiv.models.transformer import Transformer, TransformerConfig
+from tests.lapack import batched_lapack_calls
 
 CFG = TransformerConfig(vocab_size=11, n_layer=2, n_head=4, d_model=16, n_ctx=8)
 
@@ -61,6 +64,17 @@ def test_get_impl_matches_manual_patch_and_pools(net, tokens):
     np.testing.assert_allclose(np.asarray(last[0]), r[np.arange(6), np.asarray(lengths) - 1], rtol=1e-5, atol=1e-6)
     want = np.stack([r[i, :L].mean(0) for i, L in enumerate(np.asarray(lengths))])
     np.testing.assert_allclose(np.asarray(mean[0]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_get_impl_and_patching_importance_compile_once_per_network(net, tokens):
+    clean, cf = tokens
+    eq.get_impl(net, clean, cf, read="h.1", key=0, n=2)
+    eq.patching_importance(net, clean, cf)
+    sizes = impl._implementations._cache_size(), impl._importance._cache_size()
+    again = eq.get_impl(net, clean, cf, read="h.1", key=1, n=2)  # new masks, same program
+    eq.patching_importance(net, cf, clean)
+    assert (impl._implementations._cache_size(), impl._importance._cache_size()) == sizes
+    assert again.shape == (2, 6, 16)
 
 
 def test_get_impl_from_stacked_parameter_sets(tokens):
@@ -219,3 +233,98 @@ def test_default_chunk_is_unbatched_on_cpu():
     assert default_chunk(None, 64) == (1 if jax.default_backend() == "cpu" else 64)
     with pytest.raises(ValueError, match="chunk"):
         default_chunk(0, 64)
+
+
+@pytest.mark.timeout(300)
+def test_congruity_of_models_of_different_widths_in_the_regime_that_hung():
+    """Issue 13.0: the default ridge measure, N = 200 > D, widths 96 and 160: batched LAPACK Cholesky factors (one
+    per alpha) of two fits in flight deadlocked XLA's CPU pool. The fits now run unbatched LAPACK calls only."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 8))
+    a = np.stack([z @ rng.normal(size=(8, 96)) + rng.normal(size=(200, 96)) for _ in range(4)]).astype(np.float32)
+    b = np.stack([z @ rng.normal(size=(8, 160)) + rng.normal(size=(200, 160)) for _ in range(4)]).astype(np.float32)
+    r = eq.congruity(a[0], a[1:], b[0], b[1:], key=0, n_rounds=6, n_boot=20)
+    assert r.indicators.shape == (6, 2) and 0.0 <= r.score <= 1.0
+    for chunk in (1, 3):  # rounds one at a time or vmapped: no batched LAPACK call either way
+        def rounds(b1, i1, b2, i2):
+            return _congruity_rounds(b1, i1, b2, i2, jax.random.key(0), sim.RIDGE, 6, "implementation", 20, chunk)
+
+        assert not batched_lapack_calls(rounds, a[0], a[1:], b[0], b[1:])
+
+
+def _models(seed, n=60):
+    a, a2, b = _planted(seed, n=n, m=5)
+    wide = np.concatenate([b, b[..., :3]], axis=-1)[:4]  # D = 11 and M = 4: a shape group of its own
+    return {"a": (a[0], a[1:]), "a2": (a2[0], a2[1:]), "wide": (wide[0], wide[1:])}
+
+
+@pytest.mark.parametrize("measure,names", [(sim.RIDGE, ["a", "a2"]), (sim.LINEAR_CKA, ["a", "a2", "wide"])],
+                         ids=["ridge", "linear_cka"])
+def test_congruity_matrix_equals_the_loop_over_pairs(measure, names):
+    """Pairs of one shape group run as one vmap (ridge: a fresh split per round; CKA: each pair scored once),
+    models of another width in a group of their own."""
+    models = {k: v for k, v in _models(6).items() if k in names}
+    k = len(names)
+    key = jax.random.key(11)
+    kw = dict(n_rounds=12, n_boot=50, measure=measure)
+    m = eq.congruity_matrix(models, key=key, **kw)
+    assert m.names == tuple(names) and m.score.shape == (k, k) and m.indicators.shape == (k, k, 12, 2)
+    for i in range(k):
+        for j in range(i, k):
+            r = eq.congruity(*models[names[i]], *models[names[j]], key=jax.random.fold_in(key, i * k + j), **kw)
+            np.testing.assert_array_equal(m.indicators[i, j], r.indicators)
+            if i < j:
+                np.testing.assert_array_equal(m.indicators[j, i], r.indicators[:, ::-1])
+            assert (m.score[i, j], m.ci_low[i, j], m.ci_high[i, j]) == (r.score, r.ci_low, r.ci_high)
+            assert m.score[j, i] == r.score and m.pair(i, j).score == r.score
+    assert m.score[0, 1] >= 0.5  # a and a2 share a latent
+    if k == 3:
+        assert m.score[0, 2] <= 0.2  # "wide" does not
+
+
+def test_congruity_matrix_never_batches_lapack_and_rejects_bad_input():
+    models = _models(7, n=40)
+    stacks = [(jnp.stack([models["a"][0], models["a2"][0]]), jnp.stack([models["a"][1], models["a2"][1]])),
+              (models["wide"][0][None], models["wide"][1][None])]
+    pairs = [tuple(jnp.array(v, jnp.int32) for v in ([0, 0, 1], [0, 1, 1], [0, 0, 1], [0, 1, 1])),
+             tuple(jnp.array(v, jnp.int32) for v in ([0, 1], [2, 2], [0, 1], [0, 0]))]
+    from jaxequiv.equivalence.congruity import _matrix_kernel
+
+    def matrix(stacks, pairs):
+        return _matrix_kernel.__wrapped__(stacks, pairs, jax.random.key(0), ((0, 0), (0, 1)), sim.RIDGE, 4,
+                                          "implementation", 10, 2)
+
+    assert not batched_lapack_calls(matrix, stacks, pairs)  # pairs and rounds vmapped, decompositions in a loop
+    seq = eq.congruity_matrix(list(models.values()), key=0, names=["x", "y", "z"], n_rounds=4, n_boot=10,
+                              measure=sim.LINEAR_CKA)
+    assert seq.names == ("x", "y", "z")
+    with pytest.raises(ValueError, match="unique"):
+        eq.congruity_matrix(list(models.values()), key=0, names=["x", "x", "z"])
+    with pytest.raises(ValueError, match="same N"):
+        eq.congruity_matrix({"a": models["a"], "short": (models["a"][0][:30], models["a"][1][:, :30])}, key=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        eq.congruity_matrix({"a": (models["a"][0], models["a"][1][:1])}, key=0)
+    with pytest.raises(ValueError, match="pair"):
+        eq.congruity_matrix({"a": models["a"][0]}, key=0)
+    with pytest.raises(TypeError, match="key"):
+        eq.congruity_matrix(models, key="0")
+
+
+def test_equiv_cli_keeps_models_with_the_same_file_name_apart(tmp_path, capsys):
+    """Issue 13.7: ``a/m.npz`` and ``b/m.npz`` were both named "m" and one model was scored against itself."""
+    import json
+
+    from jaxequiv.cli import main
+
+    models = _models(8, n=40)
+    for folder, name in (("a", "a"), ("b", "wide")):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "m.npz", base=models[name][0], impls=models[name][1])
+    args = ["equiv", "congruity", str(tmp_path / "a" / "m.npz"), str(tmp_path / "b" / "m.npz"), "--rounds", "20",
+            "--boot", "20", "--measure", "linear_cka"]
+    assert main(args + ["--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "congruity.json").read_text())
+    assert doc["names"] == ["a/m", "b/m"]
+    assert doc["congruity"][0][1] <= 0.2  # two different models, not one model against itself (~1)
+    assert main(args[:3] + [str(tmp_path / "a" / "m.npz")] * 2 + ["--out", str(tmp_path / "o2")]) == 2
+    assert "more than once" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jax
@@ -217,6 +217,79 @@ def test_constant_and_tiny_inputs_give_documented_values():
     tiny = float(sim.linear_cka(X * 1e-25, Y))
     assert tiny == pytest.approx(float(sim.linear_cka(X, Y)), rel=1e-5)
     assert np.isfinite(float(sim.ridge_score(X * 1e-20, Y, key=0)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scale: every measure works at any finite float32 scale (inputs are normalised before any product)
+
+SCALE_FREE = sorted(n for n, m in sim.MEASURES.items() if "isotropic_scaling" in m.invariances)
+
+
+def _value(name, X, Y):
+    return float(sim.MEASURES[name](X, Y, key=0))
+
+
+@pytest.mark.parametrize("name", SCALE_FREE + ["d_repr"])
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000), kx=st.integers(-100, 100), ky=st.integers(-100, 100))
+@example(seed=0, kx=-66, ky=63).via("1e-20 and 1e19")
+def test_power_of_two_scales_give_the_same_value_bit_for_bit(name, seed, kx, ky):
+    """Scaling by 2^k is exact in float32, so a scale-free measure must return exactly the same number (and
+    d_repr, which is homogeneous, exactly 2^k times it), from 2^-100 to 2^100."""
+    X, Y = _data(24, 6, 5, seed=seed)
+    if name == "d_repr":
+        assert float(sim.d_repr(np.ldexp(X, kx), np.ldexp(Y, kx))) == np.ldexp(float(sim.d_repr(X, Y)), kx)
+    else:
+        assert _value(name, np.ldexp(X, kx), np.ldexp(Y, ky)) == _value(name, X, Y)
+
+
+@pytest.mark.parametrize("name", sorted(sim.MEASURES))
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000), decade=st.integers(-20, 19))
+@example(seed=1, decade=-20).via("the smallest scale of the issue")
+@example(seed=1, decade=19).via("the largest scale of the issue")
+def test_declared_invariances_hold_at_every_scale(name, seed, decade):
+    """At scale c = 10^decade (1e-20 .. 1e19), each declared invariance moves the value by float rounding only
+    (scale-free measures: also against the unit-scale value; d_repr: homogeneous of degree 1)."""
+    m = sim.MEASURES[name]
+    c = np.float32(10.0**decade)
+    X, Y = _data(24, 6, 5, seed=seed)
+    cX, cY = X * c, Y * c
+    tol = 1e-3 if name == "d_repr" else 2e-4  # d_repr: a fixed number of FISTA steps
+    base = float(m(cX, cY, key=0))
+    assert np.isfinite(base)
+    moved = {
+        "orthogonal": (cX @ _orth(6, seed + 1), cY @ _orth(5, seed + 2)),
+        "translation": (cX + c * np.float32(3.0), cY - c * np.float32(2.0)),
+        "isotropic_scaling": (cX * np.float32(37.0), cY / np.float32(3.0)),
+        "permutation": (cX[:, ::-1], cY[:, ::-1]),
+    }
+    for inv in sorted(m.invariances & set(moved)):
+        got = float(m(*moved[inv], key=0))
+        assert abs(got - base) <= tol * max(1.0, abs(base)), (inv, got, base)
+    if "isotropic_scaling" in m.invariances:
+        assert abs(base - float(m(X, Y, key=0))) <= tol
+    if name == "d_repr":
+        assert base == pytest.approx(float(c) * float(m(X, Y)), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # scikit-learn's own LOO at extreme scales
+@pytest.mark.parametrize("n,d", [(60, 8), (30, 40)])  # covariance form (n_train > d) and Gram form
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), dx=st.integers(-20, 19), dy=st.integers(-20, 19))
+@example(seed=0, dx=-20, dy=0).via("scikit-learn gives -2.88-like negative R^2 here, not 1")
+@example(seed=0, dx=19, dy=19).via("the largest scale of the issue")
+def test_ridge_matches_sklearn_at_every_scale(n, d, seed, dx, dy):
+    """Ridge is not scale-invariant (the alphas are absolute): it must give scikit-learn's float64 answer for the
+    same float32 data at every scale, e.g. the mean-only fit when every alpha dominates X'X."""
+    X, Y = _data(n, d, 3, seed=seed)
+    X, Y = X * np.float32(10.0**dx), Y * np.float32(10.0**dy)
+    tr, te = train_test_split(np.arange(n), test_size=0.1, random_state=seed)
+    ref = RidgeCV(alphas=(0.1, 1.0, 10.0)).fit(X[tr].astype(np.float64), Y[tr].astype(np.float64))
+    expected = ref.score(X[te].astype(np.float64), Y[te].astype(np.float64))
+    assert np.isfinite(expected)
+    got = float(sim.ridge_score(X, Y, train_idx=tr, test_idx=te))
+    assert abs(got - expected) <= 1e-4 * max(1.0, abs(expected)), (got, expected)
 
 
 # ---------------------------------------------------------------------------------------------------------
