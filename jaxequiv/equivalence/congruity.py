@@ -20,7 +20,6 @@ from jax.typing import ArrayLike
 
 from jaxequiv.rng import as_key
 from jaxequiv.similarity import RIDGE, Measure, check_pair, check_reprs
-from jaxequiv.similarity.base import default_chunk
 
 __all__ = ["congruity", "CongruityResult", "congruity_matrix", "CongruityMatrix", "distinguishability_grid"]
 
@@ -104,6 +103,12 @@ def _check_settings(measure, compare_to, n_rounds, n_boot, ci, where):
         raise ValueError(f"need n_rounds >= 1, n_boot >= 1 and 0 < ci < 1; got {n_rounds}, {n_boot}, {ci}")
 
 
+def _check_chunk(chunk) -> int:
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return int(chunk)
+
+
 def _check_model(base, impls, measure, label):
     impls = check_reprs(impls, name=f"{label} impls", min_count=2)
     base, _ = check_pair(base, impls[0], min_samples=measure.min_samples, name=f"{label} base")
@@ -128,7 +133,7 @@ def congruity(
     compare_to: str = "implementation",
     n_boot: int = 1000,
     ci: float = 0.95,
-    chunk: int | None = None,
+    chunk: int = 64,
 ) -> CongruityResult:
     """Congruity of two models from representations of the models and of their implementations.
 
@@ -145,7 +150,8 @@ def congruity(
       key: PRNG key (or int); the result is exact for a given key.
       measure: a :class:`~jaxequiv.similarity.Measure` (ridge R^2 by default; distances are handled).
       n_boot, ci: bootstrap resamples of rounds and the percentile interval's coverage.
-      chunk: rounds evaluated per vmapped batch (memory knob); default see :func:`jaxequiv.similarity.base.default_chunk`.
+      chunk: rounds evaluated per vmapped batch (the memory knob). Decompositions inside run one matrix at a time
+        on the CPU whatever the chunk (:mod:`jaxequiv.similarity.numerics`).
     """
     _check_settings(measure, compare_to, n_rounds, n_boot, ci, "congruity")
     base1, impls1 = _check_model(base1, impls1, measure, "congruity model 1")
@@ -153,7 +159,7 @@ def congruity(
     if base1.shape[0] != base2.shape[0]:
         raise ValueError(f"congruity: both models need the same N stimuli, got {base1.shape[0]} and {base2.shape[0]}")
     score, boots, ind = _congruity_kernel(
-        base1, impls1, base2, impls2, as_key(key), measure, int(n_rounds), compare_to, int(n_boot), default_chunk(chunk, 64)
+        base1, impls1, base2, impls2, as_key(key), measure, int(n_rounds), compare_to, int(n_boot), _check_chunk(chunk)
     )
     lo, hi = _interval(boots, ci)
     return CongruityResult(float(score), float(lo), float(hi), np.asarray(ind))
@@ -218,7 +224,7 @@ def congruity_matrix(
     compare_to: str = "implementation",
     n_boot: int = 1000,
     ci: float = 0.95,
-    chunk: int | None = None,
+    chunk: int = 64,
 ) -> CongruityMatrix:
     """:func:`congruity` of every pair of models (each with itself on the diagonal), in one compiled call.
 
@@ -272,7 +278,7 @@ def congruity_matrix(
                                                          [position[p[0]] for p in ps], [position[p[1]] for p in ps]))
                   for ps in by_groups.values())
     out = _matrix_kernel(stacks, pairs, as_key(key), groups, measure, int(n_rounds), compare_to, int(n_boot),
-                         default_chunk(chunk, 64))
+                         _check_chunk(chunk))
     score, lo, hi = (np.zeros((k, k)) for _ in range(3))
     ind = np.zeros((k, k, int(n_rounds), 2))
     for ps, (sc, boots, indicators) in zip(by_groups.values(), out):
@@ -326,7 +332,7 @@ def distinguishability_grid(
     measure: Measure = RIDGE,
     z: float = 1.96,
     distinct: bool = False,
-    chunk: int | None = None,
+    chunk: int = 32,
 ) -> jax.Array:
     """The toy task's statistic: for each ordered pair (a, b) of interpretations, the fraction of ``straps``
     bootstrap rounds in which a one-sided z-test says a's implementations are closer to each other than to b's.
@@ -344,8 +350,7 @@ def distinguishability_grid(
       reprs: (A, M, N, D): M implementations of each of A interpretations on the same N stimuli.
       distinct: forbid X' == X (the reference allows it; then ``within`` is often a self-fit, R^2 ~ 1, which
         makes even identical interpretations look distinguishable).
-      chunk: trials per vmapped batch for a measure that needs a key (memory knob); default see
-        :func:`jaxequiv.similarity.base.default_chunk`.
+      chunk: trials per vmapped batch for a measure that needs a key (the memory knob).
 
     Returns:
       (A, A) array of rejection rates in [0, 1]; row a is the base interpretation.
@@ -366,4 +371,4 @@ def distinguishability_grid(
         raise ValueError(f"straps and trials must be >= 1, got {straps} and {trials}")
     if np.dtype(reprs.dtype).kind != "f":
         reprs = reprs.astype(jnp.float32)
-    return _grid_kernel(reprs, as_key(key), measure, int(straps), int(trials), float(z), bool(distinct), default_chunk(chunk, 32))
+    return _grid_kernel(reprs, as_key(key), measure, int(straps), int(trials), float(z), bool(distinct), _check_chunk(chunk))

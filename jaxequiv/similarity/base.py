@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 
 from jaxequiv.rng import as_key
 
-__all__ = ["Measure", "check_pair", "check_reprs", "default_chunk", "INVARIANCES"]
+__all__ = ["Measure", "check_pair", "check_reprs", "INVARIANCES"]
 
 # Vocabulary of declared invariances: transformations that leave the value unchanged whether applied to X, to Y
 # or to both.
@@ -93,18 +93,6 @@ def check_reprs(Xs: ArrayLike, *, name: str = "reprs", min_count: int = 1) -> ja
     if _is_concrete(Xs) and not bool(jnp.all(jnp.isfinite(Xs))):
         raise ValueError(f"{name}: contains NaN or Inf; clean or drop those rows first")
     return Xs
-
-
-def default_chunk(chunk: int | None, accelerator_default: int) -> int:
-    """Fits per vmapped batch: ``chunk`` if given, else ``accelerator_default`` on GPU/TPU and 1 on the CPU.
-
-    On the CPU, a batched (vmapped) LAPACK ``eigh`` queues its work on the XLA thread pool its callers already
-    occupy and was seen to deadlock under load; unbatched fits cost little on a few cores."""
-    if chunk is not None:
-        if int(chunk) < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        return int(chunk)
-    return 1 if jax.default_backend() == "cpu" else accelerator_default
 
 
 @dataclasses.dataclass(frozen=True)

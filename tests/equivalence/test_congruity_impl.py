@@ -224,15 +224,8 @@ def test_congruity_and_grid_bad_input():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         eq.distinguishability_grid(bad, key=0)
-
-
-def test_default_chunk_is_unbatched_on_cpu():
-    from jaxequiv.similarity.base import default_chunk
-
-    assert default_chunk(7, 64) == 7
-    assert default_chunk(None, 64) == (1 if jax.default_backend() == "cpu" else 64)
     with pytest.raises(ValueError, match="chunk"):
-        default_chunk(0, 64)
+        eq.congruity(a[0], a[1:], b[0], b[1:], key=0, chunk=0)
 
 
 @pytest.mark.timeout(300)

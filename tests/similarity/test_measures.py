@@ -457,6 +457,26 @@ def test_measure_metadata_and_registry():
         sim.Measure("x", lambda X, Y, k: 0.0, True, False, True, frozenset({"magic"}))
 
 
+def test_get_measure_by_name_and_options():
+    assert all(sim.get_measure(name) is m for name, m in sim.MEASURES.items())
+    fixed = sim.get_measure("ridge", split=3)
+    assert fixed is sim.get_measure("ridge", split=3) and not fixed.needs_key  # cached: jitted callers compile once
+    X, Y = _data(40, 5, 3, seed=16)
+    assert float(fixed(X, Y)) == float(sim.ridge_measure(split=3)(X, Y))
+    assert sim.get_measure("ridge_sqrt", split=3).name == "ridge_sqrt"
+    tr, te = np.arange(4, 40), np.arange(4)
+    assert float(sim.get_measure("ridge", split=(tr, te))(X, Y)) == float(sim.ridge_score(X, Y, train_idx=tr, test_idx=te))
+    assert float(sim.get_measure("rbf_cka", sigma_frac=0.5)(X, Y)) == float(sim.rbf_cka(X, Y, sigma_frac=0.5))
+    with pytest.raises(ValueError, match="unknown measure 'cka'; choose one of cca, d_repr, knn, linear_cka"):
+        sim.get_measure("cka")
+    with pytest.raises(ValueError, match="'linear_cka' takes no options; got split"):
+        sim.get_measure("linear_cka", split=0)
+    with pytest.raises(ValueError, match="takes only alphas, test_size, split; got k"):
+        sim.get_measure("ridge", k=3)
+    with pytest.raises(TypeError, match="string"):
+        sim.get_measure(sim.RIDGE)
+
+
 def test_bad_input_errors():
     X, Y = _data(10, 3, 3)
     with pytest.raises(ValueError, match="same number of rows"):
