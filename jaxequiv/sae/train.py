@@ -13,8 +13,9 @@ auxiliary loss only on steps where some SAE of it needs it (a group of one runs 
 
 On many devices (``mesh`` with axes ``stack`` and ``data``, :func:`jaxequiv.distributed.make_mesh`) each group's
 SAEs are split over ``stack`` (a group is padded with copies of its last SAE to a multiple of the axis size; the
-copies are dropped) and every batch over ``data``; results equal the one-device run up to the order of the batch
-sums.
+copies are dropped) and every batch over ``data``; a lone SAE splits its dictionary (latent axis) over ``stack``
+instead, for dictionaries bigger than one device, its top-k selections still exact. Results equal the one-device
+run up to the order of the sums.
 
 Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state is
 checkpointed with orbax (:mod:`jaxequiv.sae.checkpoint`) every ``checkpoint_every`` steps, and a restarted run
@@ -285,11 +286,24 @@ class _Placement:
     def _stack_axis(self, size: int) -> str | None:
         return self.stack_axis if size % self.stack == 0 else None  # a lone SAE: replicated over stack
 
-    def stacked(self, tree, size: int):
-        """Place a pytree whose leaves stack ``size`` SAEs on their leading axis."""
+    def stacked(self, tree, size: int, d_sae: int):
+        """Place a pytree whose leaves stack ``size`` SAEs of ``d_sae`` latents on their leading axis: split over
+        ``stack``, or, for a lone SAE, with its latent axis split over ``stack`` (a dictionary bigger than one
+        device; the top-k selections stay exact)."""
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, self._sharding(self._stack_axis(size)))
+        axis = self._stack_axis(size)
+        if axis is None and self.stack > 1 and d_sae % self.stack == 0:
+            return jax.tree_util.tree_map(lambda a: jax.device_put(a, self._latents(np.shape(a), d_sae)), tree)
+        return jax.device_put(tree, self._sharding(axis))
+
+    def _latents(self, shape, d_sae):
+        """The sharding of a lone SAE's leaf: its last axis of size d_sae (after the stack axis) over stack."""
+        spec = [None] * len(shape)
+        axes = [i for i in range(1, len(shape)) if shape[i] == d_sae]
+        if axes:
+            spec[axes[-1]] = self.stack_axis
+        return self._sharding(*spec)
 
     def batches(self, x: np.ndarray, per_sae: bool) -> jax.Array:
         """(T, B, d) or, per SAE, (T, G, B, d) host batches on the devices."""
@@ -377,7 +391,7 @@ class _Run:
         return _read_chunk(self.streams, self.source_of, self.groups, start, stop, self.place)
 
     def no_failures(self):
-        return tuple(self.place.stacked(jnp.full((len(g.members),), -1, jnp.int32), len(g.members))
+        return tuple(self.place.stacked(jnp.full((len(g.members),), -1, jnp.int32), len(g.members), 0)
                      for g in self.groups)
 
 
@@ -410,7 +424,7 @@ def _prepare(configs, data, seeds, settings: TrainSettings, mesh: Mesh | None) -
     carry = []
     for g in groups:
         cfg, keys, trio = _init_group([configs[i] for i in g.members], [seeds[i] for i in g.members], tx)
-        carry.append(place.stacked((cfg, keys, trio), len(g.members)))
+        carry.append(place.stacked((cfg, keys, trio), len(g.members), configs[g.members[0]].d_sae))
     return _Run(configs, seeds, sources, source_of, streams, total, place, chunk_fn, groups, carry)
 
 
@@ -444,7 +458,7 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
       callback: ``callback(step, entry)`` after every logged chunk (entry: per-SAE lists of loss/mse/l0/dead).
       progress: show a progress bar (see :func:`jaxequiv.io.progress_bar`).
       mesh: a device mesh (:func:`jaxequiv.distributed.make_mesh`): the SAEs of a group are split over its
-        ``stack`` axis and each batch over ``data`` (batch_size must divide evenly).
+        ``stack`` axis (a lone SAE: its latents) and each batch over ``data`` (batch_size must divide evenly).
     Returns:
       one :class:`TrainResult` per config, in order.
     Raises:
@@ -460,10 +474,12 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
             prints = [fingerprint(d) for d in run.sources]
             identity = _identity(configs, seeds, settings, [prints[s] for s in run.source_of])
             if ckpt.latest_step() is not None:
-                template = tuple(place.stacked(_unpad(c[2], g.size), g.size) for g, c in zip(groups, carry))
+                template = tuple(place.stacked(_unpad(c[2], g.size), g.size, configs[g.members[0]].d_sae)
+                                 for g, c in zip(groups, carry))
                 names = [f"SAE {i} ({c.name}, seed {s})" for i, (c, s) in enumerate(zip(configs, seeds))]
                 trios, start, history = ckpt.restore(template, identity, names)
-                carry = [(c[0], c[1], place.stacked(_pad(t, len(g.members)), len(g.members)))
+                carry = [(c[0], c[1], place.stacked(_pad(t, len(g.members)), len(g.members),
+                                                    configs[g.members[0]].d_sae))
                          for g, c, t in zip(groups, carry, trios)]
                 saved_step = start
         carry = tuple(carry)

@@ -296,21 +296,21 @@ def test_damaged_checkpoints_are_refused_with_a_hint(tmp_path):
 
 
 def test_sharded_training_equals_one_device():
-    """8 fake CPU devices (tests/conftest.py): SAEs split over ``stack`` (a group of 3 padded to 4, a lone SAE
-    replicated), batches over ``data``; results equal the one-device run up to the order of the batch sums, and
-    the compiled step only reduces across devices (no all-gather of either axis). BatchTopK, whose selection
-    spans the whole batch, is checked apart: it gathers its candidates."""
+    """8 fake CPU devices (tests/conftest.py): SAEs split over ``stack`` (groups of 3 and 2 padded to 4), batches over
+    ``data``; results equal the one-device run up to the order of the batch sums, and the compiled step only
+    reduces across devices (no all-gather of either axis). A lone SAE splits its latent axis over ``stack``
+    instead (BatchTopK: its batch-wide top-k over a batch and a dictionary both split stays exact)."""
     from jaxequiv.distributed import assert_no_gather, make_mesh
     from jaxequiv.sae.train import compiled_chunk
 
     xs = [_sparse_data(n=128, seed=i) for i in range(3)]
     cfgs = [sae.STSAE(d_in=D, d_sae=D, theta=t, l1=0.0) for t in (0.3, 0.4, 0.5)] + [
-        sae.TopK(d_in=D, d_sae=2 * D, k=2, dead_steps=4)]
-    data, seeds = [xs[0], xs[1], xs[2], xs[0]], [1, 2, 3, 4]
+        sae.TopK(d_in=D, d_sae=2 * D, k=2, dead_steps=4, aux_coef=a) for a in (1 / 32, 0.5)]
+    data, seeds = [xs[0], xs[1], xs[2], xs[0], xs[1]], [1, 2, 3, 4, 5]
     st_ = dataclasses.replace(S, steps=20, data_seed=0)
     mesh = make_mesh(stack=4, data=2)
     btk = sae.BatchTopK(d_in=D, d_sae=2 * D, k=2)
-    for cs, ds, ss in ((cfgs, data, seeds), ([btk], xs[1], [5])):
+    for cs, ds, ss in ((cfgs, data, seeds), ([btk], xs[1], [6])):
         one = sae.train_many(cs, ds, seeds=ss, settings=st_)
         many = sae.train_many(cs, ds, seeds=ss, settings=st_, mesh=mesh)
         for a, b in zip(one, many):
@@ -320,6 +320,7 @@ def test_sharded_training_equals_one_device():
             np.testing.assert_allclose([h["loss"] for h in b.history], [h["loss"] for h in a.history], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(many[0].state["threshold"]), np.asarray(one[0].state["threshold"]),
                                rtol=1e-5, atol=1e-6)
+    assert {s.data.shape for s in many[0].params["W_dec"].addressable_shards} == {(2 * D // 4, D)}
     assert_no_gather(compiled_chunk(cfgs, data, seeds=seeds, settings=st_, mesh=mesh), mesh)  # compiled already
     with pytest.raises(ValueError, match="does not split over the 2 devices"):
         sae.train_many(cfgs[:1], data[:1], seeds=[1], settings=dataclasses.replace(st_, batch_size=31), mesh=mesh)
