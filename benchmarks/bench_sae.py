@@ -41,12 +41,12 @@ def _jax_steps(cfg, x, steps, lr=1e-4):
     tx, chunk = _chunk_fn(st, 10**6, 1)
     c, keys, trio = _init_group([cfg], [0], tx)
     params0 = jax.tree_util.tree_map(lambda a: a[0], trio[0])
-    carry = [((c, keys, trio),)]
+    carry = [(c, keys, trio)]
     xs = jnp.broadcast_to(jnp.asarray(x), (steps,) + x.shape)
-    bad = (jnp.full((1,), -1, jnp.int32),)
+    bad = jnp.full((1,), -1, jnp.int32)
 
     def run():
-        g, _, m = chunk(carry[0], bad, (xs,), jnp.arange(steps, dtype=jnp.int32))
+        g, _, m = chunk(carry[0], bad, xs, jnp.arange(steps, dtype=jnp.int32))
         jax.block_until_ready(g)
         carry[0] = g
 

@@ -2,10 +2,11 @@
 
 ``train_many`` trains SAEs on one shared (N, d) array or on one array per SAE (CODEC's one SAE per layer). Configs
 with equal static fields (variant, widths, k, ...) form a group: their configs, params, optimiser states and
-statistics are stacked and the step is ``jax.vmap``-ed, each SAE reading its own data; all groups advance together
-in one jitted ``lax.scan`` over a chunk of steps. At every step every SAE reads the same row indices (one shuffle,
-``data_seed``; the data must all have N rows), each from its own array, so SAEs that share data share batches
-and lock-step training stays one program. Each SAE's ``seed`` sets its initial weights and its dropout stream.
+statistics are stacked and the step is ``jax.vmap``-ed, each SAE reading its own data; each group runs a chunk of
+steps as one jitted ``lax.scan`` (one compiled program per kind of group, reused by every run with such a group),
+and all groups advance chunk by chunk. At every step every SAE reads the same row indices (one shuffle,
+``data_seed``; the data must all have N rows), each from its own array, so SAEs that share data share batches.
+Each SAE's ``seed`` sets its initial weights and its dropout stream.
 ``train`` is ``train_many`` of one SAE. Under ``vmap`` a ``lax.cond`` runs both branches, so for a variant with an
 auxiliary loss that is usually off (``has_aux_loss``: TopK's AuxK) a group asks ``aux_needed(state)`` and runs the
 auxiliary loss only on steps where some SAE of it needs it (a group of one runs unbatched, where the variant's own
@@ -49,7 +50,7 @@ from jaxequiv.sae.data import BatchStream, fingerprint, sample_rows
 from jaxequiv.sae.interface import SAE
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "FitWarning", "train", "train_many",
-           "compiled_chunk", "make_optimizer", "codec_sweep"]
+           "compiled_chunks", "make_optimizer", "codec_sweep"]
 
 
 class FitWarning(UserWarning):
@@ -164,10 +165,11 @@ def _init_group(cfgs, seeds, tx):
 
 
 def _chunk_fn(settings: TrainSettings, total: int, steps_per_epoch: int, sharded: bool = False):
-    """Optimiser and jit(carry, bad, xs, steps) -> (carry, bad, sums): a scan of vmapped steps over every group.
+    """Optimiser and jit(group, bad, xs, steps) -> (group, bad, sums): a scan of one group's vmapped steps.
     Runs whose settings differ only in what the compiled step does not read (length, batch size, seeds,
-    logging) share one cached function, hence its compiled code. ``sharded``: traced for inputs on a mesh
-    (top-k selections that XLA partitions, :func:`jaxequiv.sae.variants.sharded_top_k`)."""
+    logging) share one cached function, hence the compiled code of every group kind (variant, widths, size)
+    they have in common. ``sharded``: traced for inputs on a mesh (top-k selections that XLA partitions,
+    :func:`jaxequiv.sae.variants.sharded_top_k`)."""
     decays = settings.schedule != "constant" or settings.warmup_steps > 0
     step_settings = dataclasses.replace(settings, steps=1, epochs=None, batch_size=1, data_seed=None, log_every=1,
                                         checkpoint_every=None, dead_window=1)
@@ -195,37 +197,32 @@ def _compiled_chunk(settings: TrainSettings, total: int, steps_per_epoch: int, s
         return (new_params, new_opt, new_state), finite, jnp.stack([loss, out.mse, out.l0.astype(jnp.float32)])
 
     def body(carry, inp):
-        groups, bad = carry
-        xs, step = inp
-        new_groups, new_bad, mets = [], [], []
-        for (cfg, keys, trio), b, x in zip(groups, bad, xs):
-            per_sae = x.ndim == 3  # (G, B, d): each SAE its own batch; (B, d): one batch for the group
-            if b.shape[0] == 1:  # a lone SAE runs unbatched, so lax.cond (e.g. AuxK) still skips work
-                one = jax.tree_util.tree_map(lambda a: a[0], (cfg, keys, trio))
-                out = sae_step(one[0], one[1], *one[2], x[0] if per_sae else x, step)
-                new, finite, m = jax.tree_util.tree_map(lambda a: a[None], out)
+        (cfg, keys, trio), bad = carry
+        x, step = inp
+        per_sae = x.ndim == 3  # (G, B, d): each SAE its own batch; (B, d): one batch for the group
+        if bad.shape[0] == 1:  # a lone SAE runs unbatched, so lax.cond (e.g. AuxK) still skips work
+            one = jax.tree_util.tree_map(lambda a: a[0], (cfg, keys, trio))
+            out = sae_step(one[0], one[1], *one[2], x[0] if per_sae else x, step)
+            new, finite, m = jax.tree_util.tree_map(lambda a: a[None], out)
+        else:
+            group_step = lambda with_aux: jax.vmap(  # noqa: E731
+                functools.partial(sae_step, with_aux=with_aux),
+                in_axes=(0, 0, 0, 0, 0, 0 if per_sae else None, None))(cfg, keys, *trio, x, step)
+            if cfg.has_aux_loss:  # skip the auxiliary loss unless some SAE of the group needs it
+                need = jnp.any(jax.vmap(type(cfg).aux_needed)(cfg, trio[2]))
+                new, finite, m = jax.lax.cond(need, lambda: group_step(True), lambda: group_step(False))
             else:
-                group_step = lambda with_aux: jax.vmap(  # noqa: E731
-                    functools.partial(sae_step, with_aux=with_aux),
-                    in_axes=(0, 0, 0, 0, 0, 0 if per_sae else None, None))(cfg, keys, *trio, x, step)
-                if cfg.has_aux_loss:  # skip the auxiliary loss unless some SAE of the group needs it
-                    need = jnp.any(jax.vmap(type(cfg).aux_needed)(cfg, trio[2]))
-                    new, finite, m = jax.lax.cond(need, lambda: group_step(True), lambda: group_step(False))
-                else:
-                    new, finite, m = group_step(True)
-            ok = finite & (b < 0)
-            # an SAE that went non-finite keeps stepping (the SAEs are independent); the loop raises after the chunk
-            # without using this carry, so the last good state is the checkpoint on disk
-            new_groups.append((cfg, keys, new))
-            new_bad.append(jnp.where((b < 0) & ~finite, step, b))
-            mets.append(jnp.where(ok[:, None], m, 0.0))
-        return (tuple(new_groups), tuple(new_bad)), tuple(mets)
+                new, finite, m = group_step(True)
+        ok = finite & (bad < 0)
+        # an SAE that went non-finite keeps stepping (the SAEs are independent); the loop raises after the chunk
+        # without using this carry, so the last good state is the checkpoint on disk
+        return ((cfg, keys, new), jnp.where((bad < 0) & ~finite, step, bad)), jnp.where(ok[:, None], m, 0.0)
 
     @functools.partial(jax.jit, donate_argnums=(0,))  # params/optimiser buffers are updated in place
-    def chunk(groups, bad, xs, steps):
+    def chunk(group, bad, xs, steps):
         with V.sharded_top_k() if sharded else contextlib.nullcontext():
-            (groups, bad), mets = jax.lax.scan(body, (groups, bad), (xs, steps))
-        return groups, bad, tuple(m.sum(axis=0) for m in mets)
+            (group, bad), mets = jax.lax.scan(body, (group, bad), (xs, steps))
+        return group, bad, mets.sum(axis=0)
 
     return tx, chunk
 
@@ -428,15 +425,16 @@ def _prepare(configs, data, seeds, settings: TrainSettings, mesh: Mesh | None) -
     return _Run(configs, seeds, sources, source_of, streams, total, place, chunk_fn, groups, carry)
 
 
-def compiled_chunk(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
-                   mesh: Mesh | None = None):
-    """The compiled program :func:`train_many` runs for its first ``settings.log_every`` steps with these
-    arguments (a ``jax.stages.Compiled``), to inspect its communication
-    (:func:`jaxequiv.distributed.assert_no_gather`) or its cost."""
+def compiled_chunks(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
+                    mesh: Mesh | None = None) -> list:
+    """The compiled programs (``jax.stages.Compiled``, one per group of SAEs) that :func:`train_many` runs for
+    its first ``settings.log_every`` steps with these arguments, to inspect their communication
+    (:func:`jaxequiv.distributed.assert_no_gather`) or their cost."""
     run = _prepare(configs, data, seeds, settings, mesh)
     stop = min(settings.log_every, run.total)
-    return run.chunk_fn.lower(tuple(run.carry), run.no_failures(), run.read(0, stop),
-                              jnp.arange(stop, dtype=jnp.int32)).compile()
+    steps = jnp.arange(stop, dtype=jnp.int32)
+    return [run.chunk_fn.lower(c, b, x, steps).compile()
+            for c, b, x in zip(run.carry, run.no_failures(), run.read(0, stop))]
 
 
 def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], settings: TrainSettings,
@@ -489,7 +487,9 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
         while step < total:
             stop = min(step + settings.log_every, total)
             xs = next_xs
-            new_carry, bad, sums = run.chunk_fn(carry, run.no_failures(), xs, jnp.arange(step, stop, dtype=jnp.int32))
+            steps = jnp.arange(step, stop, dtype=jnp.int32)
+            outs = [run.chunk_fn(c, b, x, steps) for c, b, x in zip(carry, run.no_failures(), xs)]
+            new_carry, bad, sums = (tuple(o[i] for o in outs) for i in range(3))
             # gather the next chunk on the host while the device works
             next_xs = run.read(stop, min(stop + settings.log_every, total)) if stop < total else None
             for g, b in zip(groups, bad):

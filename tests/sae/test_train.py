@@ -295,13 +295,14 @@ def test_damaged_checkpoints_are_refused_with_a_hint(tmp_path):
         sae.train(cfg, x, settings=st_, checkpoint_dir=tmp_path / "c")
 
 
+@pytest.mark.slow  # four programs compiled for 8 devices: about 20 s on two idle cores
 def test_sharded_training_equals_one_device():
     """8 fake CPU devices (tests/conftest.py): SAEs split over ``stack`` (groups of 3 and 2 padded to 4), batches over
     ``data``; results equal the one-device run up to the order of the batch sums, and the compiled step only
     reduces across devices (no all-gather of either axis). A lone SAE splits its latent axis over ``stack``
     instead (BatchTopK: its batch-wide top-k over a batch and a dictionary both split stays exact)."""
     from jaxequiv.distributed import assert_no_gather, make_mesh
-    from jaxequiv.sae.train import compiled_chunk
+    from jaxequiv.sae.train import compiled_chunks
 
     xs = [_sparse_data(n=128, seed=i) for i in range(3)]
     cfgs = [sae.STSAE(d_in=D, d_sae=D, theta=t, l1=0.0) for t in (0.3, 0.4, 0.5)] + [
@@ -321,6 +322,7 @@ def test_sharded_training_equals_one_device():
     np.testing.assert_allclose(np.asarray(many[0].state["threshold"]), np.asarray(one[0].state["threshold"]),
                                rtol=1e-5, atol=1e-6)
     assert {s.data.shape for s in many[0].params["W_dec"].addressable_shards} == {(2 * D // 4, D)}
-    assert_no_gather(compiled_chunk(cfgs, data, seeds=seeds, settings=st_, mesh=mesh), mesh)  # compiled already
+    for compiled in compiled_chunks(cfgs, data, seeds=seeds, settings=st_, mesh=mesh):  # compiled already
+        assert_no_gather(compiled, mesh)
     with pytest.raises(ValueError, match="does not split over the 2 devices"):
         sae.train_many(cfgs[:1], data[:1], seeds=[1], settings=dataclasses.replace(st_, batch_size=31), mesh=mesh)
