@@ -15,6 +15,11 @@ innermost; each frame captures the value *after* its own edits (the value that f
 patterns follow :mod:`fnmatch`; a pattern that matches no site of the model raises :class:`UnknownSiteError`
 listing the sites that exist.
 
+A model may also answer to another tool's names: it calls :func:`declare_aliases` with ``{alias: site}``
+(e.g. TransformerLens' ``blocks.0.hook_resid_post`` for ``h.0``) before marking its sites. Capture patterns,
+edit keys and :func:`match` then accept aliases too, and a site reached through an alias is reported under
+the alias (the name the caller used).
+
 The model must call ``site`` in the same trace as ``run`` (do not ``jit``/``scan`` inside the model body).
 """
 
@@ -37,6 +42,8 @@ __all__ = [
     "Replace",
     "SiteInfo",
     "list_sites",
+    "declare_aliases",
+    "SiteTable",
     "match",
     "UnknownSiteError",
     "SPATIAL_AXES",
@@ -60,6 +67,7 @@ class SiteInfo:
     shape: tuple[int, ...]
     dtype: Any
     axes: tuple[str, ...]
+    aliases: tuple[str, ...] = ()  # other names of the site (see declare_aliases)
 
     @property
     def spatial_axes(self) -> tuple[int, ...]:
@@ -133,6 +141,13 @@ Edit = Callable[[jax.Array], jax.Array]
 # The trace-time stack.
 
 
+def _answers_to(name: str, aliases: tuple[str, ...], pattern: str) -> str | None:
+    """The name under which a site called ``name`` (also known as ``aliases``) matches ``pattern``, if any."""
+    if fnmatch.fnmatchcase(name, pattern):
+        return name
+    return next((a for a in aliases if fnmatch.fnmatchcase(a, pattern)), None)
+
+
 class _Frame:
     def __init__(self, capture: tuple[str, ...], edits: Mapping[str, Edit]):
         self.capture = capture
@@ -140,28 +155,40 @@ class _Frame:
         self.captured: dict[str, jax.Array] = {}
         self.seen: dict[str, SiteInfo] = {}
         self.used: set[str] = set()  # patterns (capture or edit keys) that matched at least one site
+        self.alias_to: dict[str, str] = {}  # alias -> site
+        self.aliases_of: dict[str, tuple[str, ...]] = {}  # site -> aliases
+
+    def declare(self, table: Mapping[str, str]) -> None:
+        for alias, name in table.items():
+            if self.alias_to.setdefault(alias, name) != name:
+                raise ValueError(f"alias {alias!r} declared for both {self.alias_to[alias]!r} and {name!r}")
+            if alias not in self.aliases_of.get(name, ()):
+                self.aliases_of[name] = (*self.aliases_of.get(name, ()), alias)
 
     def visit(self, name: str, value, axes: tuple[str, ...]):
         if name in self.seen:
             raise ValueError(f"site {name!r} was marked twice in one forward pass; site names must be unique")
-        self.seen[name] = SiteInfo(tuple(value.shape), value.dtype, axes)
+        aliases = self.aliases_of.get(name, ())
+        self.seen[name] = SiteInfo(tuple(value.shape), value.dtype, axes, aliases)
         for pattern, edit in self.edits.items():
-            if fnmatch.fnmatchcase(name, pattern):
+            if _answers_to(name, aliases, pattern) is not None:
                 self.used.add(pattern)
                 value = edit(value)
         for pattern in self.capture:
-            if fnmatch.fnmatchcase(name, pattern):
+            hit = _answers_to(name, aliases, pattern)
+            if hit is not None:
                 self.used.add(pattern)
-                self.captured[name] = value
-                break
+                self.captured[hit] = value
         return value
 
     def check(self) -> None:
         missing = [p for p in (*self.capture, *self.edits) if p not in self.used]
         if missing:
             raise UnknownSiteError(
-                f"no site matches {missing}; this model's sites are: {sorted(self.seen) or 'none'}. "
-                "Use jaxequiv.sites.list_sites(fn, *args) to list them with their shapes."
+                f"no site matches {missing}; this model's sites are: {sorted(self.seen) or 'none'}"
+                + (f" (also known by {len(self.alias_to)} aliases, e.g. {sorted(self.alias_to)[:4]})"
+                   if self.alias_to else "")
+                + ". Use jaxequiv.sites.list_sites(fn, *args) to list them with their shapes and aliases."
             )
 
 
@@ -194,6 +221,17 @@ def site(name: str, value: jax.Array, axes: Iterable[str] | None = None) -> jax.
     return value
 
 
+def declare_aliases(table: Mapping[str, str]) -> None:
+    """Let the sites of this forward pass also answer to other names: ``{alias: site_name}``.
+
+    Model code calls it at trace time before marking the sites it names (e.g. a transformer declaring
+    TransformerLens hook names). Outside :func:`run` / :func:`list_sites` it does nothing. An alias names
+    exactly one site; declaring it for two different sites is a ``ValueError``.
+    """
+    for frame in _stack():
+        frame.declare(table)
+
+
 def _as_patterns(capture: str | Iterable[str] | None) -> tuple[str, ...]:
     if capture is None:
         return ()
@@ -218,7 +256,8 @@ def run(
         function. Several matching edits apply in the mapping's order.
 
     Returns:
-      ``out`` of ``fn`` and ``{site_name: value}`` for every captured site, in forward-pass order.
+      ``out`` of ``fn`` and ``{name: value}`` for every captured site, in forward-pass order; a site matched
+      only through an alias (see :func:`declare_aliases`) is keyed by that alias.
 
     Raises:
       UnknownSiteError: a capture pattern or edit key matched no site.
@@ -234,8 +273,29 @@ def run(
     return out, frame.captured
 
 
-def list_sites(fn: Callable[..., Any], *args, **kwargs) -> dict[str, SiteInfo]:
-    """Every site ``fn(*args, **kwargs)`` marks, with shape, dtype and axes, without computing anything.
+class SiteTable(dict):
+    """``{site_name: SiteInfo}`` in forward-pass order; looking up an alias of a site gives that site's info."""
+
+    def _site(self, key):
+        if dict.__contains__(self, key):
+            return key
+        return next((n for n, info in self.items() if key in info.aliases), None)
+
+    def __missing__(self, key):
+        name = self._site(key)
+        if name is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, key) -> bool:
+        return self._site(key) is not None
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def list_sites(fn: Callable[..., Any], *args, **kwargs) -> SiteTable:
+    """Every site ``fn(*args, **kwargs)`` marks, with shape, dtype, axes and aliases, without computing anything.
 
     Arguments may be arrays or ``jax.ShapeDtypeStruct``; the function is traced with ``jax.eval_shape``.
     """
@@ -250,19 +310,31 @@ def list_sites(fn: Callable[..., Any], *args, **kwargs) -> dict[str, SiteInfo]:
             stack.pop()
 
     jax.eval_shape(traced, *args, **kwargs)
-    return dict(frame.seen)
+    return SiteTable(frame.seen)
 
 
-def match(patterns: str | Iterable[str], names: Iterable[str]) -> list[str]:
-    """Names (in order) matching any of the fnmatch ``patterns``; raises if a pattern matches none."""
-    names = list(names)
+def match(patterns: str | Iterable[str], names: Iterable[str] | Mapping[str, SiteInfo]) -> list[str]:
+    """Names (in order) matching any of the fnmatch ``patterns``; raises if a pattern matches none.
+
+    ``names`` may be a :func:`list_sites` table, whose sites then also match through their aliases: such a site
+    is returned under the alias that matched (a table looks it up under either name).
+    """
+    if isinstance(names, Mapping):
+        known = [(n, tuple(getattr(info, "aliases", ()))) for n, info in names.items()]
+    else:
+        known = [(n, ()) for n in names]
     patterns = _as_patterns(patterns)
-    out, missing = [], []
+    hits: dict[str, str] = {}  # site -> name it is returned under (first pattern wins)
+    missing = []
     for p in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
-        if not hits:
+        found = False
+        for n, aliases in known:
+            hit = _answers_to(n, aliases, p)
+            if hit is not None:
+                found = True
+                hits.setdefault(n, hit)
+        if not found:
             missing.append(p)
-        out.extend(h for h in hits if h not in out)
     if missing:
-        raise UnknownSiteError(f"no site matches {missing}; available sites are: {names}")
-    return [n for n in names if n in out]
+        raise UnknownSiteError(f"no site matches {missing}; available sites are: {[n for n, _ in known]}")
+    return [hits[n] for n, _ in known if n in hits]

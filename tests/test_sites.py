@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxequiv.sites import Add, Replace, Scale, SiteInfo, UnknownSiteError, list_sites, match, run, site
+from jaxequiv.sites import (Add, Replace, Scale, SiteInfo, UnknownSiteError, declare_aliases, list_sites, match, run,
+                            site)
 
 
 def params(seed=0):
@@ -181,6 +182,40 @@ def test_match_patterns():
     assert match(["fc", "layer2*"], names) == ["layer2.0", "fc"]
     with pytest.raises(UnknownSiteError):
         match("conv*", names)
+
+
+def aliased_model(p, x):
+    """``model`` whose sites also answer to another tool's names."""
+    declare_aliases({"blocks.0.hook_post": "hidden", "hook_logits": "out"})
+    return model(p, x)
+
+
+def test_aliases_capture_edit_and_match():
+    p = params()
+    out, cap = run(aliased_model, p, X, capture=["blocks.*", "hidden"])
+    assert list(cap) == ["blocks.0.hook_post", "hidden"]  # a site is reported under each name asked for
+    np.testing.assert_array_equal(cap["blocks.0.hook_post"], cap["hidden"])
+    mask = jnp.ones(7).at[2].set(0.0)
+    edited, _ = run(aliased_model, p, X, edits={"blocks.0.hook_post": Scale(mask)})
+    np.testing.assert_allclose(edited, model_ablated_by_hand(p, X, 2), rtol=1e-6)
+    table = list_sites(aliased_model, p, X)
+    assert list(table) == ["hidden", "out"] and table["hidden"].aliases == ("blocks.0.hook_post",)
+    assert "hook_logits" in table and table["hook_logits"] is table["out"] and table.get("nope") is None
+    assert match(["hook_*", "hid*"], table) == ["hidden", "hook_logits"]  # under the name each pattern matched
+    assert match("*", table) == ["hidden", "out"]  # a site name wins over its aliases
+    with pytest.raises(UnknownSiteError, match="aliases"):
+        run(aliased_model, p, X, capture="blocks.1.*")
+    assert aliased_model(p, X).shape == (4, 3)  # outside run the declaration is a no-op
+
+
+def test_an_alias_names_one_site():
+    def conflicting(p, x):
+        declare_aliases({"a": "hidden"})
+        declare_aliases({"a": "out"})
+        return model(p, x)
+
+    with pytest.raises(ValueError, match="alias 'a' declared for both"):
+        run(conflicting, params(), X)
 
 
 def test_no_runtime_cost_when_inactive():

@@ -1,7 +1,7 @@
 """Per-architecture configs: build the jaxequiv model, read HF ``config.json``, infer sizes from tensor shapes.
 
 Each family answers the same questions for :mod:`jaxequiv.adapters.torch`: ``build(cfg, rngs)``,
-``from_dict`` / ``config_dict`` (the portable artefact's JSON), ``check`` (a config object), ``from_hf``
+``abstract(cfg)`` (the model with shape-only variables, to be filled from a checkpoint), ``from_dict`` / ``config_dict`` (the portable artefact's JSON), ``check`` (a config object), ``from_hf``
 (a Hugging Face ``config.json``), ``infer`` (sizes from a torch state dict), ``adjust`` (config details
 only the checkpoint knows), ``ignore`` (checkpoint keys knowingly unused) and ``input_shape``.
 A config field the converter does not understand is a ``ValueError`` naming it.
@@ -14,11 +14,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
 from jaxequiv.io.config import DictConfig
 
-__all__ = ["FAMILIES", "ResNetConfig", "arch_of"]
+__all__ = ["FAMILIES", "ResNetConfig", "arch_of", "ShapeOnlyKeys"]
 
 
 def _require(hf: Mapping, *fields: str) -> None:
@@ -47,15 +48,35 @@ def _act(hf: Mapping, field: str, default: str) -> str:
 
 def _no_config(arch: str):
     def infer(state):
-        raise ValueError(f"arch={arch!r} needs a config: pass config=... or a Hugging Face folder with config.json")
+        raise ValueError(f"arch={arch!r} needs a config: pass config=... (--config on the command line) or a "
+                         "Hugging Face folder with config.json")
 
     return infer
+
+
+class ShapeOnlyKeys:
+    """Stands in for ``nnx.Rngs`` while building a model whose every weight will be loaded: each stream
+    (``rngs.params()``, ...) returns one fixed key. Under ``nnx.eval_shape`` a real ``nnx.Rngs`` updates a traced
+    counter at every draw, and flax then reads the tracer's ``.sharding``, for which JAX formats an error message
+    by walking every operation traced so far: building L blocks cost O(L^2). With a fixed key it is O(L)."""
+
+    def __init__(self):
+        self._key = jax.random.key(0)
+
+    def __getattr__(self, stream: str):
+        if stream.startswith("__"):
+            raise AttributeError(stream)
+        return lambda: self._key
 
 
 class _Family:
     """Shared defaults; subclasses set ``config_cls`` and override what differs."""
 
     config_cls: type
+
+    def abstract(self, cfg) -> nnx.Module:
+        """The model with shape-only (``jax.ShapeDtypeStruct``) variables: nothing computed, one trace."""
+        return nnx.eval_shape(lambda: self.build(cfg, ShapeOnlyKeys()))
 
     def from_dict(self, d: dict[str, Any]):
         return self.check(self.config_cls.from_dict(dict(d)))
@@ -92,6 +113,18 @@ class _Decoder(_Family):
         from jaxequiv.models.transformer import Transformer
 
         return Transformer(cfg, rngs)
+
+    def abstract(self, cfg):
+        """Identical blocks are traced once and copied: tracing every block would cost more than reading the
+        weights (a shell with one block is traced for the embeddings and the head, then given the copies)."""
+        from jaxequiv.models.transformer import Block, Transformer
+
+        keys = ShapeOnlyKeys()
+        graphdef, block = nnx.split(nnx.eval_shape(lambda: Block(cfg, keys)))
+        model = nnx.eval_shape(lambda: Transformer(dataclasses.replace(cfg, n_layer=1), keys))
+        model.cfg = cfg
+        setattr(model, cfg.names.blocks, nnx.List([nnx.merge(graphdef, block, copy=True) for _ in range(cfg.n_layer)]))
+        return model
 
     def ignore(self, cfg):
         return (f"{self.head}.weight",) if cfg.tie_embeddings else ()  # HF repeats the tied embedding
@@ -208,7 +241,7 @@ def _require_keys(state: Mapping, *keys: str) -> None:
     missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"cannot infer the config: the checkpoint lacks {missing}; is it for this architecture? "
-                         "Pass config=... explicitly otherwise")
+                         "Pass config=... (--config on the command line) explicitly otherwise")
 
 
 class _ResNet(_Family):

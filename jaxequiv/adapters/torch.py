@@ -5,8 +5,9 @@ Entry points:
 - :func:`load` a checkpoint (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``, ``.safetensors``
   read without torch, a Hugging Face folder with ``config.json``, a folder written by :func:`save`, or an
   in-memory state dict) for a named architecture (``"gpt2"``, ``"gpt_neox"``, ``"bert"``, ``"vit"``,
-  ``"resnet"``) and config, returning a ready model in eval mode; :func:`load_network` returns its
-  :class:`~jaxequiv.network.Network`.
+  ``"resnet"``, or ``"transformer_lens"`` for a ``HookedTransformer`` state dict, see
+  :mod:`jaxequiv.adapters.transformer_lens`) and config, returning a ready model in eval mode;
+  :func:`load_network` returns its :class:`~jaxequiv.network.Network` (what the CLIs use).
 - :func:`load_state_dict` a state dict into *any* nnx module whose attribute paths mirror the torch module
   names (the generic path for custom models), converting per layer type.
 - :func:`mapping_table` the explicit table ``checkpoint key -> model path, transform`` used for a model.
@@ -17,6 +18,29 @@ Strict accounting: every checkpoint tensor is used exactly once or matches an ex
 (``num_batches_tracked``, cached attention masks, ...); missing keys, unexpected keys and shape mismatches
 raise one :class:`CheckpointError` that lists them all, and nothing is written into the model unless
 everything fits. Floating-point tensors (fp16/bf16 included) load as float32 unless ``dtype`` says otherwise.
+
+Cost: the model is built abstractly (shapes only, linear in depth) and each tensor that needs no conversion
+becomes a JAX array sharing the checkpoint's memory (for ``.safetensors``, the file's read-only memory map, as
+``transformers`` does), so loading reads no weight bytes and the peak memory stays near one copy of the
+weights. Tensors that need a transpose, a split or a dtype change are converted one at a time. Do not
+rewrite a ``.safetensors`` file in place while a model loaded from it is in use (``save`` and
+``save_pretrained`` to another folder, or an atomic replace, are fine).
+
+Custom modules: :func:`load_state_dict` fills any nnx module whose attribute paths spell the torch module names
+(``self.features = nnx.List([...])`` for ``features.0.weight``), e.g.::
+
+    class Net(nnx.Module):                   # torch: conv (Conv2d), act (PReLU(8)), fc (Linear)
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+            self.act = nnx.PReLU(negative_slope_init=0.25)   # ONE slope, like torch nn.PReLU()
+            self.fc = nnx.Linear(8, 10, rngs=rngs)
+
+    model = load_state_dict(Net(nnx.Rngs(0)), torch_model.state_dict())
+
+Per-channel ``nn.PReLU(num_parameters=C)`` has C slopes while ``nnx.PReLU`` has one: give the module a
+``C``-slope parameter instead (e.g. ``self.act = PerChannelPReLU(C)`` holding ``negative_slope =
+nnx.Param(jnp.full((C,), 0.25))`` and computing ``jnp.where(x >= 0, x, negative_slope * x)`` over the channel
+axis); its ``weight`` then loads into it.
 
 Per layer type (the leaf name decides where the type does not): ``kernel`` <- ``weight`` transposed
 (Linear ``(out, in) -> (in, out)``; Conv ``(O, I, *K) -> (*K, I, O)``; ConvTranspose ``(I, O, *K)`` ->
@@ -36,6 +60,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -46,6 +71,7 @@ from jaxequiv.models.resnet import BatchNorm as TorchBatchNorm
 
 __all__ = [
     "CheckpointError",
+    "TRANSFORMER_LENS",
     "Row",
     "ARCHS",
     "read_checkpoint",
@@ -142,7 +168,10 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
             f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {why}); "
             "the file may be truncated or not a state dict. Re-save it with torch.save(model.state_dict(), path)"
         ) from None
-    return state_dict_to_numpy(obj)
+    state = state_dict_to_numpy(obj)
+    for a in state.values():  # nobody else holds these tensors: let the model share their memory
+        a.flags.writeable = False
+    return state
 
 
 def _read_file(path: str) -> dict[str, np.ndarray]:
@@ -350,7 +379,10 @@ def mapping_table(model: nnx.Module, arch: str | None = None) -> list[Row]:
 
     ``arch=None`` is the generic path: checkpoint keys are the model's attribute paths in torch spelling.
     """
-    variables, modules = _variables(model)
+    return _table(*_variables(model), arch)
+
+
+def _table(variables: Mapping[tuple, nnx.Variable], modules: Mapping[tuple, Any], arch: str | None) -> list[Row]:
     rows = [_generic_row(path, var, modules) for path, var in variables.items()]
     if arch is None:
         return rows
@@ -359,15 +391,15 @@ def mapping_table(model: nnx.Module, arch: str | None = None) -> list[Row]:
             and any(fnmatch.fnmatchcase(r.key, p) for p in spec.stored_in_out) else r for r in rows]
 
 
-def _native_table(model: nnx.Module) -> list[Row]:
+def _native_table(variables: Mapping[tuple, nnx.Variable]) -> list[Row]:
     """Rows of jaxequiv's own artefact layout: key = dotted nnx path, no transform."""
-    return [Row(".".join(map(str, path)), path) for path in _variables(model)[0]]
+    return [Row(".".join(map(str, path)), path) for path in variables]
 
 
-def _apply_table(model: nnx.Module, state: Mapping[str, np.ndarray], rows: list[Row], ignore: Iterable[str],
-                 dtype, hint: str = "") -> nnx.Module:
-    variables = _variables(model)[0]
-    missing, mismatched, values = [], [], {}
+def _apply_table(variables: Mapping[tuple, nnx.Variable], state: Mapping[str, np.ndarray], rows: list[Row],
+                 ignore: Iterable[str], dtype, hint: str = "") -> None:
+    """Convert and check every row, then (only if everything fits) set the variables."""
+    missing, mismatched, values, hints = [], [], {}, [hint] if hint else []
     for row in rows:
         target = variables[row.path]
         if row.key not in state:
@@ -378,6 +410,9 @@ def _apply_table(model: nnx.Module, state: Mapping[str, np.ndarray], rows: list[
         if tuple(got.shape) != tuple(target.shape):
             mismatched.append(f"{row.key}: checkpoint {tuple(w.shape)} -> {tuple(got.shape)} after "
                               f"'{row.transform}', but {'.'.join(map(str, row.path))} is {tuple(target.shape)}")
+            if row.path[-1] == "negative_slope":
+                hints.append("nnx.PReLU has ONE slope; a per-channel torch nn.PReLU(num_parameters=C) needs a "
+                             "module with a [C] slope (see the per-channel PReLU example in jaxequiv.adapters.torch)")
         values[row.path] = got
     used = {row.key for row in rows}
     ignore = tuple(ignore)
@@ -391,14 +426,26 @@ def _apply_table(model: nnx.Module, state: Mapping[str, np.ndarray], rows: list[
                 lines.append(f"  {len(items)} {title}:\n    {shown}")
         raise CheckpointError(
             "checkpoint does not fit the model; nothing was loaded.\n" + "\n".join(lines)
-            + (f"\n  {hint}" if hint else "")
-            + "\n  Fix: pick the right arch/config, or pass ignore=[patterns] for keys you mean to drop."
+            + "".join(f"\n  {h}" for h in dict.fromkeys(hints))
+            + "\n  Fix: pick the right architecture and config (arch=/config=, --arch/--config on the command "
+            "line), or ignore=[patterns] (--ignore) for keys you mean to drop."
         )
     for path, w in values.items():
-        var = variables[path]
-        floating = np.dtype(w.dtype).kind in "fV"  # ml_dtypes (bf16, fp8) report kind 'V'
-        var.set_value(jnp.asarray(np.asarray(w).astype(dtype if floating else w.dtype, copy=False)))
-    return model
+        variables[path].set_value(_to_device(w, dtype))
+
+
+def _to_device(w: np.ndarray, dtype) -> jax.Array:
+    """``w`` as a JAX array of ``dtype`` (floating point) without a needless copy.
+
+    A read-only array (the checkpoint's memory map) or a fresh conversion becomes the array's memory where it is
+    suitably aligned (``jax.device_put`` shares it); writable memory that someone else holds (a live torch
+    model's tensors) is copied, so that later in-place updates there cannot change the JAX array.
+    """
+    w = np.asarray(w)
+    target = np.dtype(dtype) if np.dtype(w.dtype).kind in "fV" else w.dtype  # ml_dtypes (bf16, fp8): kind 'V'
+    if w.dtype == target and w.flags.writeable:
+        return jnp.array(w, copy=True)
+    return jax.device_put(w.astype(target, copy=False))
 
 
 def load_state_dict(model: nnx.Module, state_dict, *, arch: str | None = None, ignore: Iterable[str] = (),
@@ -424,10 +471,11 @@ def load_state_dict(model: nnx.Module, state_dict, *, arch: str | None = None, i
     if spec is not None:
         state = _strip(spec.name, state)
     patterns = (*_GENERIC_IGNORE, *(spec.ignore if spec else ()), *ignore)
-    _apply_table(model, state, mapping_table(model, arch), patterns, dtype,
+    variables, modules = _variables(model)
+    _apply_table(variables, state, _table(variables, modules, arch), patterns, dtype,
                  hint=f"(loading as arch={arch!r})" if arch else "")
     if torch_momentum is not None:
-        for _, node in nnx.iter_graph(model):
+        for node in modules.values():
             if isinstance(node, nnx.BatchNorm):  # flax convention
                 node.momentum = 1.0 - torch_momentum
             elif isinstance(node, TorchBatchNorm):  # jaxequiv's ResNet BatchNorm keeps torch's convention
@@ -454,11 +502,9 @@ def _config_for(arch: str, config, hf_config: dict | None, state: Mapping[str, n
 _HF_ARCH = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "bert": "bert"}
 
 
-def _build(arch: str, config, rngs: nnx.Rngs | None) -> nnx.Module:
-    family = _arch(arch).family
-    if rngs is not None:
-        return family.build(config, rngs)
-    return nnx.eval_shape(lambda: family.build(config, nnx.Rngs(0)))  # no random init: every weight is loaded
+def _abstract_model(arch: str, config) -> nnx.Module:
+    """The architecture's model with shape-only (``jax.ShapeDtypeStruct``) variables: no weights computed."""
+    return _arch(arch).family.abstract(config)
 
 
 def load(source, arch: str | nnx.Module | None = None, config=None, *, ignore: Iterable[str] = (),
@@ -468,11 +514,12 @@ def load(source, arch: str | nnx.Module | None = None, config=None, *, ignore: I
     Args:
       source: ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` path, Hugging Face folder, folder written by
         :func:`save`, or an in-memory state dict.
-      arch: ``"gpt2"``, ``"gpt_neox"``, ``"bert"``, ``"vit"``, ``"resnet"``, or an nnx module instance to load
-        into (generic path). Taken from ``config.json`` (``model_type``) when omitted.
+      arch: ``"gpt2"``, ``"gpt_neox"``, ``"bert"``, ``"vit"``, ``"resnet"``, ``"transformer_lens"``, or an nnx
+        module instance to load into (generic path). Taken from ``config.json`` (``model_type``) when omitted.
       config: the model config (config object, dict of its fields, or a Hugging Face config dict with
         ``model_type``); read from ``config.json`` for HF folders, inferred from tensor shapes for ResNet and
-        ViT (ViT heads default to ``embed_dim // 64``).
+        ViT (ViT heads default to ``embed_dim // 64``); for ``"transformer_lens"`` the ``HookedTransformerConfig``
+        (or its ``to_dict()``), which the state dict does not record.
       ignore, dtype, torch_momentum: see :func:`load_state_dict`.
     """
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
@@ -482,27 +529,55 @@ def load(source, arch: str | nnx.Module | None = None, config=None, *, ignore: I
     state, hf_config = read_checkpoint(source)
     if isinstance(arch, nnx.Module):
         return load_state_dict(arch, state, ignore=ignore, dtype=dtype, torch_momentum=torch_momentum)
+    from jaxequiv.adapters import transformer_lens as tl
+
     if arch is None:
         model_type = (hf_config or {}).get("model_type")
         if model_type not in _HF_ARCH:
             raise ValueError(
-                f"cannot tell the architecture of this checkpoint (model_type={model_type!r}); pass arch= one of "
-                f"{sorted(ARCHS)} or an nnx module instance"
+                f"cannot tell the architecture of this checkpoint (model_type={model_type!r}); name it with arch= "
+                f"(--arch on the command line), one of {sorted(ARCHS) + [TRANSFORMER_LENS]}, or pass an nnx module"
+                + (f"; its keys look like a TransformerLens state dict: arch={TRANSFORMER_LENS!r}"
+                   if tl.looks_like_transformer_lens(state) else "")
             )
         arch = _HF_ARCH[model_type]
+    if arch == TRANSFORMER_LENS:
+        return _load_transformer_lens(state, config, ignore, dtype)
     _arch(arch)
+    if tl.looks_like_transformer_lens(state):
+        raise CheckpointError(f"this is a TransformerLens HookedTransformer state dict (embed.W_E, blocks.0.attn.W_Q, "
+                              f"...), not a {arch!r} checkpoint: load it with arch={TRANSFORMER_LENS!r} and its "
+                              "config (model.cfg.to_dict())")
     if hf_config is not None and _HF_ARCH.get(hf_config.get("model_type")) != arch:
         raise CheckpointError(
             f"the checkpoint's config.json says model_type={hf_config.get('model_type')!r}, "
-            f"which is not a {arch!r} model; pass the matching arch"
+            f"which is not a {arch!r} model; pass the matching arch= (--arch on the command line)"
         )
     stripped = _strip(arch, state)
     family = _arch(arch).family
     cfg = family.adjust(_config_for(arch, config, hf_config, stripped), stripped)
-    model = _build(arch, cfg, None)
+    model = _abstract_model(arch, cfg)
     load_state_dict(model, state, arch=arch, ignore=(*ignore, *family.ignore(cfg)), dtype=dtype,
                     torch_momentum=torch_momentum)
     return model
+
+
+TRANSFORMER_LENS = "transformer_lens"
+
+
+def _load_transformer_lens(state: Mapping[str, np.ndarray], config, ignore: Iterable[str], dtype) -> nnx.Module:
+    from jaxequiv.adapters import transformer_lens as tl
+
+    if config is None:
+        raise ValueError("a TransformerLens state dict records no configuration: pass its HookedTransformerConfig "
+                         "(config=model.cfg.to_dict() in Python, --config cfg.json on the command line)")
+    try:
+        cfg, hf_state = tl.convert_transformer_lens(state, config)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    arch = "gpt2" if cfg.naming == "gpt2" else "gpt_neox"
+    model = _abstract_model(arch, cfg)
+    return load_state_dict(model, hf_state, arch=arch, ignore=(*ignore, *tl.IGNORED_KEYS), dtype=dtype)
 
 
 def _strip(arch: str, state):
@@ -542,7 +617,8 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str
     an artefact already there). Returns ``out_dir``."""
     arch = _arch_of(model)
     out_dir = os.fspath(out_dir)
-    tensors = {row.key: np.asarray(_variables(model)[0][row.path][...]) for row in _native_table(model)}
+    variables = _variables(model)[0]
+    tensors = {row.key: np.asarray(variables[row.path][...]) for row in _native_table(variables)}
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
               "config": ARCHS[arch].family.config_dict(model)}
     with publishing(out_dir, overwrite=overwrite, marker="config.json") as tmp:
@@ -573,7 +649,8 @@ def _load_native(native: dict, dtype) -> nnx.Module:
         state, _ = read_safetensors(os.path.join(native["folder"], "model.safetensors"))
     except (SafetensorsError, FileNotFoundError) as e:
         raise CheckpointError(str(e)) from None
-    model = _build(arch, cfg, None)
-    _apply_table(model, state, _native_table(model), (), dtype, hint=f"(jaxequiv artefact, arch={arch!r})")
+    model = _abstract_model(arch, cfg)
+    variables = _variables(model)[0]
+    _apply_table(variables, state, _native_table(variables), (), dtype, hint=f"(jaxequiv artefact, arch={arch!r})")
     model.eval()
     return model

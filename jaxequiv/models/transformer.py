@@ -22,33 +22,50 @@ untied unembedding  ``lm_head``                ``embed_out``
 The fused q,k,v output is laid out as in torch: GPT-2 puts ``[q (all heads) | k | v]``, NeoX puts
 ``[q | k | v]`` inside each head.
 
-Sites (``B`` batch, ``T`` tokens, ``H`` heads, ``dh`` head size; names for ``naming="gpt2"``, with NeoX the block
-prefix is ``layers.{i}``, attention is ``attention`` and the final norm ``final_layer_norm``):
+Sites (``B`` batch, ``T`` tokens, ``H`` heads, ``dh`` head size; names for ``naming="gpt2"``, with NeoX the token
+embedding is ``embed_in``, the block prefix ``layers.{i}``, the norms ``input_layernorm`` /
+``post_attention_layernorm``, attention ``attention`` and the final norm ``final_layer_norm``); the TransformerLens
+hook name each one also answers to (:func:`transformer_lens_aliases`) is in brackets:
 
-- ``embed`` [B,T,D] (batch, token, channel): residual stream before block 0 (token + learned position embedding);
-- ``h.{i}.attn.q`` / ``.k`` / ``.v`` [B,T,H,dh] (batch, token, head, channel); q and k after rotary embedding;
-- ``h.{i}.attn.pattern`` [B,H,T,T] (batch, head, query, key): attention probabilities;
+- ``wte`` [B,T,D] (batch, token, channel): token embedding [``hook_embed``]; ``wpe`` [B,T,D]: learned position
+  embedding, broadcast over the batch [``hook_pos_embed``];
+- ``embed`` [B,T,D]: residual stream before block 0 (token + learned position embedding);
+- ``h.{i}.resid_pre`` [B,T,D]: residual stream entering block ``i`` [``blocks.{i}.hook_resid_pre``];
+- ``h.{i}.ln_1.scale`` [B,T,1]: ``sqrt(var + eps)`` of the pre-attention LayerNorm [``blocks.{i}.ln1.hook_scale``];
+  ``h.{i}.ln_1.normalized`` [B,T,D]: its centred input divided by the scale, before the affine map
+  [``blocks.{i}.ln1.hook_normalized``]; the same for ``ln_2`` [``ln2``] and ``ln_f`` [``ln_final``];
+- ``h.{i}.attn.q`` / ``.k`` / ``.v`` [B,T,H,dh] (batch, token, head, channel); q and k after rotary embedding
+  [``attn.hook_q/k/v``; with rotary: ``attn.hook_rot_q/k``, and ``attn.q_unrotated`` / ``.k_unrotated`` are the
+  projections before rotation, ``attn.hook_q/k``];
+- ``h.{i}.attn.scores`` [B,H,T,T] (batch, head, query, key): scaled dot products after masking (masked entries
+  hold the dtype's most negative value where TransformerLens puts ``-inf``) [``attn.hook_attn_scores``];
+- ``h.{i}.attn.pattern`` [B,H,T,T]: attention probabilities [``attn.hook_pattern``];
 - ``h.{i}.attn.z`` [B,T,H,dh]: per-head attention output before the output projection (scale it with a head mask
-  ``[H, 1]`` to ablate heads, replace it to patch heads);
-- ``h.{i}.attn`` [B,T,D]: attention output after the projection;
-- ``h.{i}.resid_mid`` [B,T,D]: residual after attention, before the MLP (sequential residual with an MLP only);
-- ``h.{i}.mlp.act`` [B,T,d_mlp]: MLP hidden after the activation; ``h.{i}.mlp`` [B,T,D]: MLP output;
-- ``h.{i}`` [B,T,D]: residual stream after block ``i``;
-- ``ln_f`` [B,T,D]: final normed residual (only with ``final_norm``); ``logits`` [B,T,V].
+  ``[H, 1]`` to ablate heads, replace it to patch heads) [``attn.hook_z``];
+- ``h.{i}.attn`` [B,T,D]: attention output after the projection [``blocks.{i}.hook_attn_out``];
+- ``h.{i}.resid_mid`` [B,T,D]: residual after attention, before the MLP (sequential residual with an MLP only)
+  [``blocks.{i}.hook_resid_mid``];
+- ``h.{i}.mlp.pre`` / ``.act`` [B,T,d_mlp]: MLP hidden before / after the activation [``mlp.hook_pre`` /
+  ``mlp.hook_post``]; ``h.{i}.mlp`` [B,T,D]: MLP output [``blocks.{i}.hook_mlp_out``];
+- ``h.{i}`` [B,T,D]: residual stream after block ``i`` [``blocks.{i}.hook_resid_post``];
+- ``ln_f`` [B,T,D]: final normed residual (only with ``final_norm``) [``unembed.hook_in``];
+  ``logits`` [B,T,V] [``unembed.hook_out``].
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxequiv.io.config import DictConfig
-from jaxequiv.sites import site
+from jaxequiv.sites import declare_aliases, site
 
-__all__ = ["TransformerConfig", "Transformer", "Naming", "NAMINGS", "attention", "rotary", "ACTIVATIONS"]
+__all__ = ["TransformerConfig", "Transformer", "LayerNorm", "Naming", "NAMINGS", "attention", "rotary",
+           "ACTIVATIONS", "transformer_lens_aliases"]
 
 TOKEN_AXES = ("batch", "token", "channel")
 HEAD_AXES = ("batch", "token", "head", "channel")
@@ -202,7 +219,7 @@ def rotary(x: jax.Array, pct: float, base: float) -> jax.Array:
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, prefix: str, *, causal: bool, key_mask: jax.Array | None = None
 ) -> jax.Array:
-    """Scaled dot-product attention with sites ``{prefix}.q/.k/.v/.pattern/.z``.
+    """Scaled dot-product attention with sites ``{prefix}.q/.k/.v/.scores/.pattern/.z``.
 
     Args:
       q, k, v: [B, T, H, dh].
@@ -222,7 +239,7 @@ def attention(
     allowed = allowed[None, None]
     if key_mask is not None:
         allowed = allowed & key_mask.astype(bool)[:, None, None, :]
-    scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+    scores = site(f"{prefix}.scores", jnp.where(allowed, scores, jnp.finfo(scores.dtype).min), PATTERN_AXES)
     pattern = site(f"{prefix}.pattern", jax.nn.softmax(scores, axis=-1), PATTERN_AXES)
     return site(f"{prefix}.z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v), HEAD_AXES)
 
@@ -244,12 +261,26 @@ def check_tokens(tokens, attention_mask, n_ctx: int | None) -> None:
 # Modules.
 
 
-def _layernorm(cfg: TransformerConfig, rngs: nnx.Rngs):
-    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if cfg.norm == "layernorm" else None
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` over the last axis whose forward pass marks the sites ``{prefix}.scale`` [..., 1] =
+    ``sqrt(var + eps)`` and ``{prefix}.normalized`` = centred input / scale, before the affine map
+    (TransformerLens' ``hook_scale`` / ``hook_normalized``; freeze the scale by replacing it)."""
+
+    def __call__(self, x: jax.Array, prefix: str) -> jax.Array:
+        """[B, T, D] -> [B, T, D]."""
+        centred = x - x.mean(-1, keepdims=True)
+        scale = site(f"{prefix}.scale", jnp.sqrt((centred * centred).mean(-1, keepdims=True) + self.epsilon),
+                     TOKEN_AXES)
+        normalized = site(f"{prefix}.normalized", centred / scale, TOKEN_AXES)
+        return normalized * self.scale[...] + self.bias[...]
 
 
-def _apply_norm(norm, x):
-    return x if norm is None else norm(x)
+def _layernorm(cfg: TransformerConfig, rngs: nnx.Rngs) -> LayerNorm | None:
+    return LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, rngs=rngs) if cfg.norm == "layernorm" else None
+
+
+def _apply_norm(norm: LayerNorm | None, x: jax.Array, prefix: str) -> jax.Array:
+    return x if norm is None else norm(x, prefix)
 
 
 class Attention(nnx.Module):
@@ -271,13 +302,14 @@ class Attention(nnx.Module):
         else:
             q, k, v = (a.reshape(b, t, cfg.n_head, cfg.d_head) for a in jnp.split(qkv, 3, axis=-1))
         if cfg.positional == "rotary":
-            q, k = rotary(q, cfg.rotary_pct, cfg.rotary_base), rotary(k, cfg.rotary_pct, cfg.rotary_base)
+            q = rotary(site(f"{prefix}.q_unrotated", q, HEAD_AXES), cfg.rotary_pct, cfg.rotary_base)
+            k = rotary(site(f"{prefix}.k_unrotated", k, HEAD_AXES), cfg.rotary_pct, cfg.rotary_base)
         z = attention(q, k, v, prefix, causal=cfg.causal, key_mask=key_mask)
         return site(prefix, getattr(self, n.attn_out)(z.reshape(b, t, -1)), TOKEN_AXES)
 
 
 class MLP(nnx.Module):
-    """Two-layer MLP with site ``{prefix}.act`` on the hidden activation."""
+    """Two-layer MLP with sites ``{prefix}.pre`` / ``{prefix}.act`` on the hidden before / after the activation."""
 
     def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -288,7 +320,8 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array, prefix: str) -> jax.Array:
         """[B, T, D] -> [B, T, D]."""
         n = self.cfg.names
-        h = site(f"{prefix}.act", ACTIVATIONS[self.cfg.activation](getattr(self, n.fc_in)(x)), TOKEN_AXES)
+        h = site(f"{prefix}.pre", getattr(self, n.fc_in)(x), TOKEN_AXES)
+        h = site(f"{prefix}.act", ACTIVATIONS[self.cfg.activation](h), TOKEN_AXES)
         return site(prefix, getattr(self, n.fc_out)(h), TOKEN_AXES)
 
 
@@ -307,14 +340,16 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, key_mask: jax.Array | None, prefix: str) -> jax.Array:
         """[B, T, D] -> [B, T, D]; marks ``prefix`` (the residual after the block) and the inner sites."""
         cfg, n = self.cfg, self.cfg.names
-        a = getattr(self, n.attn)(_apply_norm(getattr(self, n.ln_1), x), key_mask, f"{prefix}.{n.attn}")
+        x = site(f"{prefix}.resid_pre", x, TOKEN_AXES)
+        a = getattr(self, n.attn)(_apply_norm(getattr(self, n.ln_1), x, f"{prefix}.{n.ln_1}"), key_mask,
+                                  f"{prefix}.{n.attn}")
         if cfg.attn_only:
             x = x + a
         elif cfg.parallel_residual:
-            x = x + a + self.mlp(_apply_norm(getattr(self, n.ln_2), x), f"{prefix}.mlp")
+            x = x + a + self.mlp(_apply_norm(getattr(self, n.ln_2), x, f"{prefix}.{n.ln_2}"), f"{prefix}.mlp")
         else:
             x = site(f"{prefix}.resid_mid", x + a, TOKEN_AXES)
-            x = x + self.mlp(_apply_norm(getattr(self, n.ln_2), x), f"{prefix}.mlp")
+            x = x + self.mlp(_apply_norm(getattr(self, n.ln_2), x, f"{prefix}.{n.ln_2}"), f"{prefix}.mlp")
         return site(prefix, x, TOKEN_AXES)
 
 
@@ -340,16 +375,17 @@ class Transformer(nnx.Module):
         cfg, n = self.cfg, self.cfg.names
         tokens = jnp.asarray(tokens)
         check_tokens(tokens, attention_mask, cfg.n_ctx)
+        declare_aliases(transformer_lens_aliases(cfg))
         embed = getattr(self, n.embed)
-        x = embed(tokens)
+        x = site(n.embed, embed(tokens), TOKEN_AXES)
         if self.wpe is not None:
-            x = x + self.wpe(jnp.arange(tokens.shape[1]))[None]
+            x = x + site("wpe", jnp.broadcast_to(self.wpe(jnp.arange(tokens.shape[1]))[None], x.shape), TOKEN_AXES)
         x = site("embed", x, TOKEN_AXES)
         key_mask = None if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         for i, block in enumerate(getattr(self, n.blocks)):
             x = block(x, key_mask, f"{n.blocks}.{i}")
         if cfg.final_norm:
-            x = site(n.ln_f, getattr(self, n.ln_f)(x), TOKEN_AXES)
+            x = site(n.ln_f, getattr(self, n.ln_f)(x, n.ln_f), TOKEN_AXES)
         logits = embed.attend(x) if cfg.tie_embeddings else getattr(self, n.unembed)(x)
         return site("logits", logits, TOKEN_AXES)
 
@@ -359,3 +395,46 @@ class Transformer(nnx.Module):
 
         return Network.from_module(self, (None,), input_dtype="int")
 
+
+
+@functools.lru_cache(maxsize=64)
+def transformer_lens_aliases(cfg: TransformerConfig) -> dict[str, str]:
+    """``{TransformerLens hook name: site}`` for a model of this config (see the module docstring).
+
+    Hooks that TransformerLens only adds on request (``hook_attn_in``, ``hook_q_input``, ``attn.hook_result``,
+    ``hook_mlp_in``) have no alias. Do not mutate the returned dict (it is cached per config).
+    """
+    n = cfg.names
+    table = {"hook_embed": n.embed}
+    if cfg.positional == "learned":
+        table["hook_pos_embed"] = "wpe"
+    for i in range(cfg.n_layer):
+        block, attn, tl = f"{n.blocks}.{i}", f"{n.blocks}.{i}.{n.attn}", f"blocks.{i}"
+        table[f"{tl}.hook_resid_pre"] = f"{block}.resid_pre"
+        norms = [("ln1", n.ln_1)] + ([] if cfg.attn_only else [("ln2", n.ln_2)])
+        if cfg.norm == "layernorm":
+            for tl_ln, ln in norms:
+                table[f"{tl}.{tl_ln}.hook_scale"] = f"{block}.{ln}.scale"
+                table[f"{tl}.{tl_ln}.hook_normalized"] = f"{block}.{ln}.normalized"
+        rotated = cfg.positional == "rotary"
+        for s in "qk":
+            table[f"{tl}.attn.hook_{s}"] = f"{attn}.{s}_unrotated" if rotated else f"{attn}.{s}"
+            if rotated:
+                table[f"{tl}.attn.hook_rot_{s}"] = f"{attn}.{s}"
+        for tl_name, name in (("hook_v", "v"), ("hook_attn_scores", "scores"), ("hook_pattern", "pattern"),
+                              ("hook_z", "z")):
+            table[f"{tl}.attn.{tl_name}"] = f"{attn}.{name}"
+        table[f"{tl}.hook_attn_out"] = attn
+        if not cfg.attn_only:
+            if not cfg.parallel_residual:
+                table[f"{tl}.hook_resid_mid"] = f"{block}.resid_mid"
+            table[f"{tl}.mlp.hook_pre"] = f"{block}.mlp.pre"
+            table[f"{tl}.mlp.hook_post"] = f"{block}.mlp.act"
+            table[f"{tl}.hook_mlp_out"] = f"{block}.mlp"
+        table[f"{tl}.hook_resid_post"] = block
+    if cfg.final_norm:
+        table["ln_final.hook_scale"] = f"{n.ln_f}.scale"
+        table["ln_final.hook_normalized"] = f"{n.ln_f}.normalized"
+    table["unembed.hook_in"] = n.ln_f if cfg.final_norm else f"{n.blocks}.{cfg.n_layer - 1}"
+    table["unembed.hook_out"] = "logits"
+    return table

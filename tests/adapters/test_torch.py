@@ -31,6 +31,18 @@ def _ids(b=2, t=7, vocab=50, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, (b, t))
 
 
+def _ln_sites(specs: dict, site: str, module: str, eps: float = 1e-5) -> None:
+    """Add float64 references of a LayerNorm's ``{site}.scale`` and ``.normalized`` sites, from its input."""
+    def parts(a):
+        a = a.astype(np.float64)
+        c = a - a.mean(-1, keepdims=True)
+        scale = np.sqrt((c * c).mean(-1, keepdims=True) + eps)
+        return scale, c / scale
+
+    specs[f"{site}.scale"] = (module, "in", lambda a: parts(a)[0])
+    specs[f"{site}.normalized"] = (module, "in", lambda a: parts(a)[1])
+
+
 # ------------------------------------------------------------------------------------------------------ GPT-2
 def _gpt2(seed=0, **kw):
     torch.manual_seed(seed)
@@ -45,14 +57,20 @@ def test_gpt2_parity_every_site():
     ids = _ids()
     b, t, h, dh = 2, 7, 2, 8
     heads = lambda a: a.reshape(b, t, h, dh)  # noqa: E731
-    specs = {}
+    specs = {"wte": ("transformer.wte", "out", lambda a: a),
+             "wpe": ("transformer.wpe", "out", lambda a: np.broadcast_to(a, (b, t, a.shape[-1])))}
+    _ln_sites(specs, "ln_f", "transformer.ln_f")
     for i in range(2):
+        specs[f"h.{i}.resid_pre"] = (f"transformer.h.{i}", "in", lambda a: a)
+        for ln in ("ln_1", "ln_2"):
+            _ln_sites(specs, f"h.{i}.{ln}", f"transformer.h.{i}.{ln}")
         for j, s in enumerate("qkv"):
             specs[f"h.{i}.attn.{s}"] = (f"transformer.h.{i}.attn.c_attn", "out",
                                         lambda a, j=j: heads(np.split(a, 3, -1)[j]))
         specs[f"h.{i}.attn.z"] = (f"transformer.h.{i}.attn.c_proj", "in", heads)
         specs[f"h.{i}.attn"] = (f"transformer.h.{i}.attn", "out", lambda a: a)
         specs[f"h.{i}.resid_mid"] = (f"transformer.h.{i}.ln_2", "in", lambda a: a)
+        specs[f"h.{i}.mlp.pre"] = (f"transformer.h.{i}.mlp.act", "in", lambda a: a)
         specs[f"h.{i}.mlp.act"] = (f"transformer.h.{i}.mlp.c_proj", "in", lambda a: a)
         specs[f"h.{i}.mlp"] = (f"transformer.h.{i}.mlp", "out", lambda a: a)
     want, handles = torch_hooks(hf, specs)
@@ -64,8 +82,9 @@ def test_gpt2_parity_every_site():
                  "ln_f": out.hidden_states[2].numpy(), "logits": out.logits.numpy()})
     want.update({f"h.{i}.attn.pattern": a.numpy() for i, a in enumerate(out.attentions)})
     logits, got = jrun(model, jnp.asarray(ids), capture=list(want))
-    # every site but the last block's residual (HF reports that one after ln_f)
-    assert set(want) == set(list_sites(model, jnp.asarray(ids))) - {"h.1"}
+    # every site but the last block's residual (HF reports that one after ln_f) and the attention scores (HF's
+    # eager attention exposes only the pattern; scores are compared with TransformerLens' hook_attn_scores)
+    assert set(want) == set(list_sites(model, jnp.asarray(ids))) - {"h.1", "h.0.attn.scores", "h.1.attn.scores"}
     for name, w in want.items():
         assert rel_err(got[name], w) <= RTOL, name
 
@@ -117,12 +136,20 @@ def test_neox_parity_every_site(parallel):
         rq, rk = apply_rotary_pos_emb(torch.tensor(q).transpose(1, 2), torch.tensor(k).transpose(1, 2), cos, sin)
         return (rq if j == 0 else rk).transpose(1, 2).numpy()
 
-    specs = {}
+    specs = {"embed_in": ("gpt_neox.embed_in", "out", lambda a: a)}
+    _ln_sites(specs, "final_layer_norm", "gpt_neox.final_layer_norm")
     for i in range(2):
         pre = f"layers.{i}"
+        specs[f"{pre}.resid_pre"] = (f"gpt_neox.{pre}", "in", lambda a: a)
+        for ln in ("input_layernorm", "post_attention_layernorm"):
+            _ln_sites(specs, f"{pre}.{ln}", f"gpt_neox.{pre}.{ln}")
         for j, s in enumerate("qkv"):
             specs[f"{pre}.attention.{s}"] = (f"gpt_neox.{pre}.attention.query_key_value", "out",
                                              lambda a, j=j: qkv(a, j))
+        for j, s in enumerate("qk"):  # before rotary
+            specs[f"{pre}.attention.{s}_unrotated"] = (f"gpt_neox.{pre}.attention.query_key_value", "out",
+                                                       lambda a, j=j: np.split(a.reshape(b, t, h, 3 * dh), 3, -1)[j])
+        specs[f"{pre}.mlp.pre"] = (f"gpt_neox.{pre}.mlp.dense_h_to_4h", "out", lambda a: a)
         specs[f"{pre}.attention.z"] = (f"gpt_neox.{pre}.attention.dense", "in", lambda a: a.reshape(b, t, h, dh))
         specs[f"{pre}.attention"] = (f"gpt_neox.{pre}.attention", "out", lambda a: a)
         specs[f"{pre}.mlp.act"] = (f"gpt_neox.{pre}.mlp.dense_4h_to_h", "in", lambda a: a)
@@ -138,6 +165,8 @@ def test_neox_parity_every_site(parallel):
                  "final_layer_norm": out.hidden_states[2].numpy(), "logits": out.logits.numpy()})
     want.update({f"layers.{i}.attention.pattern": a.numpy() for i, a in enumerate(out.attentions)})
     _, got = jrun(model, jnp.asarray(ids), capture=list(want))
+    scores = {f"layers.{i}.attention.scores" for i in range(2)}  # compared with TransformerLens
+    assert set(want) == set(list_sites(model, jnp.asarray(ids))) - {"layers.1"} - scores
     for name, w in want.items():
         assert rel_err(got[name], w) <= RTOL, name
 

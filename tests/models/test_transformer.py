@@ -123,15 +123,20 @@ def test_non_causal_sees_later_tokens():
 def test_sites_list_shapes_and_axes():
     model = _model()
     sites = list_sites(model, jax.ShapeDtypeStruct((3, 5), jnp.int32))
-    expected_block = ["attn.q", "attn.k", "attn.v", "attn.pattern", "attn.z", "attn", "resid_mid", "mlp.act", "mlp"]
-    names = ["embed"] + [f"h.{i}.{s}" for i in range(2) for s in expected_block] + [f"h.{i}" for i in range(2)]
-    assert set(sites) == set(names + ["ln_f", "logits"])
+    expected_block = ["resid_pre", "ln_1.scale", "ln_1.normalized", "attn.q", "attn.k", "attn.v", "attn.scores",
+                      "attn.pattern", "attn.z", "attn", "resid_mid", "ln_2.scale", "ln_2.normalized", "mlp.pre",
+                      "mlp.act", "mlp"]
+    names = ["wte", "wpe", "embed"] + [f"h.{i}.{s}" for i in range(2) for s in expected_block]
+    assert list(sites) == names[:3] + names[3:3 + 16] + ["h.0"] + names[3 + 16:] + ["h.1"] + [
+        "ln_f.scale", "ln_f.normalized", "ln_f", "logits"]
+    assert sites["h.0.ln_1.scale"].shape == (3, 5, 1) and sites["h.1.mlp.pre"].shape == (3, 5, 32)
+    assert sites["h.1.attn.scores"].shape == (3, 2, 5, 5) and sites["h.1.attn.scores"].axes == sites[
+        "h.1.attn.pattern"].axes
     assert sites["h.1.attn.pattern"].shape == (3, 2, 5, 5)
     assert sites["h.1.attn.pattern"].axes == ("batch", "head", "query", "key")
     assert sites["h.0.attn.z"].shape == (3, 5, 2, 4) and sites["h.0.attn.z"].axes == ("batch", "token", "head", "channel")
     assert sites["h.0.mlp.act"].shape == (3, 5, 32)
     assert sites["logits"].shape == (3, 5, 13)
-    assert list(sites)[-1] == "logits" and list(sites)[0] == "embed"
 
 
 def test_captured_sites_are_consistent():
