@@ -16,15 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from jaxequiv import sites as _sites
 
 __all__ = ["Network"]
 
 
+def _static(**kwargs):
+    return dataclasses.field(metadata={"static": True}, **kwargs)
+
+
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """A model as a pure function.
+    """A model as a pure function; a pytree whose only leaves are ``params`` (the other fields are static).
 
     Attributes:
       apply: ``apply(params, *inputs) -> outputs``; pure and traceable.
@@ -35,19 +41,22 @@ class Network:
       stacked: number of stacked parameter sets, or ``None`` for a single network.
     """
 
-    apply: Callable[..., Any]
+    apply: Callable[..., Any] = _static()
     params: Any
-    input_shape: tuple[int | None, ...]
-    input_dtype: str = "float"
-    stacked: int | None = None
+    input_shape: tuple[int | None, ...] = _static()
+    input_dtype: str = _static(default="float")
+    stacked: int | None = _static(default=None)
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_module(cls, module: nnx.Module, input_shape: Sequence[int | None], input_dtype: str = "float"):
         """Pure view of an nnx module in its current mode (call ``module.eval()`` first for inference).
 
-        All of the module's state (parameters, BatchNorm statistics, ...) becomes ``params``.
+        All of the module's state (parameters, BatchNorm statistics, ...) becomes ``params``. ``input_dtype`` is
+        ``"int"`` for models of token ids (a transformer), ``"float"`` otherwise.
         """
+        if input_dtype not in ("float", "int"):
+            raise ValueError(f"input_dtype must be 'float' or 'int' (token ids), got {input_dtype!r}")
         graphdef, state = nnx.split(module)
 
         def apply(params, *inputs, **kwargs):
@@ -78,20 +87,20 @@ class Network:
         return dataclasses.replace(self, params=params, stacked=None)
 
     # -- running --------------------------------------------------------------------------------------------
-    def __call__(self, x, *rest, **kwargs):
+    def __call__(self, x: ArrayLike, *rest, **kwargs):
         """``apply(params, x, *rest)`` after checking ``x`` against ``input_shape``; vmaps over a stack."""
         self.check_input(x)
         if self.stacked is not None:
             return self.vmap_apply(x, *rest, **kwargs)
         return self.apply(self.params, x, *rest, **kwargs)
 
-    def vmap_apply(self, x, *rest, **kwargs):
+    def vmap_apply(self, x: ArrayLike, *rest, **kwargs):
         """Outputs of every stacked network on the same inputs: leading axis = stack."""
         if self.stacked is None:
             raise TypeError("vmap_apply needs a stacked Network (see Network.stack)")
         return jax.vmap(lambda p: self.apply(p, x, *rest, **kwargs))(self.params)
 
-    def check_input(self, x) -> None:
+    def check_input(self, x: ArrayLike) -> None:
         """Raise ``ValueError`` naming the expected and given shapes/dtypes if ``x`` is not a batch of inputs."""
         shape = tuple(np.shape(x))
         expected = ("batch", *(s if s is not None else "any" for s in self.input_shape))
@@ -104,7 +113,9 @@ class Network:
         if self.input_dtype == "int" and kind not in "iu":
             raise ValueError(f"this network takes integer token ids, got dtype {dtype}")
         if self.input_dtype == "float" and kind not in "f":
-            raise ValueError(f"this network takes floating-point inputs, got dtype {dtype}; cast with x.astype('float32')")
+            raise ValueError(f"this network takes floating-point inputs, got dtype {dtype}; cast with x.astype('float32'), "
+                             "or, if these are token ids, build it with input_dtype='int' (Network.from_module(module, "
+                             "input_shape, input_dtype='int'))")
 
     def example_input(self, batch: int = 1, **sizes) -> jax.ShapeDtypeStruct:
         """A ``ShapeDtypeStruct`` for a batch of inputs; free sizes (``None``) default to 8."""
@@ -120,15 +131,3 @@ class Network:
 
     def param_count(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(self.params))
-
-
-def _flatten(net: Network):
-    return (net.params,), (net.apply, net.input_shape, net.input_dtype, net.stacked)
-
-
-def _unflatten(aux, children):
-    apply, input_shape, input_dtype, stacked = aux
-    return Network(apply, children[0], input_shape, input_dtype, stacked)
-
-
-jax.tree_util.register_pytree_node(Network, _flatten, _unflatten)

@@ -44,6 +44,11 @@ def test_network_is_a_pytree_through_jit():
     np.testing.assert_allclose(f(net, X), net(X), rtol=1e-6)
     leaves = jax.tree_util.tree_leaves(net)
     assert len(leaves) == len(jax.tree_util.tree_leaves(net.params))
+    doubled = jax.tree_util.tree_map(lambda a: 2 * a, net)  # registered as a dataclass: static fields survive
+    assert (doubled.apply, doubled.input_shape, doubled.input_dtype, doubled.stacked) == (
+        net.apply, net.input_shape, net.input_dtype, net.stacked)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(net)[0]]
+    assert all(p.startswith(".params") for p in paths)
 
 
 def test_stack_vmaps_equal_python_loop():
@@ -87,8 +92,10 @@ def test_bad_input_names_expected_and_given():
         net(jnp.zeros((4, 7)))
     with pytest.raises(ValueError, match="expected"):
         net(jnp.zeros((6,)))
-    with pytest.raises(ValueError, match="floating-point"):
+    with pytest.raises(ValueError, match="floating-point.*input_dtype='int'"):
         net(jnp.zeros((4, 6), jnp.int32))
+    with pytest.raises(ValueError, match="input_dtype must be"):
+        Network.from_module(Tiny(0), (6,), input_dtype="int32")
     tokens = Network(lambda p, t: t, {}, (None,), "int")
     tokens.check_input(jnp.zeros((2, 9), jnp.int32))
     with pytest.raises(ValueError, match="integer token ids"):

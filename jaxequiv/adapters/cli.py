@@ -12,12 +12,15 @@ def register(subparsers) -> None:
         help="convert a PyTorch checkpoint into a jaxequiv artefact (model.safetensors + config.json)",
         description="Load a checkpoint (.pt/.pth/.bin/.safetensors or a Hugging Face folder) into a jaxequiv model "
         "and write it as model.safetensors + config.json (published together: OUT holds the old pair or the new "
-        "one, never a mix), which loads back without torch via jaxequiv.adapters.torch.load(OUT).",
+        "one, never a mix), which loads back without torch via jaxequiv.adapters.torch.load(OUT). The tokenizer "
+        "files of a Hugging Face folder (tokenizer.json, vocab, merges, special tokens) are copied along.",
     )
     p.add_argument("source", help="checkpoint file or folder")
     p.add_argument("out", help="output folder")
-    p.add_argument("--arch", help="gpt2, gpt_neox, bert, vit or resnet (default: config.json's model_type)")
-    p.add_argument("--config", help="JSON file (or inline JSON object) with the model config fields")
+    p.add_argument("--arch", help="gpt2, gpt_neox, bert, vit, resnet or transformer_lens (a HookedTransformer state "
+                   "dict; needs --config) (default: config.json's model_type)")
+    p.add_argument("--config", help="JSON file (or inline JSON object) with the model config fields (for "
+                   "transformer_lens: the HookedTransformerConfig's fields)")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="checkpoint keys to leave unused (fnmatch pattern; repeatable)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -33,7 +36,7 @@ def _convert(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxequiv.adapters.torch import load, save
+    from jaxequiv.adapters.torch import load, save, tokenizer_files
     from jaxequiv.io.files import check_output
 
     config = None
@@ -48,8 +51,10 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"--config is not valid JSON ({e}); pass a JSON object or a .json file") from None
     check_output(args.out, overwrite=args.overwrite, marker="config.json")  # fail before the slow part
     model = load(args.source, args.arch, config, ignore=args.ignore, dtype=getattr(jnp, args.dtype))
+    carried = tokenizer_files(args.source)
     save(model, args.out, metadata={"source": os.path.basename(os.path.normpath(args.source))},
-         overwrite=args.overwrite)
+         overwrite=args.overwrite, files=carried)
     n = sum(int(v.size) for v in jax.tree_util.tree_leaves(nnx.state(model)))
-    print(f"wrote {args.out}: {n:,} parameters ({type(model).__name__})")
+    print(f"wrote {args.out}: {n:,} parameters ({type(model).__name__})"
+          + (f"; tokenizer files {[os.path.basename(f) for f in carried]}" if carried else ""))
     return 0

@@ -19,29 +19,6 @@ Strict accounting: every checkpoint tensor is used exactly once or matches an ex
 raise one :class:`CheckpointError` that lists them all, and nothing is written into the model unless
 everything fits. Floating-point tensors (fp16/bf16 included) load as float32 unless ``dtype`` says otherwise.
 
-Cost: the model is built abstractly (shapes only, linear in depth) and each tensor that needs no conversion
-becomes a JAX array sharing the checkpoint's memory (for ``.safetensors``, the file's read-only memory map, as
-``transformers`` does), so loading reads no weight bytes and the peak memory stays near one copy of the
-weights. Tensors that need a transpose, a split or a dtype change are converted one at a time. Do not
-rewrite a ``.safetensors`` file in place while a model loaded from it is in use (``save`` and
-``save_pretrained`` to another folder, or an atomic replace, are fine).
-
-Custom modules: :func:`load_state_dict` fills any nnx module whose attribute paths spell the torch module names
-(``self.features = nnx.List([...])`` for ``features.0.weight``), e.g.::
-
-    class Net(nnx.Module):                   # torch: conv (Conv2d), act (PReLU(8)), fc (Linear)
-        def __init__(self, rngs):
-            self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-            self.act = nnx.PReLU(negative_slope_init=0.25)   # ONE slope, like torch nn.PReLU()
-            self.fc = nnx.Linear(8, 10, rngs=rngs)
-
-    model = load_state_dict(Net(nnx.Rngs(0)), torch_model.state_dict())
-
-Per-channel ``nn.PReLU(num_parameters=C)`` has C slopes while ``nnx.PReLU`` has one: give the module a
-``C``-slope parameter instead (e.g. ``self.act = PerChannelPReLU(C)`` holding ``negative_slope =
-nnx.Param(jnp.full((C,), 0.25))`` and computing ``jnp.where(x >= 0, x, negative_slope * x)`` over the channel
-axis); its ``weight`` then loads into it.
-
 Per layer type (the leaf name decides where the type does not): ``kernel`` <- ``weight`` transposed
 (Linear ``(out, in) -> (in, out)``; Conv ``(O, I, *K) -> (*K, I, O)``; ConvTranspose ``(I, O, *K)`` ->
 spatially flipped ``(*K, I, O)`` for ``nnx.ConvTranspose`` with its default ``transpose_kernel=False``),
@@ -49,6 +26,38 @@ spatially flipped ``(*K, I, O)`` for ``nnx.ConvTranspose`` with its default ``tr
 ``embedding`` <- ``weight`` (Embedding), ``negative_slope`` <- ``weight`` (PReLU), ``nnx.MultiHeadAttention``
 ``query``/``key``/``value`` <- thirds of ``in_proj_weight``/``in_proj_bias`` and ``out`` <- ``out_proj``;
 any other parameter is copied from the checkpoint key of the same dotted path (``cls_token``, ``alpha``, ...).
+
+Cost: the model is built abstractly (shapes only, linear in depth) and each tensor read from a file that needs
+no conversion becomes a JAX array sharing the checkpoint's memory where it is aligned as XLA needs (for
+``.safetensors``, the file's read-only memory map, as ``transformers`` does), so loading reads no weight bytes
+and the peak memory stays near one copy of the weights. Tensors that need a transpose, a split or a dtype
+change are converted one at a time; an in-memory state dict (a live torch model's tensors) is copied. Do not
+rewrite a ``.safetensors`` file in place while a model loaded from it is in use (``save`` and
+``save_pretrained`` to another folder, or an atomic replace, are fine).
+
+Custom modules: :func:`load_state_dict` fills any nnx module whose attribute paths spell the torch module names
+(``self.features = nnx.List([...])`` for ``features.0.weight``; ``nnx.Sequential`` works too), e.g.::
+
+    class Net(nnx.Module):                   # torch: conv = Conv2d(3, 8, 3), act = PReLU(), fc = Linear(8, 10)
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 8, (3, 3), padding="VALID", rngs=rngs)
+            self.act = nnx.PReLU()           # ONE slope, like torch's nn.PReLU()
+            self.fc = nnx.Linear(8, 10, rngs=rngs)
+
+        def __call__(self, x):               # NHWC
+            return self.fc(self.act(self.conv(x)).mean((1, 2)))
+
+    model = load_state_dict(Net(nnx.Rngs(0)), torch_net.state_dict())
+
+A per-channel ``nn.PReLU(num_parameters=C)`` has C slopes and ``nnx.PReLU`` has one (loading it says so): use a
+module with a ``[C]`` slope named ``negative_slope``, which loads from the torch ``weight``::
+
+    class ChannelPReLU(nnx.Module):
+        def __init__(self, channels: int):
+            self.negative_slope = nnx.Param(jnp.full((channels,), 0.25))
+
+        def __call__(self, x):               # channels last
+            return jnp.where(x >= 0, x, self.negative_slope[...] * x)
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import dataclasses
 import fnmatch
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -80,6 +90,7 @@ __all__ = [
     "load",
     "load_network",
     "save",
+    "tokenizer_files",
     "state_dict_to_numpy",
 ]
 
@@ -610,13 +621,31 @@ def _arch_of(model: nnx.Module) -> str:
 # Portable artefacts.
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model")
+
+
+def tokenizer_files(folder: str | os.PathLike) -> list[str]:
+    """Paths of the tokenizer files (``tokenizer.json``, vocab, merges, special tokens, ...) in a Hugging Face
+    folder, for :func:`save` to carry into the artefact; ``[]`` for a file or a folder without them."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))]
+
+
 def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str, str] | None = None,
-         overwrite: bool = False) -> str:
+         overwrite: bool = False, files: Iterable[str | os.PathLike] = ()) -> str:
     """Write a jaxequiv model (one of :data:`ARCHS`) to folder ``out_dir`` as ``model.safetensors`` (tensors named
-    by their dotted nnx paths) + ``config.json``, published together in one folder swap (``overwrite``: replace
-    an artefact already there). Returns ``out_dir``."""
+    by their dotted nnx paths) + ``config.json`` and a copy of each of ``files`` (e.g. :func:`tokenizer_files` of
+    the source folder), published together in one folder swap (``overwrite``: replace an artefact already
+    there). Returns ``out_dir``."""
     arch = _arch_of(model)
     out_dir = os.fspath(out_dir)
+    files = [os.fspath(f) for f in files]
+    clash = [f for f in files if os.path.basename(f) in ("model.safetensors", "config.json")]
+    if clash:
+        raise ValueError(f"cannot carry {clash} into the artefact: model.safetensors and config.json are its own")
     variables = _variables(model)[0]
     tensors = {row.key: np.asarray(variables[row.path][...]) for row in _native_table(variables)}
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
@@ -624,6 +653,8 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, *, metadata: Mapping[str
     with publishing(out_dir, overwrite=overwrite, marker="config.json") as tmp:
         write_safetensors(tmp / "model.safetensors", tensors, {"format": FORMAT, **(metadata or {})})
         write_json(tmp / "config.json", config, indent=2)
+        for f in files:
+            shutil.copyfile(f, tmp / os.path.basename(f))
     return out_dir
 
 

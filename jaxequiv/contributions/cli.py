@@ -83,19 +83,16 @@ def _load_model(args, input_shape, n_classes):
     from jaxequiv.network import Network
 
     if args.checkpoint:
-        from jaxequiv.adapters.torch import load
+        from jaxequiv.adapters.torch import load_network
 
-        model = load(args.checkpoint, args.arch)
-    else:
-        from jaxequiv.models import resnet
+        return load_network(args.checkpoint, args.arch)  # eval mode, the architecture's input shape and dtype
+    from jaxequiv.models import resnet
 
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"--model {args.model} takes images [H, W, C]; the data's examples have shape {input_shape}"
-            )
-        stem = args.stem or ("small" if min(input_shape[:2]) < 64 else "imagenet")
-        model = getattr(resnet, args.model)(num_classes=n_classes, in_channels=input_shape[-1], width=args.width,
-                                            stem=stem, rngs=nnx.Rngs(args.seed))
+    if len(input_shape) != 3:
+        raise ValueError(f"--model {args.model} takes images [H, W, C]; the data's examples have shape {input_shape}")
+    stem = args.stem or ("small" if min(input_shape[:2]) < 64 else "imagenet")
+    model = getattr(resnet, args.model)(num_classes=n_classes, in_channels=input_shape[-1], width=args.width,
+                                        stem=stem, rngs=nnx.Rngs(args.seed))
     model.eval()
     return Network.from_module(model, input_shape)
 

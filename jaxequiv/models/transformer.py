@@ -60,6 +60,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
 
 from jaxequiv.io.config import DictConfig
 from jaxequiv.sites import declare_aliases, site
@@ -244,13 +245,14 @@ def attention(
     return site(f"{prefix}.z", jnp.einsum("bhqk,bkhd->bqhd", pattern, v), HEAD_AXES)
 
 
-def check_tokens(tokens, attention_mask, n_ctx: int | None) -> None:
+def check_tokens(tokens: jax.Array, attention_mask: jax.Array | None, n_ctx: int | None) -> None:
     """``ValueError``/``TypeError`` unless ``tokens`` is an int [B, T] batch (T <= n_ctx) and the mask matches."""
     shape = tuple(tokens.shape)
     if len(shape) != 2:
         raise ValueError(f"tokens must have shape [batch, seq_len], got {shape}; add a batch axis with tokens[None]")
     if jnp.dtype(tokens.dtype).kind not in "iu":
-        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}; a Network of a token model takes "
+                        "input_dtype='int' (model.network(), or Network.from_module(model, (None,), input_dtype='int'))")
     if n_ctx is not None and shape[1] > n_ctx:
         raise ValueError(f"sequence length {shape[1]} exceeds the model's n_ctx={n_ctx}; truncate the input")
     if attention_mask is not None and tuple(attention_mask.shape) != shape:
@@ -371,9 +373,10 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             setattr(self, n.unembed, nnx.Linear(cfg.d_model, cfg.d_vocab_out, use_bias=cfg.unembed_bias, rngs=rngs))
 
-    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: ArrayLike, attention_mask: ArrayLike | None = None) -> jax.Array:
         cfg, n = self.cfg, self.cfg.names
         tokens = jnp.asarray(tokens)
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
         check_tokens(tokens, attention_mask, cfg.n_ctx)
         declare_aliases(transformer_lens_aliases(cfg))
         embed = getattr(self, n.embed)
@@ -381,7 +384,7 @@ class Transformer(nnx.Module):
         if self.wpe is not None:
             x = x + site("wpe", jnp.broadcast_to(self.wpe(jnp.arange(tokens.shape[1]))[None], x.shape), TOKEN_AXES)
         x = site("embed", x, TOKEN_AXES)
-        key_mask = None if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        key_mask = None if attention_mask is None else attention_mask.astype(bool)
         for i, block in enumerate(getattr(self, n.blocks)):
             x = block(x, key_mask, f"{n.blocks}.{i}")
         if cfg.final_norm:

@@ -101,6 +101,16 @@ def test_gpt2_padding_mask_and_folder(tmp_path):
     assert rel_err(got[0], want[0]) <= RTOL and rel_err(got[1, :4], want[1, :4]) <= RTOL
 
 
+def test_in_memory_state_dict_is_copied():
+    """Tensors of a live torch model are copied: updating them in place later leaves the JAX model as loaded."""
+    hf = _gpt2(seed=12)
+    model = ad.load(hf.state_dict(), "gpt2", hf.config.to_dict())
+    before = np.array(model.wte.embedding[...])
+    with torch.no_grad():
+        hf.transformer.wte.weight.add_(1.0)
+    np.testing.assert_array_equal(model.wte.embedding[...], before)
+
+
 def test_mapping_table_is_explicit():
     hf = _gpt2()
     model = ad.load(hf.state_dict(), "gpt2", hf.config.to_dict())
@@ -273,6 +283,45 @@ def test_generic_path_custom_cnn():
     assert rows["attn.in_proj_weight"].part is not None
 
 
+class ChannelPReLU(nnx.Module):
+    """The per-channel PReLU of the adapter's documentation."""
+
+    def __init__(self, channels: int):
+        self.negative_slope = nnx.Param(jnp.full((channels,), 0.25))
+
+    def __call__(self, x):
+        return jnp.where(x >= 0, x, self.negative_slope[...] * x)
+
+
+class DocNet(nnx.Module):
+    """The custom-module example of the adapter's documentation, with a per-channel PReLU option."""
+
+    def __init__(self, rngs, per_channel: bool = False):
+        self.conv = nnx.Conv(3, 8, (3, 3), padding="VALID", rngs=rngs)
+        self.act = ChannelPReLU(8) if per_channel else nnx.PReLU()
+        self.fc = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(self.act(self.conv(x)).mean((1, 2)))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_documented_custom_module_and_per_channel_prelu(per_channel):
+    torch.manual_seed(6)
+    ref = nn.Sequential()
+    ref.conv, ref.act, ref.fc = nn.Conv2d(3, 8, 3), nn.PReLU(8 if per_channel else 1), nn.Linear(8, 10)
+    with torch.no_grad():
+        ref.act.weight.uniform_(-0.5, 0.5)
+    x = np.random.default_rng(6).normal(size=(2, 3, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        want = ref.fc(ref.act(ref.conv(torch.tensor(x))).mean((2, 3))).numpy()
+    model = ad.load_state_dict(DocNet(nnx.Rngs(0), per_channel), ref.state_dict())
+    assert rel_err(model(jnp.asarray(x.transpose(0, 2, 3, 1))), want) <= RTOL
+    if per_channel:  # flax's nnx.PReLU has one slope: the error says how to load eight
+        with pytest.raises(ad.CheckpointError, match="nnx.PReLU has ONE slope.*per-channel"):
+            ad.load_state_dict(DocNet(nnx.Rngs(0)), ref.state_dict())
+
+
 def test_batchnorm_momentum_convention():
     net = _torch_net()
     var0 = net.features[1].running_var.numpy().copy()
@@ -419,8 +468,13 @@ def test_convert_cli_round_trip_without_torch(tmp_path):
 
     hf = _gpt2(seed=9)
     hf.save_pretrained(tmp_path / "hf")
+    tokenizer = {"tokenizer.json": '{"version": "1.0"}', "vocab.json": '{"a": 0}', "merges.txt": "#version: 0.2\n",
+                 "special_tokens_map.json": "{}", "tokenizer_config.json": '{"model_max_length": 16}'}
+    for name, text in tokenizer.items():
+        (tmp_path / "hf" / name).write_text(text)
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["config.json", "model.safetensors", *tokenizer])
+    assert all((tmp_path / "out" / n).read_text() == text for n, text in tokenizer.items())
     ids = _ids(seed=10)
     with torch.no_grad():
         want = hf(torch.tensor(ids)).logits.numpy()

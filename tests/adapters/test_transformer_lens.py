@@ -128,6 +128,24 @@ def test_sites_table_answers_to_hook_names():
     assert list(sites) == list(list_sites(net.apply, net.params, net.example_input(2, length=5)))
 
 
+def test_convert_cli_with_a_transformer_lens_config(tmp_path, capsys):
+    import json
+
+    from jaxequiv.cli import main
+
+    tl_model = _hooked("neox", seed=3)
+    torch.save(tl_model.state_dict(), tmp_path / "tl.pt")
+    (tmp_path / "cfg.json").write_text(json.dumps(tl_model.cfg.to_dict(), default=str))
+    assert main(["convert", str(tmp_path / "tl.pt"), str(tmp_path / "out"), "--arch", "transformer_lens"]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "tl.pt"), str(tmp_path / "out"), "--arch", "transformer_lens",
+                 "--config", str(tmp_path / "cfg.json")]) == 0
+    tokens = _tokens(3)
+    with torch.no_grad():
+        want = tl_model(torch.tensor(tokens)).numpy()
+    assert rel_err(ad.load(tmp_path / "out")(jnp.asarray(tokens)), want) <= RTOL
+
+
 def test_unsupported_and_mismatched_checkpoints_are_refused():
     tl_model = _hooked("gpt2")
     state, cfg = tl_model.state_dict(), tl_model.cfg.to_dict()

@@ -8,7 +8,8 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxequiv.models.transformer import Transformer, TransformerConfig, rotary
+from jaxequiv.models.transformer import Transformer, TransformerConfig, rotary, transformer_lens_aliases
+from jaxequiv.network import Network
 from jaxequiv.sites import Replace, Scale, list_sites, run
 
 SMALL = dict(vocab_size=13, n_layer=2, n_head=2, d_model=8, n_ctx=7)
@@ -139,6 +140,37 @@ def test_sites_list_shapes_and_axes():
     assert sites["logits"].shape == (3, 5, 13)
 
 
+@pytest.mark.parametrize("kw", [{}, dict(naming="neox", positional="rotary", parallel_residual=True),
+                                dict(attn_only=True), dict(norm="none", positional="none")])
+def test_transformer_lens_aliases_name_existing_sites(kw):
+    model = _model(**kw)
+    sites = list_sites(model, _tokens())
+    aliases = transformer_lens_aliases(model.cfg)
+    assert set(aliases.values()) <= set(sites)
+    assert {a for info in sites.values() for a in info.aliases} == set(aliases)
+    per_block = [a for a in aliases if a.startswith("blocks.0.")]
+    assert ("blocks.0.hook_resid_mid" in per_block) == (not model.cfg.attn_only and not model.cfg.parallel_residual)
+    assert ("blocks.0.ln1.hook_scale" in per_block) == (model.cfg.norm == "layernorm")
+    assert ("blocks.0.attn.hook_rot_q" in per_block) == (model.cfg.positional == "rotary")
+    assert ("hook_pos_embed" in aliases) == (model.cfg.positional == "learned")
+    logits, cap = run(model, _tokens(), capture=["blocks.1.hook_resid_post", "unembed.hook_out"])
+    np.testing.assert_array_equal(cap["unembed.hook_out"], logits)
+
+
+def test_layernorm_sites_rebuild_the_output():
+    model = _model()
+    _, cap = run(model, _tokens(), capture=["h.0.resid_pre", "h.0.ln_1.*", "ln_f*", "h.1"])
+    x = np.asarray(cap["h.0.resid_pre"], np.float64)
+    centred = x - x.mean(-1, keepdims=True)
+    scale = np.sqrt((centred**2).mean(-1, keepdims=True) + model.cfg.ln_eps)
+    np.testing.assert_allclose(cap["h.0.ln_1.scale"], scale, rtol=1e-5)
+    np.testing.assert_allclose(cap["h.0.ln_1.normalized"], centred / scale, rtol=1e-4, atol=1e-5)
+    ln_f = model.ln_f
+    np.testing.assert_allclose(cap["ln_f"], cap["ln_f.normalized"] * ln_f.scale[...] + ln_f.bias[...], rtol=1e-6)
+    frozen, _ = run(model, _tokens(seed=9), edits={"h.0.ln_1.scale": Replace(cap["h.0.ln_1.scale"])})
+    assert not np.allclose(frozen, model(_tokens(seed=9)))  # the scale site feeds the division
+
+
 def test_captured_sites_are_consistent():
     model = _model()
     tokens = _tokens()
@@ -250,8 +282,10 @@ def test_bad_tokens():
     model = _model()
     with pytest.raises(ValueError, match="batch, seq_len"):
         model(jnp.zeros((5,), jnp.int32))
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(TypeError, match="integer ids.*input_dtype='int'"):
         model(jnp.zeros((1, 5), jnp.float32))
+    with pytest.raises(TypeError, match="input_dtype='int'"):  # a Network built with the default float inputs
+        Network.from_module(model, (None,)).sites(batch=1, length=5)
     with pytest.raises(ValueError, match="n_ctx"):
         model(jnp.zeros((1, 9), jnp.int32))
     with pytest.raises(ValueError, match="attention_mask"):
