@@ -151,7 +151,7 @@ def resolve_sites(net: Network, patterns: str | Iterable[str], batch: int = 1) -
       UnknownSiteError: a pattern matches no site (the message lists the model's sites).
     """
     infos = net.sites(batch)
-    names = _sites.match(patterns, list(infos))
+    names = _sites.match(patterns, infos)  # the table: sites also match through their aliases
     return {n: infos[n] for n in names}
 
 
@@ -544,7 +544,7 @@ def prepare(net: Network, x: ArrayLike, sites: str | Iterable[str], method: str 
     output = _output_selector(output)
     out_shape = _output_shape(net, x, args, output)
     all_sites = _sites.list_sites(net.apply, net.params, x, *args)  # shapes of this batch (free lengths too)
-    infos = {n: all_sites[n] for n in _sites.match(sites, list(all_sites))}
+    infos = {n: all_sites[n] for n in _sites.match(sites, all_sites)}  # aliases (TransformerLens names) too
     if outputs == "all":
         if target is not None:
             raise ValueError("outputs='all' computes contributions toward every output; leave target=None")

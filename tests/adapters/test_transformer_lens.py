@@ -128,6 +128,21 @@ def test_sites_table_answers_to_hook_names():
     assert list(sites) == list(list_sites(net.apply, net.params, net.example_input(2, length=5)))
 
 
+def test_contributions_under_hook_names_equal_those_under_site_names():
+    from jaxequiv.contributions import contributions, targets
+
+    tl_model = _hooked("gpt2", seed=4)
+    net = ad.load_network(tl_model.state_dict(), "transformer_lens", tl_model.cfg.to_dict())
+    tokens = jnp.asarray(_tokens(4))
+    target = targets.at_position("top1", "last")
+    by_alias = contributions(net, tokens, "blocks.*.hook_resid_pre", method="ig", steps=4, target=target,
+                             input_site="hook_embed")
+    by_name = contributions(net, tokens, "h.*.resid_pre", method="ig", steps=4, target=target, input_site="wte")
+    assert list(by_alias.values) == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    for alias, name in zip(by_alias.values, by_name.values):
+        np.testing.assert_array_equal(by_alias.values[alias], by_name.values[name])
+
+
 def test_convert_cli_with_a_transformer_lens_config(tmp_path, capsys):
     import json
 
