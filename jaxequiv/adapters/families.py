@@ -1,7 +1,8 @@
 """Per-architecture configs: build the jaxequiv model, read HF ``config.json``, infer sizes from tensor shapes.
 
 Each family answers the same questions for :mod:`jaxequiv.adapters.torch`: ``build(cfg, rngs)``,
-``abstract(cfg)`` (the model with shape-only variables, to be filled from a checkpoint), ``from_dict`` / ``config_dict`` (the portable artefact's JSON), ``check`` (a config object), ``from_hf``
+``abstract(cfg)`` (the model with shape-only variables, to be filled from a checkpoint), ``from_dict`` /
+``config_dict`` (the portable artefact's JSON), ``check`` (a config object), ``from_hf``
 (a Hugging Face ``config.json``), ``infer`` (sizes from a torch state dict), ``adjust`` (config details
 only the checkpoint knows), ``ignore`` (checkpoint keys knowingly unused) and ``input_shape``.
 A config field the converter does not understand is a ``ValueError`` naming it.
@@ -123,7 +124,8 @@ class _Decoder(_Family):
         graphdef, block = nnx.split(nnx.eval_shape(lambda: Block(cfg, keys)))
         model = nnx.eval_shape(lambda: Transformer(dataclasses.replace(cfg, n_layer=1), keys))
         model.cfg = cfg
-        setattr(model, cfg.names.blocks, nnx.List([nnx.merge(graphdef, block, copy=True) for _ in range(cfg.n_layer)]))
+        blocks = [nnx.merge(graphdef, block, copy=True) for _ in range(cfg.n_layer)]
+        setattr(model, cfg.names.blocks, nnx.List(blocks))
         return model
 
     def ignore(self, cfg):

@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -401,11 +403,11 @@ class Transformer(nnx.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def transformer_lens_aliases(cfg: TransformerConfig) -> dict[str, str]:
-    """``{TransformerLens hook name: site}`` for a model of this config (see the module docstring).
+def transformer_lens_aliases(cfg: TransformerConfig) -> Mapping[str, str]:
+    """``{TransformerLens hook name: site}`` for a model of this config (see the module docstring); read-only.
 
     Hooks that TransformerLens only adds on request (``hook_attn_in``, ``hook_q_input``, ``attn.hook_result``,
-    ``hook_mlp_in``) have no alias. Do not mutate the returned dict (it is cached per config).
+    ``hook_mlp_in``, ``hook_tokens``) have no alias.
     """
     n = cfg.names
     table = {"hook_embed": n.embed}
@@ -440,4 +442,4 @@ def transformer_lens_aliases(cfg: TransformerConfig) -> dict[str, str]:
         table["ln_final.hook_normalized"] = f"{n.ln_f}.normalized"
     table["unembed.hook_in"] = n.ln_f if cfg.final_norm else f"{n.blocks}.{cfg.n_layer - 1}"
     table["unembed.hook_out"] = "logits"
-    return table
+    return types.MappingProxyType(table)

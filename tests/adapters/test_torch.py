@@ -101,6 +101,23 @@ def test_gpt2_padding_mask_and_folder(tmp_path):
     assert rel_err(got[0], want[0]) <= RTOL and rel_err(got[1, :4], want[1, :4]) <= RTOL
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "resnet"])
+def test_abstract_model_is_the_model_without_values(arch):
+    """A family's shape-only build (for decoders: one traced block, copied) equals eval_shape of the real build."""
+    from jaxequiv.adapters.families import FAMILIES
+    from jaxequiv.models.transformer import TransformerConfig
+
+    family = FAMILIES[arch]
+    cfg = (family.config_cls(block="bottleneck", layers=(1, 2), width=4) if arch == "resnet" else
+           TransformerConfig(vocab_size=11, n_layer=3, n_head=2, d_model=8, n_ctx=6, tie_embeddings=False,
+                             naming="gpt2" if arch == "gpt2" else "neox"))
+    abstract = nnx.split(family.abstract(cfg))
+    reference = nnx.split(nnx.eval_shape(lambda: family.build(cfg, nnx.Rngs(0))))
+    assert abstract[0] == reference[0]
+    shapes = [jax.tree_util.tree_map(lambda v: (v.shape, v.dtype), s) for s in (abstract[1], reference[1])]
+    assert shapes[0] == shapes[1]  # (blocks sharing variables would split into fewer leaves)
+
+
 def test_in_memory_state_dict_is_copied():
     """Tensors of a live torch model are copied: updating them in place later leaves the JAX model as loaded."""
     hf = _gpt2(seed=12)
