@@ -178,6 +178,6 @@ def test_sequence_target_errors(gpt2):
     with pytest.raises(ValueError, match="args\\[0\\] has shape"):
         contributions(net, IDS, "h.0", method="grad_x_act", args=(MASK[:2],), target=T.at_position("top1"))
     with pytest.raises(ValueError, match="not a site of this network"):
-        contributions(net, IDS, "h.0", input_site="wte", target=T.at_position("top1"))
+        contributions(net, IDS, "h.0", input_site="tok_embed", target=T.at_position("top1"))
     np.testing.assert_array_equal(T.at_position("top1", mask=np.array([[0, 1, 1], [1, 1, 0]])).positions, [2, 1])
     np.testing.assert_array_equal(jnp.asarray(T.at_position("top1", lengths=[3, 1]).positions), [2, 0])
