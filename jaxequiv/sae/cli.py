@@ -132,8 +132,8 @@ def _run(args, configs, names) -> int:
         summary = []
         for name, r in zip(names, results):
             meta = {"hook_name": args.site, "store": os.path.abspath(args.store), "store_variant": args.variant,
-                    "input_scale": scale, "seed": r.seed, "steps": r.step}
-            save_sae(build / name, r.cfg, r.params, r.state, metadata=meta)
+                    "seed": r.seed, "steps": r.step}
+            save_sae(build / name, r.cfg, r.params, r.state, metadata=meta, input_scale=scale)
             ev = evaluate(r.cfg, r.params, data, r.state)
             summary.append({"name": name, "variant": r.cfg.name, "seed": r.seed, **r.cfg.config_dict(),
                             **{k: v for k, v in ev.items() if k not in ("density", "alive")}})

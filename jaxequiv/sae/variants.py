@@ -562,7 +562,7 @@ class STSAE(_Base):
     theta: float = 0.8
     l1: float = 5e-5
     dropout: float = 0.05
-    architecture: ClassVar[str] = "stsae"
+    architecture: ClassVar[str] = "jaxequiv_stsae"  # no SAELens architecture: SAELens refuses it by this name
     name: ClassVar[str] = "stsae"
 
     def __post_init__(self):

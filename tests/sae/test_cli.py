@@ -12,7 +12,7 @@ from jaxequiv import Network, sae, site
 from jaxequiv.cli import main
 from jaxequiv.contributions import build_store, open_store
 from jaxequiv.contributions import global_std
-from jaxequiv.sae import Scaled, codec_sweep, evaluate, load_sae
+from jaxequiv.sae import codec_sweep, evaluate, load_sae
 from jaxequiv.sae.checkpoint import read_meta
 from jaxequiv.sae.cli import sweep_names
 
@@ -51,9 +51,10 @@ def test_sae_train_publish_and_resume(store, tmp_path, capsys, monkeypatch):
     cfg, params, state = load_sae(tmp_path / "o" / "stsae_x1_seed0")
     doc = json.loads((tmp_path / "o" / "stsae_x1_seed0" / "cfg.json").read_text())
     data = open_store(store).array("fc1", "activations")
-    assert doc["metadata"]["hook_name"] == "fc1" and np.isclose(doc["metadata"]["input_scale"], 1 / global_std(data))
-    ev = evaluate(cfg, params, Scaled(data, doc["metadata"]["input_scale"]), state)
-    assert np.isclose(ev["r2_codec"], summary[0]["r2_codec"], rtol=1e-6)
+    assert doc["metadata"]["hook_name"] == "fc1" and np.isclose(doc["jaxequiv"]["folded_input_scale"],
+                                                                 1 / global_std(data))
+    ev = evaluate(cfg, params, data, state)  # the saved SAE takes raw activations (the 1/std scale is folded in)
+    assert np.isclose(ev["r2_codec"], summary[0]["r2_codec"], rtol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # published whole: no .partial, no checkpoint
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["stsae_x1_seed0", "summary.json"]
     assert "r2_codec=" in capsys.readouterr().out
