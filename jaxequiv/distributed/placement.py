@@ -88,6 +88,15 @@ def _check_divides(n: int, m: Mesh, axis: str) -> None:
                          f"{axis!r}; pad or trim to a multiple of {m.shape[axis]}")
 
 
+def _put(x, sharding: NamedSharding):
+    """``jax.device_put``, also of typed keys onto devices of other processes (placed as their key data)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        spec = PartitionSpec(*sharding.spec, *([None] * (jax.random.key_data(x).ndim - len(sharding.spec))))
+        data = jax.device_put(jax.random.key_data(x), NamedSharding(sharding.mesh, spec))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+
 def shard(x, m: Mesh, axis: str | PartitionSpec = DATA) -> jax.Array:
     """Place the whole array ``x`` (the same value on every process) split along ``axis`` of ``m``.
 
@@ -96,12 +105,12 @@ def shard(x, m: Mesh, axis: str | PartitionSpec = DATA) -> jax.Array:
     """
     if not isinstance(axis, PartitionSpec):
         _check_divides(np.shape(x)[0], m, axis)
-    return jax.device_put(x, NamedSharding(m, _spec(axis, np.ndim(x))))
+    return _put(x, NamedSharding(m, _spec(axis, np.ndim(x))))
 
 
 def replicate(tree, m: Mesh):
-    """Copy a pytree (e.g. params; the same value on every process) to every device of ``m``."""
-    return jax.device_put(tree, NamedSharding(m, PartitionSpec()))
+    """Copy a pytree (e.g. params, keys; the same value on every process) to every device of ``m``."""
+    return jax.tree.map(lambda x: _put(x, NamedSharding(m, PartitionSpec())), tree)
 
 
 def local_rows(n: int, m: Mesh, axis: str = DATA) -> np.ndarray:

@@ -71,6 +71,11 @@ def test_shard_replicate_fetch():
     assert t.addressable_shards[0].data.shape == (1, 1, 3)
     tree = replicate({"w": np.ones(3), "b": np.zeros(())}, m)
     assert tree["w"].sharding.is_fully_replicated
+    keys = jax.random.split(jax.random.key(3), 4)  # typed keys travel as their key data (any process's devices)
+    for placed in (shard(keys, m, STACK), replicate(keys, m)):
+        assert jax.dtypes.issubdtype(placed.dtype, jax.dtypes.prng_key)
+        np.testing.assert_array_equal(jax.random.key_data(placed), jax.random.key_data(keys))
+    assert shard(keys, m, STACK).sharding.spec[0] == STACK
     got = fetch_global({"s": s, "t": t, "w": tree["w"], "plain": [1.0, 2.0]})
     assert all(isinstance(v, np.ndarray) for v in jax.tree.leaves(got))
     np.testing.assert_array_equal(got["s"], x)
