@@ -141,7 +141,7 @@ class Checkpoints:
     def save(self, step: int, state, identity: dict[str, Any], history: list[dict]) -> None:
         """Start writing ``state`` (any pytree of arrays) as checkpoint ``step``; returns once the arrays are
         copied off the devices, the files are written in the background."""
-        meta = {**identity, "step": step, "history": history}
+        meta = {**identity, "step": step, "history": list(history)}  # a copy: written later, in the background
         ocp = _ocp()
         self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(meta)), force=True)

@@ -117,11 +117,13 @@ class BatchStream:
             self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return np.sort(self._perm[i * self.batch_size:(i + 1) * self.batch_size])
 
-    def chunk(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, B, d) float32 batches of steps [start, stop)."""
-        out = np.empty((stop - start, self.batch_size, self.d), np.float32)
+    def chunk(self, start: int, stop: int, positions: slice = slice(None)) -> np.ndarray:
+        """(stop - start, B, d) float32 batches of steps [start, stop); only their rows at ``positions`` (a slice
+        of 0..B-1, e.g. this process's share of each batch on a mesh) when given."""
+        size = len(range(*positions.indices(self.batch_size)))
+        out = np.empty((stop - start, size, self.d), np.float32)
         for j, s in enumerate(range(start, stop)):
-            idx = self.indices(s)
+            idx = self.indices(s)[positions]
             out[j] = np.asarray(self.data[idx], dtype=np.float32)
             _check_finite(out[j], idx, self.what)
         return out

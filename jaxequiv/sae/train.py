@@ -16,7 +16,9 @@ On many devices (``mesh`` with axes ``stack`` and ``data``, :func:`jaxequiv.dist
 SAEs are split over ``stack`` (a group is padded with copies of its last SAE to a multiple of the axis size; the
 copies are dropped) and every batch over ``data``; a lone SAE splits its dictionary (latent axis) over ``stack``
 instead, for dictionaries bigger than one device, its top-k selections still exact. Results equal the one-device
-run up to the order of the sums.
+run up to the order of the sums. The mesh may span several processes (:func:`jaxequiv.distributed.initialize`):
+each reads only the batch rows of its own devices, all get the whole results, and only the writer process
+(:func:`~jaxequiv.distributed.is_writer`) shows progress; the checkpoints hold the arrays of every process.
 
 Runs are deterministic for (seeds, data_seed, settings) and resumable: with ``checkpoint_dir`` the whole state is
 checkpointed with orbax (:mod:`jaxequiv.sae.checkpoint`) every ``checkpoint_every`` steps, and a restarted run
@@ -42,6 +44,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxequiv.distributed import fetch_global, is_writer, shard
 from jaxequiv.io.progress import progress_bar
 from jaxequiv.rng import as_key
 from jaxequiv.sae import variants as V
@@ -277,50 +280,56 @@ class _Placement:
             raise ValueError(f"batch_size {batch_size} does not split over the {n_data} devices of the mesh's "
                              f"'data' axis; use a multiple of {n_data}")
 
-    def _sharding(self, *spec):
-        return NamedSharding(self.mesh, PartitionSpec(*spec))
-
     def _stack_axis(self, size: int) -> str | None:
         return self.stack_axis if size % self.stack == 0 else None  # a lone SAE: replicated over stack
 
     def stacked(self, tree, size: int, d_sae: int):
         """Place a pytree whose leaves stack ``size`` SAEs of ``d_sae`` latents on their leading axis: split over
         ``stack``, or, for a lone SAE, with its latent axis split over ``stack`` (a dictionary bigger than one
-        device; the top-k selections stay exact)."""
+        device; the top-k selections stay exact). Every process passes the same values."""
         if self.mesh is None:
             return tree
         axis = self._stack_axis(size)
         if axis is None and self.stack > 1 and d_sae % self.stack == 0:
-            return jax.tree_util.tree_map(lambda a: jax.device_put(a, self._latents(np.shape(a), d_sae)), tree)
-        return jax.device_put(tree, self._sharding(axis))
+            return jax.tree_util.tree_map(lambda a: shard(a, self.mesh, self._latents(np.shape(a), d_sae)), tree)
+        return jax.tree_util.tree_map(lambda a: shard(a, self.mesh, PartitionSpec(axis)), tree)
 
     def _latents(self, shape, d_sae):
-        """The sharding of a lone SAE's leaf: its last axis of size d_sae (after the stack axis) over stack."""
+        """The spec of a lone SAE's leaf: its last axis of size d_sae (after the stack axis) over stack."""
         spec = [None] * len(shape)
         axes = [i for i in range(1, len(shape)) if shape[i] == d_sae]
         if axes:
             spec[axes[-1]] = self.stack_axis
-        return self._sharding(*spec)
+        return PartitionSpec(*spec)
 
-    def batches(self, x: np.ndarray, per_sae: bool) -> jax.Array:
-        """(T, B, d) or, per SAE, (T, G, B, d) host batches on the devices."""
+    def batches(self, read, shape: tuple[int, ...], per_sae: bool) -> jax.Array:
+        """(T, B, d) or, per SAE, (T, G, B, d) batches on the devices; ``read(index)`` returns the host block at
+        ``index`` (a tuple of slices). On a mesh only the blocks of this process's devices are read."""
         if self.mesh is None:
-            return jnp.asarray(x)
-        spec = (None, self._stack_axis(x.shape[1]), self.data_axis) if per_sae else (None, self.data_axis)
-        return jax.make_array_from_callback(x.shape, self._sharding(*spec), lambda index: x[index])
+            return jnp.asarray(read((slice(None),) * len(shape)))
+        spec = (None, self._stack_axis(shape[1]), self.data_axis) if per_sae else (None, self.data_axis)
+        return jax.make_array_from_callback(shape, NamedSharding(self.mesh, PartitionSpec(*spec)), read)
 
 
 def _read_chunk(streams, source_of, groups, start, stop, place: _Placement):
-    """Per group, the batches of steps [start, stop), each distinct array read once."""
-    read: dict[int, np.ndarray] = {}
+    """Per group, the batches of steps [start, stop): each block of rows that a device of this process needs,
+    read once from each distinct array."""
+    read: dict[tuple, np.ndarray] = {}
 
-    def rows(s):
-        if s not in read:
-            read[s] = streams[s].chunk(start, stop)
-        return read[s]
+    def rows(s, positions: slice):
+        if (s, positions.start, positions.stop) not in read:
+            read[s, positions.start, positions.stop] = streams[s].chunk(start, stop, positions)
+        return read[s, positions.start, positions.stop]
 
-    return tuple(place.batches(np.stack([rows(source_of[i]) for i in g.members], axis=1) if g.per_sae
-                               else rows(source_of[g.members[0]]), g.per_sae) for g in groups)
+    def reader(g):  # index: slices of (T, B, d), or (T, G, B, d) per SAE
+        if not g.per_sae:
+            return lambda index: rows(source_of[g.members[0]], index[1])[..., index[2]]
+        return lambda index: np.stack([rows(source_of[i], index[2])[..., index[3]] for i in g.members[index[1]]],
+                                      axis=1)
+
+    n, d = stop - start, streams[0].d
+    return tuple(place.batches(reader(g), (n, len(g.members), streams[0].batch_size, d) if g.per_sae
+                               else (n, streams[0].batch_size, d), g.per_sae) for g in groups)
 
 
 def _unpad(trio, size):
@@ -481,7 +490,8 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
                          for g, c, t in zip(groups, carry, trios)]
                 saved_step = start
         carry = tuple(carry)
-        bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step", enabled=progress)
+        bar = progress_bar(total, initial=start, desc=f"sae x{len(configs)}", unit="step",
+                           enabled=progress and is_writer())
         step = start
         next_xs = run.read(step, min(step + settings.log_every, total)) if step < total else None
         while step < total:
@@ -493,7 +503,7 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
             # gather the next chunk on the host while the device works
             next_xs = run.read(stop, min(stop + settings.log_every, total)) if stop < total else None
             for g, b in zip(groups, bad):
-                for i, s in zip(g.members[:g.size], np.asarray(b)[:g.size]):
+                for i, s in zip(g.members[:g.size], fetch_global(b)[:g.size]):
                     if s >= 0:
                         where = (f"; the last good checkpoint ({ckpt.directory}, step {saved_step}) is intact"
                                  if saved_step is not None else "")
@@ -505,8 +515,8 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
             entry = {"step": stop, "loss": [0.0] * len(configs), "mse": [0.0] * len(configs),
                      "l0": [0.0] * len(configs), "dead": [0] * len(configs)}
             for g, sm, (_, _, (_, _, st)) in zip(groups, sums, carry):
-                sm = np.asarray(sm) / n
-                dead = np.asarray(jnp.sum(st["since_fired"] >= settings.dead_window, axis=1))
+                sm = fetch_global(sm) / n
+                dead = fetch_global(jnp.sum(st["since_fired"] >= settings.dead_window, axis=1))
                 for j, i in enumerate(g.members[:g.size]):
                     entry["loss"][i], entry["mse"][i], entry["l0"][i] = (float(v) for v in sm[j])
                     entry["dead"][i] = int(dead[j])
@@ -526,6 +536,9 @@ def train_many(configs: Sequence[SAE], data: Any, *, seeds: Sequence[int], setti
             ckpt.close()  # waits for a checkpoint being written
     results: list[TrainResult | None] = [None] * len(configs)
     for g, (_, _, (params, _, state)) in zip(groups, carry):
+        # SAEs split over the devices of several processes come back whole, as NumPy, on every process
+        params, state = jax.tree_util.tree_map(lambda a: a if a.is_fully_addressable else fetch_global(a),
+                                               (params, state))
         for j, i in enumerate(g.members[:g.size]):
             pick = lambda t: jax.tree_util.tree_map(lambda a: a[j], t)  # noqa: E731
             hist = [{"step": e["step"], **{k: e[k][i] for k in ("loss", "mse", "l0", "dead")}} for e in history]

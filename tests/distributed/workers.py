@@ -174,3 +174,28 @@ def build_stores(root: str, kinds: tuple[str, ...]) -> dict:
         build_store(net, rows, f"{root}/{kind}", sites, mesh=dist.make_mesh(), progress=False, **kw)
         reads[kind] = rows.reads
     return reads
+
+
+def sae_job():
+    """``(configs, per-SAE data, seeds, settings)`` of a small SAE sweep, the same in every process: two TopK SAEs
+    (AuxK statistics) each on its own data, checkpointed every 10 of 40 steps."""
+    from jaxequiv import sae
+
+    r = np.random.default_rng(0)
+    atoms = r.normal(size=(12, 8))
+    xs = [((r.random((128, 12)) * (r.random((128, 12)) < 0.15)) @ atoms).astype(np.float32) for _ in range(2)]
+    cfgs = [sae.TopK(d_in=8, d_sae=16, k=2, dead_steps=4, aux_coef=a) for a in (1 / 32, 0.5)]
+    return cfgs, xs, [1, 2], sae.TrainSettings(batch_size=32, steps=40, lr=3e-3, log_every=10, checkpoint_every=10,
+                                               data_seed=0)
+
+
+def train_saes(checkpoint_dir: str, mesh: dict) -> list[dict]:
+    """train_many of :func:`sae_job` on ``make_mesh(**mesh)`` over every device of every process; each result's
+    params, state and history as NumPy. Reports milestone ``step<S>`` after each logged chunk."""
+    from jaxequiv import sae
+
+    cfgs, xs, seeds, settings = sae_job()
+    results = sae.train_many(cfgs, xs, seeds=seeds, settings=settings, checkpoint_dir=checkpoint_dir,
+                             mesh=dist.make_mesh(**mesh), callback=lambda step, entry: milestone(f"step{step}"))
+    return [{"params": jax.tree.map(np.asarray, r.params), "state": jax.tree.map(np.asarray, r.state),
+             "history": r.history, "step": r.step} for r in results]

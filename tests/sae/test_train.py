@@ -135,6 +135,8 @@ def test_batch_stream_covers_each_row_once_per_epoch(n, b, seed):
     rows = s.chunk(0, e)[..., 0].ravel()
     assert len(set(rows.tolist())) == e * b  # no repeats within an epoch
     np.testing.assert_array_equal(BatchStream(data, b, seed).chunk(e, e + 1), s.chunk(e, e + 1))
+    # a process's share of each batch (positions of its devices on a mesh): those rows of the whole batches
+    np.testing.assert_array_equal(s.chunk(1, e + 1, slice(b // 2, b)), s.chunk(1, e + 1)[:, b // 2:])
 
 
 def test_bad_data_and_config_raise(tmp_path):
