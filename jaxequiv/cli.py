@@ -1,8 +1,10 @@
-"""The ``jaxequiv`` command line: ``jaxequiv [--version] [--debug] COMMAND ...``.
+"""The ``jaxequiv`` command: whole jobs (demo, convert, contributions, sae, equiv) from the shell.
 
-Each stage of the data flow contributes its commands from its own module: a module listed in ``COMMANDS``
-exposes ``register(subparsers)``, which adds its sub-command(s) with ``set_defaults(func=...)``; ``func(args)``
-returns an exit code. Heavy imports happen inside ``func``, so ``jaxequiv --help`` stays fast.
+Usage: ``jaxequiv [--version] [--debug] COMMAND ...``. Each stage of the data flow contributes its commands from
+its own module: a module listed in ``COMMANDS`` exposes ``register(subparsers)``, which adds its sub-command(s)
+with ``set_defaults(func=...)``; ``func(args)`` returns an exit code. Options come from the library's config
+dataclasses where one exists (:mod:`jaxequiv.cliargs`); torch, matplotlib and the like are imported inside
+``func``, so ``jaxequiv --help`` stays fast.
 
 A failure ends in one line ``jaxequiv COMMAND: error: WHAT (HOW TO FIX IT)`` and exit status 2 (1 for an
 unexpected error, which is a bug); :func:`explain` turns an exception into that line, and ``--debug`` shows the
@@ -17,6 +19,7 @@ import importlib
 import sys
 
 import jaxequiv
+from jaxequiv import cliargs
 from jaxequiv.io.files import OutputLockedError
 
 # module path -> provides register(subparsers)
@@ -75,8 +78,9 @@ def explain(e: BaseException, args: argparse.Namespace | None = None) -> tuple[s
             "the traceback)"), 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxequiv", description=__doc__.splitlines()[0])
+def build_parser() -> cliargs.Parser:
+    parser = cliargs.Parser(prog="jaxequiv", description=__doc__.splitlines()[0],
+                            epilog="Run jaxequiv COMMAND --help for a command's options.")
     parser.add_argument("--version", action="version", version=f"jaxequiv {jaxequiv.__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -86,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``jaxequiv ARGV``; returns the exit status (2 for a bad command line, printed in one line)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad command line (already printed)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         message, status = explain(e, args)
         command = " ".join([args.command] + [v for k, v in vars(args).items() if k.endswith("_command") and v])
         one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
-        print(f"jaxequiv {command}: error: {one_line}", file=sys.stderr)
+        print(f"jaxequiv {command}: error: {cliargs.cli_spelling(one_line, args)}", file=sys.stderr)
         return status
 
 

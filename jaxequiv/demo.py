@@ -17,11 +17,13 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from jaxequiv import cliargs
+
     p = subparsers.add_parser("demo", help="CODEC on a small ResNet: contributions, modes, interventions, report",
-                              description=__doc__.splitlines()[0].strip("`: "))
-    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder (default: reports/demo)")
+                              description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run for tests; numbers not meaningful)")
-    p.add_argument("--seed", type=int, default=1992, help="seed for the weights, shuffling, SAEs and trials")
+    p.add_argument("--seed", type=cliargs.seed, default=1992, help="seed for the weights, shuffling, SAEs and trials")
     p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run at --out")
     p.set_defaults(func=run_demo)
 

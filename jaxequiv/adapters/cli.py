@@ -7,6 +7,8 @@ import json
 
 
 def register(subparsers) -> None:
+    from jaxequiv import cliargs
+
     p = subparsers.add_parser(
         "convert",
         help="convert a PyTorch checkpoint into a jaxequiv artefact (model.safetensors + config.json)",
@@ -24,8 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="checkpoint keys to leave unused (fnmatch pattern; repeatable)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the stored floating-point parameters (default float32)")
+                   help="dtype of the stored floating-point parameters")
     p.add_argument("--overwrite", action="store_true", help="replace an artefact already at OUT")
+    cliargs.spell_as(p, arch="--arch", config="--config", ignore="--ignore")
     p.set_defaults(func=_convert)
 
 

@@ -3,55 +3,67 @@
 Examples::
 
     jaxequiv contributions --data digits --model resnet18 --width 8 --out runs/digits_ig
+    jaxequiv contributions --data mnist --data-root ~/data/mnist --checkpoint model/ --sites 'layer*' --out runs/ig
     jaxequiv contributions --data images.npy --labels labels.npy --checkpoint model.safetensors --arch resnet \\
         --sites 'layer*' --method ig --steps 10 --target top1 --out runs/ig
+
+The store is built chunk by chunk in ``<out>.partial/`` and published at ``--out`` when complete; an interrupted
+run with the same settings and inputs resumes (changed inputs are refused). The method options are the fields of
+:class:`jaxequiv.contributions.KernelConfig`, the store options the arguments of
+:func:`jaxequiv.contributions.build_store`.
 """
 
 from __future__ import annotations
 
-import argparse
+from jaxequiv import cliargs
 
 BUILTIN_MODELS = ("resnet18", "resnet34", "resnet50")
 DATASETS = ("digits", "mnist", "fashion")
+TARGETS = "top1, top1_fixed, softmax_top1, top1_minus_top2, sum, entropy, or a class index"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "contributions",
-        help="hidden-unit contributions of a data set -> memory-mapped store (CODEC §1)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data", required=True,
-                   help=f"one of {DATASETS} (offline loaders) or a .npy file of inputs [N, *input_shape]")
-    p.add_argument("--labels", help="a .npy file of N integer labels (with a .npy --data)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="split of a built-in data set")
-    p.add_argument("--limit", type=int, help="use only the first LIMIT examples")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", choices=BUILTIN_MODELS, help="a built-in architecture at random init (--seed)")
-    src.add_argument("--checkpoint", help="a PyTorch/safetensors checkpoint or a folder written by jaxequiv convert")
-    p.add_argument("--arch", help="architecture of --checkpoint (see jaxequiv.adapters.torch.ARCHS)")
-    p.add_argument("--width", type=int, default=64, help="first-stage width of a built-in ResNet")
-    p.add_argument("--stem", choices=("imagenet", "small"), help="ResNet stem (default: small below 64 px)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sites", nargs="+", default=["layer*"], help="site names or patterns (default: layer*)")
-    p.add_argument("--method", default="ig",
-                   choices=("ig", "grad_x_act", "normgrad", "normact_normgrad", "smoothgrad", "jacobian"),
-                   help="contribution method (default ig; smoothgrad draws its noise from --seed)")
-    p.add_argument("--steps", type=int, default=10, help="ig quadrature steps or smoothgrad draws (default 10)")
-    p.add_argument("--rule", default="trapezoid",
-                   choices=("trapezoid", "left", "right", "midpoint", "gauss_legendre"),
-                   help="ig quadrature (default trapezoid, CODEC's; left = Captum's LayerConductance)")
-    p.add_argument("--sigma", type=float, default=0.2, help="smoothgrad noise standard deviation (default 0.2)")
-    p.add_argument("--target", default="top1",
-                   help="top1, top1_fixed, softmax_top1, top1_minus_top2, sum, entropy, or a class index")
-    p.add_argument("--variants", default="positive,negative,sum,concat", help="comma-separated reductions")
-    p.add_argument("--chunk-size", type=int, default=64, help="examples per kernel call")
-    p.add_argument("--step-chunk", type=int, help="ig path points per pass (lower = less memory)")
-    p.add_argument("--out", required=True, help="store folder (an interrupted run with the same settings resumes)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=main)
+    from jaxequiv.contributions import KernelConfig, build_store
+
+    p = subparsers.add_parser("contributions", description=__doc__,
+                              help="hidden-unit contributions of a data set -> memory-mapped store (CODEC §1)")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True,
+                      help=f"a built-in data set ({', '.join(DATASETS)}) or a .npy file of inputs [N, *input_shape]")
+    data.add_argument("--data-root", metavar="FOLDER",
+                      help="folder holding the four IDX files of --data mnist or fashion (default: where the "
+                           "offline packages install them)")
+    data.add_argument("--labels", metavar="NPY",
+                      help="a .npy file of N integer labels for a .npy --data (default: none, stored as -1)")
+    data.add_argument("--split", choices=("test", "train"), default="test", help="split of a built-in data set")
+    data.add_argument("--limit", type=int, metavar="N", help="use only the first N examples (default: all)")
+    model = p.add_argument_group("model (give --model or --checkpoint)")
+    src = model.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", choices=BUILTIN_MODELS, help="a built-in ResNet at random init (--width, --stem, --seed)")
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="a PyTorch/safetensors checkpoint or a folder written by jaxequiv convert")
+    model.add_argument("--arch", help="architecture of --checkpoint, one of jaxequiv.adapters.torch.ARCHS (default: "
+                                      "its config.json's model_type)")
+    model.add_argument("--width", type=int, default=64, metavar="INT", help="first-stage width of a built-in ResNet")
+    model.add_argument("--stem", choices=("imagenet", "small"),
+                       help="stem of a built-in ResNet (default: small below 64 px, else imagenet)")
+    model.add_argument("--seed", type=cliargs.seed, default=0,
+                       help="seed of a built-in ResNet's weights and of smoothgrad's noise")
+    method = p.add_argument_group("method (jaxequiv.contributions.KernelConfig)")
+    kernel = cliargs.add_options(method, KernelConfig, only=("method", "steps", "rule", "sigma", "step_chunk"),
+                                 defaults={"step_chunk": None},
+                                 help={"method": "contribution method (smoothgrad draws its noise from --seed)",
+                                       "rule": "ig quadrature (left = Captum's LayerConductance)",
+                                       "step_chunk": "ig path points per pass; lower = less memory (default: --steps)"})
+    method.add_argument("--sites", nargs="+", default=["layer*"], metavar="PATTERN", help="site names or patterns")
+    method.add_argument("--target", default="top1", help=TARGETS)
+    store = p.add_argument_group("store (jaxequiv.contributions.build_store)")
+    stored = cliargs.add_options(store, build_store, only=("variants", "chunk_size"))
+    store.add_argument("--out", required=True, help="store folder")
+    store.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    store.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cliargs.spell_as(p, arch="--arch", root="--data-root")
+    p.set_defaults(func=lambda args: run(args, kernel + stored))
 
 
 def _load_data(args):
@@ -60,12 +72,16 @@ def _load_data(args):
     if args.data in DATASETS:
         from jaxequiv import data
 
-        ds = data.load_digits() if args.data == "digits" else data.load_mnist(args.data)
+        if args.data_root is not None and args.data == "digits":
+            raise ValueError("--data-root applies to --data mnist or fashion; digits come with scikit-learn")
+        ds = data.load_digits() if args.data == "digits" else data.load_mnist(args.data, root=args.data_root)
         x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
         n_classes = ds.num_classes
     else:
         if not args.data.endswith(".npy"):
             raise ValueError(f"--data must be one of {DATASETS} or a .npy file, got {args.data!r}")
+        if args.data_root is not None:
+            raise ValueError("--data-root applies to --data mnist or fashion; give a .npy file's full path instead")
         x = read_npy(args.data, mmap_mode="r")
         y = read_npy(args.labels) if args.labels else None
         n_classes = int(y.max()) + 1 if y is not None else 10
@@ -97,7 +113,7 @@ def _load_model(args, input_shape, n_classes):
     return Network.from_module(model, input_shape)
 
 
-def main(args) -> int:
+def run(args, options) -> int:
     import numpy as np
 
     from jaxequiv.contributions import build_store
@@ -109,10 +125,9 @@ def main(args) -> int:
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     with output_lock(args.out):  # one writer per store, from the first chunk to the publication
         store = build_store(
-            net, x, args.out, args.sites, labels=y, method=args.method, target=target, steps=args.steps,
-            rule=args.rule, sigma=args.sigma, key=args.seed if args.method == "smoothgrad" else None,
-            variants=[v.strip() for v in args.variants.split(",") if v.strip()], chunk_size=args.chunk_size,
-            step_chunk=args.step_chunk, overwrite=args.overwrite, progress=not args.no_progress,
+            net, x, args.out, args.sites, labels=y, target=target,
+            key=args.seed if args.method == "smoothgrad" else None, overwrite=args.overwrite,
+            progress=not args.no_progress, **{n: getattr(args, n) for n in options},
             info={"data": args.data, "split": args.split, "limit": args.limit, "model": args.checkpoint or args.model,
                   # --width/--seed build a --model; a checkpoint's widths are its own (meta.json's sites)
                   **({"arch": args.arch} if args.checkpoint else {"width": args.width, "seed": args.seed})},

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,8 @@ __all__ = [
     "completeness_delta",
 ]
 
-METHODS = ("ig", "grad_x_act", "normgrad", "normact_normgrad", "smoothgrad", "jacobian")
+Method = Literal["ig", "grad_x_act", "normgrad", "normact_normgrad", "smoothgrad", "jacobian"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 #: Quadratures of the ``ig`` path integral ``int_0^1 g . da``; each converges to it as ``steps`` S grows.
 #:
 #: * ``trapezoid`` (default, CODEC's): ``sum_i (a_i - a_{i-1}) (g_{i-1} + g_i) / 2`` on ``t_i = i / S``
@@ -78,7 +80,8 @@ METHODS = ("ig", "grad_x_act", "normgrad", "normact_normgrad", "smoothgrad", "ja
 #:   polynomial integrands of degree < 2S, error falling exponentially in S on smooth (analytic) networks.
 #:
 #: On piecewise-linear networks (ReLU) every rule's error falls as O(1/S) (kinks inside a step).
-RULES = ("trapezoid", "left", "right", "midpoint", "gauss_legendre")
+Rule = Literal["trapezoid", "left", "right", "midpoint", "gauss_legendre"]
+RULES: tuple[str, ...] = typing.get_args(Rule)
 NORM_FLOOR = 1e-8
 DEFAULT_SIGMA = 0.2  # bscope's Scope.use_smooth_grad default
 
@@ -135,10 +138,10 @@ class KernelConfig:
     """
 
     names: tuple[str, ...]
-    method: str = "ig"
+    method: Method = "ig"
     steps: int = 10
     step_chunk: int = 10
-    rule: str = "trapezoid"
+    rule: Rule = "trapezoid"
     input_site: str | None = None
     output: Callable[[Any], jax.Array] | None = None
     sigma: float = DEFAULT_SIGMA

@@ -4,68 +4,69 @@ Writes one SAELens-layout folder per SAE under ``--out`` (see :mod:`jaxequiv.sae
 with the metrics of each, published together when training ends (``--out`` holds the previous complete set or
 the new one, never a mix). Until then the run lives in ``<out>.partial/``, whose ``checkpoint/`` holds the
 resumable training state: rerun the same command to resume.
+
+The training options are the fields of :class:`jaxequiv.sae.TrainSettings`, the SAE options those of the
+variant configs (:data:`jaxequiv.sae.VARIANTS`), the sweep's grid the arguments of
+:func:`jaxequiv.sae.codec_sweep`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 
+from jaxequiv import cliargs
 
-def _floats(s: str) -> list[float]:
-    return [float(v) for v in s.split(",") if v]
+__all__ = ["register", "sweep_names"]
 
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
+CODEC_EPOCHS = 300.0  # the run length when neither --steps nor --epochs is given (CODEC's)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sae", help="train sparse autoencoders on a contributions store")
+    from jaxequiv.contributions import VARIANTS as STORED
+    from jaxequiv.sae import STSAE, VARIANTS, TrainSettings, codec_sweep
+
+    p = subparsers.add_parser("sae", help="train sparse autoencoders on a contributions store", description=__doc__)
     sub = p.add_subparsers(dest="sae_command", metavar="{train,sweep}", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", required=True, help="contributions store folder")
-    common.add_argument("--site", required=True, help="site name in the store")
-    common.add_argument("--variant", default="positive", help="stored variant (positive, sum, concat, activations, ...)")
-    common.add_argument("--out", required=True, help="output folder")
-    common.add_argument("--overwrite", action="store_true", help="replace the SAEs of an earlier run at --out")
-    common.add_argument("--normalize", choices=["global_std", "none"], default="global_std",
-                        help="divide the data by its global scalar std (CODEC) or use it as is")
-    common.add_argument("--batch-size", type=int, default=128)
-    length = common.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None)
-    length.add_argument("--steps", type=int, default=None)
-    common.add_argument("--lr", type=float, default=5e-5)
-    common.add_argument("--plateau", action="store_true", help="halve the lr after 10 flat epochs (CODEC)")
-    common.add_argument("--log-every", type=int, default=100)
-    common.add_argument("--checkpoint-every", type=int, default=None)
-    common.add_argument("--data-seed", type=int, default=None)
-    common.add_argument("--hidden", type=int, default=0, help="stsae encoder width h (0: d)")
-    common.add_argument("--no-progress", action="store_true")
+    common = cliargs.Parser(add_help=False)
+    io = common.add_argument_group("data and output")
+    io.add_argument("--store", required=True, help="contributions store folder (written by jaxequiv contributions)")
+    io.add_argument("--site", required=True, help="site name in the store")
+    io.add_argument("--variant", default="positive", choices=(*STORED, "activations"), help="stored variant")
+    io.add_argument("--normalize", choices=("global_std", "none"), default="global_std",
+                    help="divide the data by its global scalar std (CODEC) or use it as is")
+    io.add_argument("--out", required=True, help="output folder (SAE folders + summary.json)")
+    io.add_argument("--overwrite", action="store_true", help="replace the SAEs of an earlier run at --out")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    training = common.add_argument_group("training (jaxequiv.sae.TrainSettings)")
+    settings = cliargs.add_options(training, TrainSettings, help={
+        "epochs": f"run length in passes over the data, may be fractional (default: {CODEC_EPOCHS:g} unless "
+                  "--steps is given)",
+        "steps": "run length in steps (default: set by --epochs)"})
 
-    t = sub.add_parser("train", parents=[common], help="train one SAE")
-    t.add_argument("--arch", default="stsae", help="stsae, relu_l1, topk, matryoshka, batchtopk or jumprelu")
-    t.add_argument("--expansion", type=int, default=3, help="K = expansion * d")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--theta", type=float, default=0.8, help="stsae threshold")
-    t.add_argument("--l1", type=float, default=None, help="stsae dictionary L1 / relu_l1 code L1")
-    t.add_argument("--k", type=int, default=32, help="topk / matryoshka / batchtopk k")
-    t.add_argument("--l0", type=float, default=1e-3, help="jumprelu L0 weight")
-    t.add_argument("--nonneg", action="store_true", help="stsae non-negative dictionary")
-    t.set_defaults(func=_train)
+    t = sub.add_parser("train", parents=[common], help="train one SAE",
+                       description="Train one SAE of any variant on one site of a store.\n\n" + __doc__.split("\n\n")[1])
+    t.add_argument("--arch", choices=sorted(VARIANTS), default="stsae", help="SAE variant")
+    t.add_argument("--expansion", type=int, default=3, metavar="INT", help="dictionary size K = expansion * d")
+    t.add_argument("--seed", type=cliargs.seed, default=0, help="initialisation (and dropout) seed")
+    hyper = cliargs.add_options(t.add_argument_group("SAE variant settings (each applies to the variants named)"),
+                                *VARIANTS.values(), skip=("d_in", "d_sae"))
+    t.set_defaults(func=functools.partial(_train, settings=settings, hyper=hyper))
 
-    s = sub.add_parser("sweep", parents=[common], help="CODEC's stsae grid, trained in lock-step")
-    s.add_argument("--expansions", type=_ints, default=[1, 3, 5])
-    s.add_argument("--thetas", type=_floats, default=[0.5, 0.7, 0.9])
-    s.add_argument("--l1s", type=_floats, default=[0.0, 1e-4, 1e-2])
-    s.add_argument("--seeds", type=_ints, default=[483, 1001, 2002])
-    s.set_defaults(func=_sweep)
+    s = sub.add_parser("sweep", parents=[common], help="CODEC's stsae grid, trained in lock-step",
+                       description="Train CODEC's grid of stsae SAEs (every expansion x theta x l1 x seed) in "
+                       "lock-step.\n\n" + __doc__.split("\n\n")[1])
+    grid = cliargs.add_options(s.add_argument_group("grid (jaxequiv.sae.codec_sweep)"), codec_sweep,
+                               only=("expansions", "thetas", "l1s", "seeds"))
+    shared = cliargs.add_options(s.add_argument_group("stsae settings shared by the grid"), STSAE,
+                                 only=("hidden", "nonneg", "dropout"))
+    s.set_defaults(func=functools.partial(_sweep, settings=settings, grid=grid, shared=shared))
 
 
 def _load(args):
     import math
 
-    from jaxequiv.contributions import open_store
-    from jaxequiv.contributions.reduce import global_std
+    from jaxequiv.contributions import global_std, open_store
     from jaxequiv.sae.data import Scaled, check_finite, check_rows
 
     data = open_store(args.store).array(args.site, args.variant)
@@ -82,14 +83,13 @@ def _load(args):
     return data, scale
 
 
-def _settings(args):
+def _settings(args, names):
     from jaxequiv.sae import TrainSettings
 
-    steps, epochs = args.steps, args.epochs
-    if steps is None and epochs is None:
-        epochs = 300.0
-    return TrainSettings(batch_size=args.batch_size, steps=steps, epochs=epochs, lr=args.lr, plateau=args.plateau,
-                         log_every=args.log_every, checkpoint_every=args.checkpoint_every, data_seed=args.data_seed)
+    values = {n: getattr(args, n) for n in names}
+    if values["steps"] is None and values["epochs"] is None:
+        values["epochs"] = CODEC_EPOCHS
+    return TrainSettings(**values)
 
 
 def _fit(train_fn, *args, **kwargs):
@@ -110,7 +110,7 @@ def _fit(train_fn, *args, **kwargs):
     return out
 
 
-def _run(args, configs, names) -> int:
+def _run(args, settings, configs, names) -> int:
     """Train the SAEs ``configs(d) -> (cfgs, seeds)`` (``names``: their folders) inside ``<out>.partial``, write
     the SAE folders and summary.json there and publish them at ``--out`` in one folder swap."""
     import os
@@ -122,10 +122,10 @@ def _run(args, configs, names) -> int:
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"the settings name the same SAE more than once ({twice}); list each value once")
+    settings = _settings(args, settings)  # before any file is touched: a bad setting leaves nothing behind
     check_output(args.out, overwrite=args.overwrite, marker="summary.json")
     data, scale = _load(args)
     cfgs, seeds = configs(data.shape[1])
-    settings = _settings(args)
     with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
         results = _fit(train_many, cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
                        progress=not args.no_progress)
@@ -143,26 +143,29 @@ def _run(args, configs, names) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from jaxequiv.sae import make
+def _train(args, settings, hyper) -> int:
+    from jaxequiv.sae import VARIANTS, make
 
-    hyper = {"stsae": {"theta": args.theta, "l1": 5e-5 if args.l1 is None else args.l1, "hidden": args.hidden,
-                       "nonneg": args.nonneg},
-             "relu_l1": {"l1": 1e-3 if args.l1 is None else args.l1},
-             "topk": {"k": args.k}, "matryoshka": {"k": args.k}, "batchtopk": {"k": args.k}, "jumprelu": {"l0": args.l0}}
-    if args.arch not in hyper:
-        raise ValueError(f"unknown --arch {args.arch!r}; expected one of {sorted(hyper)}")
-    return _run(args, lambda d: ([make(args.arch, d, expansion=args.expansion, **hyper[args.arch])], [args.seed]),
+    chosen = cliargs.given(args, hyper)
+    fields = {f.name for f in dataclasses.fields(VARIANTS[args.arch])}
+    foreign = [n for n in chosen if n not in fields]
+    if foreign:
+        flag = "--" + foreign[0].replace("_", "-")
+        owners = [v for v, cls in VARIANTS.items() if foreign[0] in {f.name for f in dataclasses.fields(cls)}]
+        raise ValueError(f"{flag} does not apply to --arch {args.arch} (it sets {', '.join(owners)}); drop it or "
+                         "choose one of those variants")
+    if args.expansion < 1:
+        raise ValueError(f"--expansion must be >= 1 (K = expansion * d), got {args.expansion}")
+    return _run(args, settings, lambda d: ([make(args.arch, d, expansion=args.expansion, **chosen)], [args.seed]),
                 [f"{args.arch}_x{args.expansion}_seed{args.seed}"])
 
 
-def _sweep(args) -> int:
+def _sweep(args, settings, grid, shared) -> int:
     from jaxequiv.sae import codec_sweep
 
-    def configs(d):
-        return codec_sweep(d, args.expansions, args.thetas, args.l1s, args.seeds, hidden=args.hidden)
-
-    return _run(args, configs, sweep_names(*codec_sweep(1, args.expansions, args.thetas, args.l1s, args.seeds)))
+    lists, fixed = cliargs.given(args, grid), cliargs.given(args, shared)
+    return _run(args, settings, lambda d: codec_sweep(d, **lists, **fixed),
+                sweep_names(*codec_sweep(1, **lists)))
 
 
 def sweep_names(cfgs, seeds) -> list[str]:

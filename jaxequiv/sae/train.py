@@ -36,7 +36,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -69,12 +69,22 @@ class TrainSettings:
     """Shared training settings.
 
     Attributes:
-      batch_size: rows per step. steps / epochs: run length (give one; epochs may be fractional).
-      lr: Adam learning rate. schedule: "constant", "cosine" or "linear" decay to ``lr * final_lr_frac`` after
-        ``warmup_steps`` of linear warm-up. plateau: multiply by ``plateau_factor`` when the epoch-mean loss has
-        not improved (rtol 1e-4) for ``plateau_patience`` epochs (CODEC's ReduceLROnPlateau).
-      data_seed: shuffling seed (None: the first SAE's seed). log_every: steps per compiled chunk and per
-        history entry. checkpoint_every: steps between checkpoints (a multiple of log_every).
+      batch_size: rows per step.
+      steps: run length in steps (give steps or epochs).
+      epochs: run length in passes over the data, may be fractional (give steps or epochs).
+      lr: Adam learning rate.
+      schedule: learning-rate decay to ``lr * final_lr_frac`` after ``warmup_steps`` of linear warm-up.
+      warmup_steps: steps of linear warm-up from 0 to ``lr``.
+      final_lr_frac: the decayed learning rate at the end of the run, as a fraction of ``lr``.
+      plateau: multiply the learning rate by ``plateau_factor`` when the epoch-mean loss has not improved (rtol
+        1e-4) for ``plateau_patience`` epochs (CODEC's ReduceLROnPlateau).
+      plateau_factor: learning-rate factor of a plateau.
+      plateau_patience: epochs without improvement that make a plateau.
+      adam_b1: Adam's first-moment decay.
+      adam_b2: Adam's second-moment decay.
+      data_seed: shuffling seed (None: the first SAE's seed).
+      log_every: steps per compiled chunk and per history entry.
+      checkpoint_every: steps between checkpoints (a multiple of ``log_every``; None: none).
       dead_window: a latent not active for this many steps counts as dead in the history.
     """
 
@@ -82,7 +92,7 @@ class TrainSettings:
     steps: int | None = None
     epochs: float | None = None
     lr: float = 5e-5
-    schedule: str = "constant"
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     final_lr_frac: float = 0.0
     plateau: bool = False
@@ -560,7 +570,16 @@ def codec_sweep(d_in: int, expansions: Sequence[int] = (1, 3, 5), thetas: Sequen
                 l1s: Sequence[float] = (0.0, 1e-4, 1e-2), seeds: Sequence[int] = (483, 1001, 2002),
                 **stsae_kwargs) -> tuple[list[Any], list[int]]:
     """CODEC's hyper-parameter grid (codec.md §6) as ``(configs, seeds)`` for :func:`train_many`:
-    N x theta x lambda_D x seed stsae configs (81 by default), ``d_sae = N * d_in``."""
+    N x theta x lambda_D x seed stsae configs (81 by default), ``d_sae = N * d_in``.
+
+    Args:
+      d_in: input width d.
+      expansions: dictionary sizes N (K = N * d).
+      thetas: stsae thresholds theta.
+      l1s: dictionary L1 weights lambda_D.
+      seeds: initialisation seeds, one SAE per seed and setting.
+      stsae_kwargs: further :class:`~jaxequiv.sae.STSAE` fields shared by every SAE.
+    """
     configs, out_seeds = [], []
     for n in expansions:
         for theta in thetas:

@@ -125,6 +125,10 @@ class ReluL1(_Base):
     """Standard ReLU SAE with an L1 penalty weighted by decoder-row norms.
 
     ``z = relu((x - b_dec) W_enc + b_enc)``; loss = MSE + ``l1`` * mean_b sum_i z_i ||W_dec_i||.
+
+    Attributes:
+      d_in, d_sae: input width d and dictionary size K.
+      l1: weight of the L1 penalty on the codes.
     """
 
     d_in: int = _static()
@@ -245,6 +249,13 @@ class TopK(_Base):
     decoder and both gradients touch only the k selected latents per row. AuxK: the residual (detached) is
     reconstructed from the ``k_aux`` largest pre-activations among latents dead for ``dead_steps`` steps, weighted
     by ``aux_coef`` and by min(#dead / k_aux, 1). Decoder rows are renormalised to unit norm after each step.
+
+    Attributes:
+      d_in, d_sae: input width d and dictionary size K.
+      k: latents kept per row.
+      dead_steps: steps without firing after which a latent counts as dead (for AuxK).
+      k_aux: latents of the AuxK reconstruction (0: d_in // 2).
+      aux_coef: weight of the AuxK loss.
     """
 
     d_in: int = _static()
@@ -332,6 +343,9 @@ class Matryoshka(TopK):
     d_sae) must reconstruct x on its own from the codes of its first m latents, so early latents learn general
     features. loss = sum over prefixes of MSE(prefix reconstruction) + ``aux_coef`` * AuxK. ``prefixes=()`` means
     (d_sae/8, d_sae/4, d_sae/2, d_sae). Inference is a plain TopK SAE (saved with SAELens's ``topk`` architecture).
+
+    Attributes:
+      prefixes: nested dictionary sizes, increasing, the last d_sae (empty: d_sae/8, d_sae/4, d_sae/2, d_sae).
     """
 
     prefixes: tuple[int, ...] = _static(default=())
@@ -368,6 +382,9 @@ class BatchTopK(TopK):
     For inference each latent gets its own threshold (a JumpReLU): an exponential moving average (rate
     ``threshold_lr``) of the smallest activation it had when selected; latents never selected fall back to the
     global EMA of the batch's smallest selected activation.
+
+    Attributes:
+      threshold_lr: rate of the moving average that sets each latent's inference threshold.
     """
 
     threshold_lr: float = 0.01
@@ -463,6 +480,12 @@ class JumpReLU(_Base):
     The raw per-latent ``threshold`` (K,) is a float32 parameter (clamped at 0 after each step); the jump and the
     L0 penalty get straight-through (rectangle-kernel, bandwidth ``bandwidth``) pseudo-gradients with respect to
     it. loss = MSE + ``l0`` * mean_b ||z||_0.
+
+    Attributes:
+      d_in, d_sae: input width d and dictionary size K.
+      l0: weight of the L0 penalty on the codes.
+      bandwidth: width of the rectangle kernel of the straight-through gradients.
+      init_threshold: initial threshold of every latent.
     """
 
     d_in: int = _static()
@@ -553,6 +576,14 @@ class STSAE(_Base):
     sigmoid, giving u in (0,1)^K. Codes ``z = u * 1[u >= theta]`` with the mask constant under autodiff.
     Decoder ``x_hat = z @ D`` (``relu(D)`` when ``nonneg``), D (K, d) Xavier-uniform, no bias.
     loss = MSE + ``l1`` * mean|D|. ``d_sae`` = N * d_in; ``hidden`` = h (0 -> d_in).
+
+    Attributes:
+      d_in, d_sae: input width d and dictionary size K.
+      hidden: encoder width h (0: d_in).
+      nonneg: non-negative dictionary (the decoder uses relu(D)).
+      theta: code threshold in (0, 1).
+      l1: weight of the dictionary L1 penalty lambda_D.
+      dropout: encoder dropout rate during training.
     """
 
     d_in: int = _static()
