@@ -175,6 +175,8 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, disallowed globals, ...
         why = (str(e) or "no message").splitlines()[0][:200]
+        if "weights_only" in why:  # torch's advice to turn its safe loader off: never pass that on
+            why = "it is not a PyTorch file, or it holds Python objects besides tensors, which jaxequiv never unpickles"
         raise CheckpointError(
             f"could not read {path} as a PyTorch checkpoint ({type(e).__name__}: {why}); "
             "the file may be truncated or not a state dict. Re-save it with torch.save(model.state_dict(), path)"

@@ -40,6 +40,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxequiv.distributed import barrier, is_writer
+from jaxequiv.io.arrays import read_npy
 from jaxequiv.io.files import publish, write_json
 
 __all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX", "fingerprint", "rows_digest",
@@ -47,6 +48,7 @@ __all__ = ["FORMAT", "Store", "open_store", "StoreWriter", "PARTIAL_SUFFIX", "fi
 
 FORMAT = "jaxequiv.contributions/1"
 PARTIAL_SUFFIX = ".partial"
+_DAMAGED = "the store is damaged: build it again (jaxequiv contributions ... --overwrite)"
 ACTIVATIONS = "activations"
 
 
@@ -149,17 +151,20 @@ class Store:
             raise KeyError(f"store {self.root!r} has no site {site!r}; it has {self.sites}")
         if variant not in self.variants:
             raise KeyError(f"store {self.root!r} has no variant {variant!r}; it has {self.variants}")
-        return np.load(os.path.join(self.root, site, variant + ".npy"), mmap_mode="r")
+        return self._read(os.path.join(site, variant + ".npy"))
 
     @property
     def labels(self) -> np.memmap:
         """``int64 [N]`` labels (-1 where none were given)."""
-        return np.load(os.path.join(self.root, "labels.npy"), mmap_mode="r")
+        return self._read("labels.npy")
 
     @property
     def predictions(self) -> np.memmap:
         """``int64 [N]`` predicted classes at the real input."""
-        return np.load(os.path.join(self.root, "predictions.npy"), mmap_mode="r")
+        return self._read("predictions.npy")
+
+    def _read(self, name: str) -> np.memmap:
+        return read_npy(os.path.join(self.root, name), mmap_mode="r", hint=_DAMAGED)
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, n={self.n}, sites={self.sites}, variants={self.variants})"
@@ -179,10 +184,14 @@ def open_store(path: str | os.PathLike) -> Store:
         if os.path.exists(root + PARTIAL_SUFFIX):
             hint = f"; an unfinished build exists at {root + PARTIAL_SUFFIX!r}: run the same build again to resume it"
         raise FileNotFoundError(f"no contributions store at {root!r} (no meta.json){hint}")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT or not meta.get("complete"):
-        raise ValueError(f"{root!r} is not a finished contributions store (format {meta.get('format')!r})")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path} is truncated or corrupt ({e}); {_DAMAGED}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not meta.get("complete"):
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{root!r} is not a finished contributions store (format {found!r})")
     return Store(root, meta)
 
 

@@ -8,6 +8,7 @@ raise :class:`CorruptFileError` naming the file, what is wrong with it, and how 
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 import zlib
 
@@ -16,17 +17,18 @@ import numpy as np
 __all__ = ["CorruptFileError", "read_npy", "read_npz", "read_arrays"]
 
 _NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty zip
 
 
 class CorruptFileError(ValueError):
     """A file is truncated, corrupt, or not of the format its name says."""
 
 
-def _check_magic(path: str, magic: bytes, kind: str, fix: str) -> None:
+def _check_magic(path: str, magic: bytes | tuple[bytes, ...], kind: str, fix: str) -> None:
+    magic = (magic,) if isinstance(magic, bytes) else magic
     with open(path, "rb") as f:
-        head = f.read(len(magic))
-    if head != magic:
+        head = f.read(len(magic[0]))
+    if head not in magic:
         what = "empty" if not head else f"not a {kind} file (it starts with {head!r})"
         raise CorruptFileError(f"{path} is {what}; {fix}")
 
@@ -43,7 +45,7 @@ def read_npy(path: str | os.PathLike, *, mmap_mode: str | None = None, hint: str
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as e:
-        why = ("it holds Python objects, which jaxequiv does not unpickle" if "pickle" in str(e)
+        why = ("it holds Python objects, which jaxequiv does not unpickle" if re.search("pickle|Python obj", str(e))
                else f"it is truncated or corrupt ({e})")
         raise CorruptFileError(f"{path}: {why}; {fix}") from None
 
@@ -61,7 +63,11 @@ def read_npz(path: str | os.PathLike, *, hint: str | None = None) -> dict[str, n
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as e:
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise CorruptFileError(f"{path}: it holds Python objects, which jaxequiv does not unpickle; {fix}") from None
+        raise CorruptFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); {fix}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as e:
         raise CorruptFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); {fix}") from None
 
 
