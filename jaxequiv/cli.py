@@ -93,11 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``jaxequiv ARGV``; returns the exit status (2 for a bad command line, printed in one line)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as e:  # --help, --version, or a bad command line (already printed)
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    command = " ".join([args.command] + [v for k, v in vars(args).items() if k.endswith("_command") and v])
+    if unknown:  # argparse reports these for the whole program; name the command they were given to
+        print(f"jaxequiv {command}: error: unrecognized arguments: {' '.join(unknown)} (see jaxequiv {command} "
+              "--help)", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
@@ -105,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message, status = explain(e, args)
-        command = " ".join([args.command] + [v for k, v in vars(args).items() if k.endswith("_command") and v])
         one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
         print(f"jaxequiv {command}: error: {cliargs.cli_spelling(one_line, args)}", file=sys.stderr)
         return status

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Parser", "HelpFormatter", "plain", "add_options", "given", "spell_as", "cli_spelling", "field_docs",
-           "seed", "comma_list"]
+           "seed", "path", "comma_list"]
 
 SEED_MAX = 2**32 - 1
 _FLAGS = "_flags"  # namespace attribute: {python name: --flag} of a command's options, for cli_spelling
@@ -200,6 +200,13 @@ def seed(text: str) -> int:
             f"a seed is an integer in [0, {SEED_MAX}] (JAX keeps 32 bits, so others repeat a seed of that range), "
             f"got {value}")
     return value
+
+
+def path(text: str) -> str:
+    """An argparse type: a file or folder path, not empty (an unset shell variable would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
 
 
 def _finite(text: str) -> float:

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("demo", help="CODEC on a small ResNet: contributions, modes, interventions, report",
                               description=__doc__)
-    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder")
+    p.add_argument("--out", type=cliargs.path, default="reports/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run for tests; numbers not meaningful)")
     p.add_argument("--seed", type=cliargs.seed, default=1992, help="seed for the weights, shuffling, SAEs and trials")
     p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run at --out")
@@ -54,5 +54,5 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = demo_config(args.quick, args.seed)
     with publishing(args.out, overwrite=args.overwrite, marker="report.md") as build:
         report = pipeline.run_pipeline(cfg, str(build), title="jaxequiv demo: CODEC on a small ResNet")
-    print(f"report written to {args.out / os.path.relpath(report, build)}")
+    print(f"report written to {Path(args.out) / os.path.relpath(report, build)}")
     return 0

@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from jaxequiv import cli
 from jaxequiv.io.files import output_lock
+from tests.clicases import KINDS, MIN_CASES, TABLES, Case, check, table, unwritable
 
 
 def fails(capsys, argv, contains, status=2):
@@ -160,3 +163,107 @@ def test_no_traceback_from_the_installed_command(tmp_path):
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("jaxequiv convert: error: ") and "is empty (0 bytes)" in r.stderr
+
+
+# -- jaxequiv demo: bad input (tests/clicases.py); the pipeline is replaced where a case gets that far -----------
+def _failing_pipeline(error):
+    def patch(monkeypatch, env):
+        from jaxequiv.codec import pipeline
+
+        def run_pipeline(cfg, out_dir, title, **kw):
+            (Path(out_dir) / "fig.png").write_bytes(b"half a report")  # the run dies after writing part of it
+            raise error
+
+        monkeypatch.setattr(pipeline, "run_pipeline", run_pipeline)
+    return patch
+
+
+def _demo_output(env):
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "report.md").write_text("# an earlier report")
+    return str(env.tmp / "out")
+
+
+def _other_output(env):
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "notes.txt").write_text("mine")
+    return str(env.tmp / "out")
+
+
+def _demo(env, *extra, out=None):
+    return ["demo", "--quick", "--out", out or str(env.tmp / "out"), *extra]
+
+
+DEMO = table("demo", [
+    Case("out is a file", "path is a file", lambda e: (e.tmp.joinpath("f").write_text("k"), _demo(e, out=str(e.tmp / "f")))[1],
+         "is a file, but this output is a folder"),
+    Case("out below a file", "path is a file",
+         lambda e: (e.tmp.joinpath("f").write_text("k"), _demo(e, out=str(e.tmp / "f" / "x")))[1], "is not a folder"),
+    Case("empty --out", "empty", lambda e: _demo(e, out=" "), "argument --out: expected a path, got an empty string"),
+    Case("unwritable", "unwritable", lambda e: _demo(e), "permission denied", patch=unwritable),
+    Case("another kind of folder", "existing output", lambda e: _demo(e, "--overwrite", out=_other_output(e)),
+         "it has no report.md, so it is not an output of this kind"),
+    Case("an earlier report", "existing output", lambda e: _demo(e, out=_demo_output(e)),
+         "already exists; pass --overwrite"),
+    Case("negative seed", "bad option", lambda e: _demo(e, "--seed", "-1"), "argument --seed: a seed is an integer"),
+    Case("seed beyond 32 bits", "bad option", lambda e: _demo(e, "--seed", str(2**32)), "got 4294967296"),
+    Case("seed not a number", "wrong type", lambda e: _demo(e, "--seed", "1e3"), "expected an integer seed, got '1e3'"),
+    Case("misspelled option", "bad option", lambda e: _demo(e, "--quik"), "unrecognized arguments: --quik"),
+    Case("diverged mid-run", "nan/inf", lambda e: _demo(e),
+         "loss became NaN at step 3; lower the learning rate",
+         patch=_failing_pipeline(FloatingPointError("loss became NaN at step 3; lower the learning rate"))),
+    Case("disk full mid-run", "mid-run failure", lambda e: _demo(e), "no space left on device; free some space",
+         patch=_failing_pipeline(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "fig.png"))),
+    Case("interrupted mid-run", "mid-run failure", lambda e: _demo(e), "interrupted; rerun the same command", status=130,
+         patch=_failing_pipeline(KeyboardInterrupt())),
+])
+
+
+@pytest.mark.parametrize("case", DEMO, ids=lambda c: c.id)
+def test_demo_bad_input(case, tmp_path, capsys, monkeypatch):
+    check("demo", case, SimpleNamespace(tmp=tmp_path), capsys, monkeypatch)
+
+
+ENTRY_POINTS = ("demo", "convert", "contributions", "sae train", "sae sweep", "equiv pairwise", "equiv congruity")
+
+
+def test_every_entry_point_has_a_bad_input_table():
+    """At least ten cases per command, their categories, and the table the issue's note reports."""
+    import tests.adapters.test_cli  # noqa: F401  (each module registers its table)
+    import tests.contributions.test_cli  # noqa: F401
+    import tests.equivalence.test_cli  # noqa: F401
+    import tests.sae.test_cli  # noqa: F401
+
+    assert sorted(TABLES) == sorted(ENTRY_POINTS)
+    for entry, cases in TABLES.items():
+        assert len(cases) >= MIN_CASES, (entry, len(cases))
+        kinds = {c.kind for c in cases}
+        assert {"path is a file", "unwritable", "existing output"} <= kinds, (entry, kinds)
+        if entry != "demo":  # the demo reads no input file
+            assert {"missing", "empty", "wrong type", "wrong shape", "nan/inf"} <= kinds, (entry, kinds)
+    rows = [f"{e:16s} {len(TABLES[e]):3d}  " + ", ".join(f"{k} {sum(c.kind == k for c in TABLES[e])}" for k in KINDS
+                                                     if any(c.kind == k for c in TABLES[e])) for e in ENTRY_POINTS]
+    print("\n".join(rows))
+
+
+# one case per command in a real process: the shell sees the same single line, status and no traceback
+SUBPROCESS = [
+    ("convert", lambda tmp: ["convert", str(tmp / "none.pt"), str(tmp / "out"), "--arch", "resnet"], "does not exist"),
+    ("sae sweep", lambda tmp: ["sae", "sweep", "--store", str(tmp), "--site", "s", "--out", str(tmp / "o"), "--seeds",
+                               "-1"], "argument --seeds: a seed is an integer in [0, 4294967295]"),
+    ("equiv pairwise", lambda tmp: ["equiv", "pairwise", str(tmp / "r.npz"), "--out", str(tmp / "o")],
+     "r.npz is not a .npz (zip) file"),
+    ("contributions", lambda tmp: ["contributions", "--data", str(tmp / "r.npz"), "--model", "resnet18", "--out",
+                                   str(tmp / "o")], "--data must be one of"),
+]
+
+
+@pytest.mark.parametrize("entry,argv,expect", SUBPROCESS, ids=[s[0] for s in SUBPROCESS])
+def test_bad_input_in_a_real_process(entry, argv, expect, tmp_path):
+    (tmp_path / "r.npz").write_text("not an archive")
+    r = subprocess.run([sys.executable, "-m", "jaxequiv.cli", *argv(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"jaxequiv {entry}: error: ") and expect in lines[0], lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["r.npz"]

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         "one, never a mix), which loads back without torch via jaxequiv.adapters.torch.load(OUT). The tokenizer "
         "files of a Hugging Face folder (tokenizer.json, vocab, merges, special tokens) are copied along.",
     )
-    p.add_argument("source", help="checkpoint file or folder")
-    p.add_argument("out", help="output folder")
+    p.add_argument("source", type=cliargs.path, help="checkpoint file or folder")
+    p.add_argument("out", type=cliargs.path, help="output folder")
     p.add_argument("--arch", help="gpt2, gpt_neox, bert, vit, resnet or transformer_lens (a HookedTransformer state "
                    "dict; needs --config) (default: config.json's model_type)")
     p.add_argument("--config", help="JSON file (or inline JSON object) with the model config fields (for "
@@ -54,6 +54,11 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"--config is not valid JSON ({e}); pass a JSON object or a .json file") from None
     check_output(args.out, overwrite=args.overwrite, marker="config.json")  # fail before the slow part
     model = load(args.source, args.arch, config, ignore=args.ignore, dtype=getattr(jnp, args.dtype))
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        leaf = variable[...]
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.isfinite(leaf).all()):
+            raise ValueError(f"{args.source}: parameter {'.'.join(map(str, path))} contains NaN or Inf; the "
+                             "checkpoint is damaged, convert an intact copy")
     carried = tokenizer_files(args.source)
     save(model, args.out, metadata={"source": os.path.basename(os.path.normpath(args.source))},
          overwrite=args.overwrite, files=carried)

@@ -28,19 +28,19 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("contributions", description=__doc__,
                               help="hidden-unit contributions of a data set -> memory-mapped store (CODEC §1)")
     data = p.add_argument_group("data")
-    data.add_argument("--data", required=True,
+    data.add_argument("--data", required=True, type=cliargs.path,
                       help=f"a built-in data set ({', '.join(DATASETS)}) or a .npy file of inputs [N, *input_shape]")
-    data.add_argument("--data-root", metavar="FOLDER",
+    data.add_argument("--data-root", metavar="FOLDER", type=cliargs.path,
                       help="folder holding the four IDX files of --data mnist or fashion (default: where the "
                            "offline packages install them)")
-    data.add_argument("--labels", metavar="NPY",
+    data.add_argument("--labels", metavar="NPY", type=cliargs.path,
                       help="a .npy file of N integer labels for a .npy --data (default: none, stored as -1)")
     data.add_argument("--split", choices=("test", "train"), default="test", help="split of a built-in data set")
     data.add_argument("--limit", type=int, metavar="N", help="use only the first N examples (default: all)")
     model = p.add_argument_group("model (give --model or --checkpoint)")
     src = model.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", choices=BUILTIN_MODELS, help="a built-in ResNet at random init (--width, --stem, --seed)")
-    src.add_argument("--checkpoint", metavar="PATH",
+    src.add_argument("--checkpoint", metavar="PATH", type=cliargs.path,
                      help="a PyTorch/safetensors checkpoint or a folder written by jaxequiv convert")
     model.add_argument("--arch", help="architecture of --checkpoint, one of jaxequiv.adapters.torch.ARCHS (default: "
                                       "its config.json's model_type)")
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     method.add_argument("--target", default="top1", help=TARGETS)
     store = p.add_argument_group("store (jaxequiv.contributions.build_store)")
     stored = cliargs.add_options(store, build_store, only=("variants", "chunk_size"))
-    store.add_argument("--out", required=True, help="store folder")
+    store.add_argument("--out", required=True, type=cliargs.path, help="store folder")
     store.add_argument("--overwrite", action="store_true", help="replace an existing store")
     store.add_argument("--no-progress", action="store_true", help="no progress bar")
     cliargs.spell_as(p, arch="--arch", root="--data-root")
@@ -67,29 +67,44 @@ def register(subparsers) -> None:
 
 
 def _load_data(args):
+    """``(inputs [N, ...], labels [N] or None, number of classes)`` from --data, --labels, --split and --limit."""
+    import numpy as np
+
     from jaxequiv.io.arrays import read_npy
 
+    if args.data_root is not None and args.data not in ("mnist", "fashion"):
+        raise ValueError(f"--data-root applies to --data mnist or fashion, not {args.data}")
+    if args.labels is not None and args.data in DATASETS:
+        raise ValueError(f"--labels applies to a .npy --data; {args.data} brings its own labels")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.data in DATASETS:
         from jaxequiv import data
 
-        if args.data_root is not None and args.data == "digits":
-            raise ValueError("--data-root applies to --data mnist or fashion; digits come with scikit-learn")
         ds = data.load_digits() if args.data == "digits" else data.load_mnist(args.data, root=args.data_root)
         x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
         n_classes = ds.num_classes
     else:
         if not args.data.endswith(".npy"):
             raise ValueError(f"--data must be one of {DATASETS} or a .npy file, got {args.data!r}")
-        if args.data_root is not None:
-            raise ValueError("--data-root applies to --data mnist or fashion; give a .npy file's full path instead")
         x = read_npy(args.data, mmap_mode="r")
-        y = read_npy(args.labels) if args.labels else None
+        if x.ndim < 2 or len(x) == 0 or x.dtype.kind not in "biuf":
+            raise ValueError(f"{args.data} must hold N >= 1 numeric examples [N, *input_shape], got {x.dtype} of "
+                             f"shape {x.shape}")
+        y = None if args.labels is None else read_npy(args.labels)
+        if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0):
+            raise ValueError(f"--labels must hold {len(x)} integers >= 0 (one per example of --data), got {y.dtype} "
+                             f"of shape {y.shape}")
         n_classes = int(y.max()) + 1 if y is not None else 10
     if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
         x = x[: args.limit]
         y = None if y is None else y[: args.limit]
+    for start in range(0, len(x), 4096):  # one pass over the inputs, before any work
+        block = np.asarray(x[start:start + 4096]).reshape(min(4096, len(x) - start), -1)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{args.data}: example {start + int(np.flatnonzero(bad)[0])} contains NaN or Inf; "
+                             "clean or drop it")
     return x, y, n_classes
 
 

@@ -1,6 +1,6 @@
 """``jaxequiv equiv``: congruity and pairwise similarity matrices from stored representations, with heatmaps.
 
-::
+Examples::
 
     jaxequiv equiv pairwise reps.npz --measure linear_cka --out results/cka
     jaxequiv equiv congruity gpt2.npz pythia.npz --rounds 100 --out results/congruity
@@ -12,7 +12,6 @@ Each command's files are published together as one folder (``--out``): the old s
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from jaxequiv.io.arrays import read_arrays
@@ -25,6 +24,11 @@ def _stack(arrays: dict, path: str):
     """(names, (M, N, D)) from one stack or several (N, D) arrays."""
     import numpy as np
 
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays; save (N, D) representations in it with numpy.savez")
+    for name, v in arrays.items():
+        if v.dtype.kind in "fc" and not np.isfinite(v).all():
+            raise ValueError(f"{path}: {name!r} contains NaN or Inf; clean or drop those rows first")
     if len(arrays) == 1 and next(iter(arrays.values())).ndim == 3:
         name, X = next(iter(arrays.items()))
         return [f"{name}[{i}]" for i in range(X.shape[0])], X
@@ -106,45 +110,56 @@ def _congruity(args) -> int:
         if missing:
             raise ValueError(f"{path}: missing arrays {sorted(missing)}; a model file holds 'base' (N, D) and 'impls' (M, N, D)")
         models[name] = (arrays["base"], arrays["impls"])
-    result = congruity_matrix(models, key=jax.random.key(args.seed), n_rounds=args.rounds, measure=measure,
-                              n_boot=args.boot)
+    result = congruity_matrix(models, key=jax.random.key(args.seed), n_rounds=args.n_rounds, measure=measure,
+                              n_boot=args.n_boot, ci=args.ci)
     names, score, lo, hi = list(result.names), result.score, result.ci_low, result.ci_high
     for i in range(len(names)):
         for j in range(i, len(names)):
             print(f"{names[i]} vs {names[j]}: {result.pair(i, j)}")
-    doc = {"measure": measure.name, "rounds": args.rounds, "seed": args.seed, "fixed_split": args.fixed_split,
+    doc = {"measure": measure.name, "rounds": args.n_rounds, "seed": args.seed, "fixed_split": args.fixed_split,
            "names": names, "congruity": score.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
     with publishing(args.out, overwrite=args.overwrite, marker="congruity.json") as tmp:
         write_json(tmp / "congruity.json", doc)
-        _heatmap(tmp / "congruity.png", score, names, f"congruity ({measure.name}, {args.rounds} rounds)", 0.0, 1.0)
+        _heatmap(tmp / "congruity.png", score, names, f"congruity ({measure.name}, {args.n_rounds} rounds)", 0.0, 1.0)
     print(f"congruity matrix -> {args.out}/congruity.{{json,png}}")
     return 0
 
 
 FIXED_SPLIT_HELP = ("ridge only: one train/test split drawn from SEED for every fit (the reference's random_state "
-                    "convention) instead of a fresh split per fit")
+                    "convention) (default: a fresh split per fit)")
 
 
 def register(subparsers) -> None:
+    from jaxequiv import cliargs
+    from jaxequiv.equivalence import congruity_matrix
+    from jaxequiv.similarity import MEASURES, pairwise
+
     p = subparsers.add_parser("equiv", help="congruity and similarity matrices from stored representations",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__)
     sub = p.add_subparsers(dest="equiv_command", metavar="WHAT", required=True)
-    pw = sub.add_parser("pairwise", help="all-pairs similarity matrix + heatmap")
-    pw.add_argument("reps", help=".npz/.safetensors of (N, D) arrays, or an (M, N, D) stack")
-    pw.add_argument("--measure", default="linear_cka", help="similarity measure (see jaxequiv.similarity.MEASURES)")
-    pw.add_argument("--out", required=True, help="output folder (similarity.npy, .json, .png)")
+    pw = sub.add_parser("pairwise", help="all-pairs similarity matrix + heatmap", description=__doc__)
+    pw.add_argument("reps", type=cliargs.path, help=".npz/.safetensors of (N, D) arrays, or an (M, N, D) stack (.npy too)")
+    pw.add_argument("--measure", default="linear_cka", choices=sorted(MEASURES), metavar="MEASURE",
+                    help="similarity measure: %(choices)s")
+    pw.add_argument("--out", required=True, type=cliargs.path, help="output folder (similarity.npy, .json, .png)")
     pw.add_argument("--overwrite", action="store_true", help="replace the matrix of an earlier run at --out")
-    pw.add_argument("--seed", type=int, default=0, help="seed for randomised measures (ridge splits)")
-    pw.add_argument("--chunk", type=int, default=64, help="memory knob (see jaxequiv.similarity.pairwise)")
-    pw.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
+    pw.add_argument("--seed", type=cliargs.seed, default=0, help="seed for randomised measures (ridge splits)")
+    pw.add_argument("--fixed-split", type=cliargs.seed, metavar="SEED", help=FIXED_SPLIT_HELP)
+    cliargs.add_options(pw, pairwise, only=("chunk",), help={"chunk": "pairs (or CKA sample rows) per step: the "
+                                                                      "memory knob"})
     pw.set_defaults(func=_pairwise)
-    cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap")
-    cg.add_argument("models", nargs="+", help="model files (.npz/.safetensors with 'base' and 'impls')")
-    cg.add_argument("--measure", default="ridge", help="similarity measure (default: ridge, as the reference code)")
-    cg.add_argument("--rounds", type=int, default=100)
-    cg.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the confidence interval")
-    cg.add_argument("--seed", type=int, default=0)
-    cg.add_argument("--out", required=True, help="output folder (congruity.json, .png)")
+
+    cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap", description=__doc__)
+    cg.add_argument("models", nargs="+", type=cliargs.path, help="model files (.npz/.safetensors with 'base' and 'impls')")
+    cg.add_argument("--measure", default="ridge", choices=sorted(MEASURES), metavar="MEASURE",
+                    help="similarity measure (ridge as the reference code): %(choices)s")
+    cg.add_argument("--seed", type=cliargs.seed, default=0, help="seed of the implementation draws and bootstrap")
+    cg.add_argument("--out", required=True, type=cliargs.path, help="output folder (congruity.json, .png)")
     cg.add_argument("--overwrite", action="store_true", help="replace the matrix of an earlier run at --out")
-    cg.add_argument("--fixed-split", type=int, metavar="SEED", help=FIXED_SPLIT_HELP)
+    cg.add_argument("--fixed-split", type=cliargs.seed, metavar="SEED", help=FIXED_SPLIT_HELP)
+    cliargs.add_options(cg, congruity_matrix, only=("n_rounds", "n_boot", "ci"), flags={"n_rounds": "--rounds",
+                                                                                "n_boot": "--boot"},
+                        help={"n_rounds": "rounds: draws of one implementation of each model",
+                              "n_boot": "bootstrap resamples of the rounds for the confidence interval",
+                              "ci": "coverage of the percentile confidence interval"})
     cg.set_defaults(func=_congruity)

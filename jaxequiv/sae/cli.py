@@ -30,12 +30,12 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="sae_command", metavar="{train,sweep}", required=True)
     common = cliargs.Parser(add_help=False)
     io = common.add_argument_group("data and output")
-    io.add_argument("--store", required=True, help="contributions store folder (written by jaxequiv contributions)")
+    io.add_argument("--store", required=True, type=cliargs.path, help="contributions store folder (written by jaxequiv contributions)")
     io.add_argument("--site", required=True, help="site name in the store")
     io.add_argument("--variant", default="positive", choices=(*STORED, "activations"), help="stored variant")
     io.add_argument("--normalize", choices=("global_std", "none"), default="global_std",
                     help="divide the data by its global scalar std (CODEC) or use it as is")
-    io.add_argument("--out", required=True, help="output folder (SAE folders + summary.json)")
+    io.add_argument("--out", required=True, type=cliargs.path, help="output folder (SAE folders + summary.json)")
     io.add_argument("--overwrite", action="store_true", help="replace the SAEs of an earlier run at --out")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     training = common.add_argument_group("training (jaxequiv.sae.TrainSettings)")
@@ -121,12 +121,16 @@ def _run(args, settings, configs, names) -> int:
 
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"the settings name the same SAE more than once ({twice}); list each value once")
+        raise ValueError(f"{len(twice)} SAE folder name(s) would hold more than one SAE (e.g. {twice[0]}): values "
+                         "that differ only beyond 6 significant digits share a name; list each value once")
     settings = _settings(args, settings)  # before any file is touched: a bad setting leaves nothing behind
     check_output(args.out, overwrite=args.overwrite, marker="summary.json")
     data, scale = _load(args)
     cfgs, seeds = configs(data.shape[1])
     with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
+        for stale in build.iterdir():  # an earlier run's SAEs (killed before its publication): only its
+            if stale.name != "checkpoint":  # checkpoint may be resumed, and train_many checks that it is this run's
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         results = _fit(train_many, cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
                        progress=not args.no_progress)
         summary = []
@@ -154,8 +158,7 @@ def _train(args, settings, hyper) -> int:
         owners = [v for v, cls in VARIANTS.items() if foreign[0] in {f.name for f in dataclasses.fields(cls)}]
         raise ValueError(f"{flag} does not apply to --arch {args.arch} (it sets {', '.join(owners)}); drop it or "
                          "choose one of those variants")
-    if args.expansion < 1:
-        raise ValueError(f"--expansion must be >= 1 (K = expansion * d), got {args.expansion}")
+    _check_expansions([args.expansion], "--expansion")
     return _run(args, settings, lambda d: ([make(args.arch, d, expansion=args.expansion, **chosen)], [args.seed]),
                 [f"{args.arch}_x{args.expansion}_seed{args.seed}"])
 
@@ -164,8 +167,14 @@ def _sweep(args, settings, grid, shared) -> int:
     from jaxequiv.sae import codec_sweep
 
     lists, fixed = cliargs.given(args, grid), cliargs.given(args, shared)
+    _check_expansions(lists.get("expansions", ()), "--expansions")
     return _run(args, settings, lambda d: codec_sweep(d, **lists, **fixed),
                 sweep_names(*codec_sweep(1, **lists)))
+
+
+def _check_expansions(values, flag: str) -> None:
+    if any(v < 1 for v in values):
+        raise ValueError(f"{flag} must be >= 1 (K = expansion * d), got {','.join(map(str, values))}")
 
 
 def sweep_names(cfgs, seeds) -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from jaxequiv.contributions import global_std
 from jaxequiv.sae import codec_sweep, evaluate, load_sae
 from jaxequiv.sae.checkpoint import read_meta
 from jaxequiv.sae.cli import sweep_names
+from tests.clicases import Case, check, table, unwritable
 
 # the settings of tests/sae/test_train.py (d = 8 here too), so that these runs reuse its compiled steps
 TRAIN = ["--steps", "10", "--batch-size", "32", "--log-every", "10", "--lr", "3e-3"]
@@ -142,3 +144,123 @@ def test_sae_train_names_nan_rows_and_warns_on_a_useless_fit(store, tmp_path, ca
     summary = json.loads((tmp_path / "o" / "summary.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
     assert summary[0]["n_alive"] == 0 and summary[0]["relative_reconstruction_bias"] == 0.0
+
+
+# -- bad input: one line, status 2, nothing left (tests/clicases.py) -----------------------------------------------
+def _damaged(env, change):
+    """A copy of the store under env.tmp with ``change(root)`` applied."""
+    root = env.tmp / "store"
+    shutil.copytree(env.store, root)
+    change(root)
+    return str(root)
+
+
+def _fill(value, row=7, col=3):
+    def change(root):
+        mm = np.load(root / "fc1" / "positive.npy", mmap_mode="r+")
+        if row is None:
+            mm[:] = value
+        else:
+            mm[row, col] = value
+        mm.flush()
+    return change
+
+
+def _cut(name):
+    def change(root):
+        raw = (root / name).read_bytes()
+        (root / name).write_bytes(raw[: len(raw) // 2])
+    return change
+
+
+def _other_output(env):
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "notes.txt").write_text("mine")
+    return str(env.tmp / "out")
+
+
+def _file(env):
+    (env.tmp / "f").write_text("keep")
+    return str(env.tmp / "f")
+
+
+def _sae(command, env, *extra, store=None, out=None):
+    return ["sae", command, "--store", store or str(env.store), "--site", "fc1", "--out", out or str(env.tmp / "out"),
+            *TRAIN, "--no-progress", *extra]
+
+
+def _common(command):
+    """The cases every ``sae`` command shares: the store, the output, the training settings."""
+    def sae(env, *extra, **kw):
+        return _sae(command, env, *extra, **kw)
+
+    return [
+        Case("no store", "missing", lambda e: sae(e, store=str(e.tmp / "none")), "no contributions store at"),
+        Case("unknown site", "missing", lambda e: sae(e)[:5] + ["nope"] + sae(e)[6:], "has no site 'nope'"),
+        Case("empty store folder", "empty", lambda e: (e.tmp.joinpath("s").mkdir(), sae(e, store=str(e.tmp / "s")))[1],
+             "(no meta.json)"),
+        Case("truncated meta.json", "truncated", lambda e: sae(e, store=_damaged(e, _cut("meta.json"))),
+             "meta.json is truncated or corrupt"),
+        Case("truncated array", "truncated", lambda e: sae(e, store=_damaged(e, _cut("fc1/positive.npy"))),
+             "positive.npy: it is truncated or corrupt"),
+        Case("text as array", "wrong type",
+             lambda e: sae(e, store=_damaged(e, lambda r: (r / "fc1" / "positive.npy").write_text("1 2 3"))),
+             "positive.npy is not a .npy file"),
+        Case("NaN in the store", "nan/inf", lambda e: sae(e, store=_damaged(e, _fill(np.nan))),
+             "contains NaN at row 7, column 3"),
+        Case("Inf in the store", "nan/inf", lambda e: sae(e, "--normalize", "none", store=_damaged(e, _fill(np.inf))),
+             "contains Inf at row 7, column 3"),
+        Case("constant data", "wrong shape", lambda e: sae(e, store=_damaged(e, _fill(1.0, row=None))),
+             "is constant (std 0); use --normalize none"),
+        Case("out is a file", "path is a file", lambda e: sae(e, out=_file(e)), "is a file, but this output is a folder"),
+        Case("out below a file", "path is a file", lambda e: sae(e, out=_file(e) + "/x"), "is not a folder"),
+        Case("unwritable", "unwritable", lambda e: sae(e), "permission denied", patch=unwritable),
+        Case("another kind of folder", "existing output", lambda e: sae(e, "--overwrite", out=_other_output(e)),
+             "it has no summary.json, so it is not an output of this kind"),
+        Case("batch larger than the data", "wrong shape", lambda e: sae(e, "--batch-size", "1000"),
+             "--batch-size 1000 exceeds the 96 rows of data"),
+        Case("NaN learning rate", "bad option", lambda e: sae(e, "--lr", "nan"),
+             "argument --lr: expected a finite number, got 'nan'"),
+        Case("checkpoint not a multiple", "bad option", lambda e: sae(e, "--checkpoint-every", "7"),
+             "--checkpoint-every (7) must be a positive multiple of --log-every (10)"),
+        Case("negative data seed", "bad option", lambda e: sae(e, "--data-seed", "-1"),
+             "argument --data-seed: a seed is an integer in [0, 4294967295]"),
+    ]
+
+
+SAE_TRAIN = table("sae train", _common("train") + [
+    Case("negative seed", "bad option", lambda e: _sae("train", e, "--seed", "-1"), "argument --seed: a seed is"),
+    Case("option of another variant", "bad option", lambda e: _sae("train", e, "--k", "4"),
+         "--k does not apply to --arch stsae (it sets topk, matryoshka, batchtopk)"),
+    Case("theta out of range", "bad option", lambda e: _sae("train", e, "--theta", "1.5"), "theta must lie in (0, 1)"),
+    Case("k above the dictionary", "bad option", lambda e: _sae("train", e, "--arch", "topk", "--k", "1000"),
+         "k must be an int in [1, d_sae=24], got --k 1000"),
+    Case("zero expansion", "bad option", lambda e: _sae("train", e, "--expansion", "0"), "--expansion must be >= 1"),
+    Case("prefixes listed twice", "duplicate names", lambda e: _sae("train", e, "--arch", "matryoshka", "--prefixes",
+                                                                    "8,8"), "8 listed more than once"),
+])
+
+SAE_SWEEP = table("sae sweep", _common("sweep") + [
+    Case("negative seed", "bad option", lambda e: _sae("sweep", e, "--seeds", "1,-1"),
+         "argument --seeds: a seed is an integer in [0, 4294967295]"),
+    Case("seed listed twice", "duplicate names", lambda e: _sae("sweep", e, "--seeds", "1,1"),
+         "argument --seeds: 1 listed more than once; list each seed once"),
+    Case("values equal to 6 digits", "duplicate names",
+         lambda e: _sae("sweep", e, "--l1s", "1e-4,1.0000001e-4", "--seeds", "1", "--expansions", "1", "--thetas", "0.5"),
+         "1 SAE folder name(s) would hold more than one SAE (e.g. stsae_x1_theta0.5_l10.0001_seed1)"),
+    Case("empty list", "empty", lambda e: _sae("sweep", e, "--thetas", ""), "argument --thetas: expected comma-separated"),
+    Case("NaN theta", "nan/inf", lambda e: _sae("sweep", e, "--thetas", "0.5,nan"),
+         "argument --thetas: expected a finite number, got 'nan'"),
+    Case("zero expansion", "bad option", lambda e: _sae("sweep", e, "--expansions", "0,1"), "--expansions must be >= 1"),
+    Case("negative l1", "bad option", lambda e: _sae("sweep", e, "--l1s", "-1"), "l1 must be >= 0"),
+])
+
+
+@pytest.mark.parametrize("case", SAE_TRAIN, ids=lambda c: c.id)
+def test_sae_train_bad_input(case, store, tmp_path, capsys, monkeypatch):
+    check("sae train", case, SimpleNamespace(tmp=tmp_path, store=store), capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("case", SAE_SWEEP, ids=lambda c: c.id)
+def test_sae_sweep_bad_input(case, store, tmp_path, capsys, monkeypatch):
+    check("sae sweep", case, SimpleNamespace(tmp=tmp_path, store=store), capsys, monkeypatch)
