@@ -1,7 +1,7 @@
 """CODEC interventions and mode pictures: jaxequiv vs the PyTorch procedure of the reference code (bscope).
 
 One process, same weights (a torchvision-named ResNet-18 loaded into jaxequiv with the torch adapter), same
-images and masks; warm-up, then the median of ``--reps`` (>= 5) timings.
+images and masks, float32 and equal thread counts on both sides, timed alternately (``common.py``).
 (a) Ablation/preservation protocol at one block: T trials x (1 + 2P) channel masks x 20 images. Reference: a
     forward hook zeroing channels, one forward pass per (trial, mask), as ``bscope.Disruptor``. jaxequiv:
     :func:`jaxequiv.codec.interventions.mode_intervention` (one vmapped evaluation).
@@ -13,32 +13,24 @@ Last line: ``RESULT codec interventions_ratio=<x> pictures_ratio=<y>`` (ratio = 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import jax
 import numpy as np
 
-
-def _median(fn, reps):
-    fn()  # warm-up (compile)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+import common
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5)
+    p = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--site", default="layer3.1")
     p.add_argument("--picture-site", default="layer2.1")
     args = p.parse_args(argv)
+    s = common.Session("codec", args)
+    if args.quick:
+        args.size, args.width, args.trials = 32, 8, 2
+    import jax
     import torch
 
     from jaxequiv import Network
@@ -48,7 +40,6 @@ def main(argv=None) -> None:
     from jaxequiv.codec.pictures import mode_picture_maps
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     tmodel = torch_resnet(18, width=args.width, num_classes=10).eval()
     net = Network.from_module(load(tmodel.state_dict(), "resnet"), (args.size, args.size, 3))
     r = np.random.default_rng(0)
@@ -93,11 +84,13 @@ def main(argv=None) -> None:
     acc = hits.reshape(args.trials, masks.shape[1], 2, -1, 2).mean(3)
     agree = np.mean(np.isclose(acc[:, 0], res.original)) * 0.5 + 0.5 * np.mean(
         np.isclose(np.moveaxis(acc[:, 1:].reshape(args.trials, 2, len(pct), 2, 2), 1, 0), res.perturbed))
-    t_jax, t_torch = _median(jax_inter, args.reps), _median(torch_inter, args.reps)
-    print(f"(a) interventions, {args.trials} trials x {masks.shape[1]} masks x 20 images at {args.site}: "
-          f"jaxequiv {t_jax * 1e3:.1f} ms, torch {t_torch * 1e3:.1f} ms, ratio {t_torch / t_jax:.2f}; "
-          f"accuracies agree on {agree:.1%} of entries")
-    inter_ratio = t_torch / t_jax
+    t = s.time({"jaxequiv": jax_inter, "torch": torch_inter}, prefix="interventions/")
+    inter = common.ratio(t["torch"], t["jaxequiv"])
+    s.note(f"(a) interventions, {args.trials} trials x {masks.shape[1]} masks x 20 images at {args.site}:\n"
+           f"    jaxequiv {t['jaxequiv'].fmt()}\n    torch    {t['torch'].fmt()}\n"
+           f"    ratio {common.fmt_ratio(inter)}; accuracies agree on {agree:.1%} of entries")
+    s.row("mode ablation/preservation trials vs the same loop in PyTorch", f"{inter[0]:.1f}x", "-", None,
+          "interventions_ratio")
     current["mask"] = torch.ones(1)
 
     # (b) pictures
@@ -131,11 +124,14 @@ def main(argv=None) -> None:
     ref = torch_pic()[0].transpose(1, 2, 0)
     ours = np.asarray(jax_pic().total[0])
     err = np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30)
-    t_jax, t_torch = _median(jax_pic, args.reps), _median(torch_pic, args.reps)
+    t = s.time({"jaxequiv": jax_pic, "torch": torch_pic}, prefix="pictures/")
+    pic = common.ratio(t["torch"], t["jaxequiv"])
     units = 3 * net.sites()[psite].shape[1] * net.sites()[psite].shape[2]
-    print(f"(b) mode picture at {psite}, {units} units: jaxequiv {t_jax * 1e3:.1f} ms, torch per-unit backward "
-          f"{t_torch * 1e3:.1f} ms, ratio {t_torch / t_jax:.2f}; max relative difference {err:.1e}")
-    print(f"RESULT codec interventions_ratio={inter_ratio:.2f} pictures_ratio={t_torch / t_jax:.2f}")
+    s.note(f"(b) mode picture at {psite}, {units} units:\n    jaxequiv {t['jaxequiv'].fmt()}\n"
+           f"    torch per-unit backward {t['torch'].fmt()}\n    ratio {common.fmt_ratio(pic)}; max relative "
+           f"difference {err:.1e}")
+    s.row("mode pictures vs per-unit backward loop (PyTorch)", f"{pic[0]:.1f}x", "-", None, "pictures_ratio")
+    s.finish("codec", interventions_ratio=round(inter[0], 2), pictures_ratio=round(pic[0], 2))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,6 +198,7 @@ class Session:
                 self._cache_events["misses"] += 1
 
         jax.monitoring.register_event_listener(listen)
+        warnings.filterwarnings("ignore", message=r".*SAEs? fits? poorly")  # short runs on random data, by design
         self.jax = jax
         self.torch = None
         if torch:
@@ -224,6 +226,17 @@ class Session:
             lib += (f", torch {self.torch.__version__} (threads {self.torch.get_num_threads()}, kernels "
                     f"{self.machine['torch_capability']}, blas {self.machine['torch_blas']})")
         print(f"{lib}; pinned to {self.threads} core(s); runs: median of {self.runs} after 1 warm-up, alternating")
+        if os.environ.get("XLA_FLAGS"):
+            print(f"  XLA_FLAGS={os.environ['XLA_FLAGS']}")
+        self.machine["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        self._warn_load()
+
+    def _warn_load(self) -> None:
+        load = os.getloadavg()[0]
+        if load > 0.5 * os.cpu_count():
+            print(f"  WARNING: load average {load:.1f} on {os.cpu_count()} cores: other jobs share the CPU. PyTorch's "
+                  "OpenMP threads spin-wait at every barrier and lose far more than XLA's pool under contention "
+                  "(bench_threads.py), so ratios measured now overstate jaxequiv; rerun on a quiet machine.")
 
     # -- timing ------------------------------------------------------------------------------------------
     def time(self, sides: dict[str, Callable[[], object]], runs: int | None = None, prefix: str = "") -> dict[str, Timing]:
@@ -302,6 +315,7 @@ class Session:
         self.machine.setdefault("xla_threads", xla_threads())
         path = self.args.json or (None if self.quick else str(RESULTS_DIR / f"{self.name}.json"))
         cache = self._cache_events
+        self._warn_load()
         print(f"  compile cache: {cache['hits']} hits, {cache['misses']} misses; load now {os.getloadavg()[0]:.2f}")
         if path:
             doc = {"benchmark": self.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -331,9 +345,12 @@ def _jit_matmul():
 # Profiles
 
 
-def profile_ops(fn: Callable[[], object], top: int = 8) -> list[tuple[str, float]]:
-    """Where XLA:CPU spends the time of ``fn()`` (already compiled): ``[(op name, share of op time)]`` for the
-    ``top`` heaviest thunks, from a ``jax.profiler`` trace of one call (op names are the HLO instruction names
+_CONTROL_FLOW = ("while", "cond", "conditional", "call")
+
+
+def profile_ops(fn: Callable[[], object]) -> list[tuple[str, float]]:
+    """Where XLA:CPU spends the time of ``fn()`` (already compiled): ``[(op name, share of op time)]`` for every
+    thunk, heaviest first, from a ``jax.profiler`` trace of one call (op names are the HLO instruction names
     of the compiled module: ``ynn_fusion``/``dot``/``convolution`` are the matrix kernels)."""
     import collections
     import glob
@@ -355,12 +372,13 @@ def profile_ops(fn: Callable[[], object], top: int = 8) -> list[tuple[str, float
                     continue
                 for e in line.events:
                     name = e.name
-                    if name.startswith("end: ") or "::" in name or name.startswith("Threadpool"):
+                    if (name.startswith(("end: ", "Threadpool")) or "::" in name
+                            or name.split(".")[0] in _CONTROL_FLOW):  # their time is their bodies' time
                         continue
                     total[name] += e.duration_ns
     s = sum(total.values()) or 1.0
-    return [(k, v / s) for k, v in total.most_common(top)]
+    return [(k, v / s) for k, v in total.most_common()]
 
 
-def fmt_profile(ops: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{k} {100 * v:.0f}%" for k, v in ops)
+def fmt_profile(ops: list[tuple[str, float]], top: int = 8) -> str:
+    return ", ".join(f"{k} {100 * v:.0f}%" for k, v in ops[:top])
