@@ -282,7 +282,7 @@ def main(argv=None) -> None:
     p = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--steps", type=int, default=2, help="SAE training steps per timed call")
     p.add_argument("--ig-steps", type=int, default=10)
-    p.add_argument("--sizes", type=int, nargs="+", default=[4, 8],
+    p.add_argument("--sizes", type=int, nargs="+", default=[2, 4],
                    help="representation counts timed for (b), extrapolated to 64 (64 alone: the full size)")
     p.add_argument("--only", choices=("sae", "sim", "lm"), nargs="+", default=("sae", "sim", "lm"))
     args = p.parse_args(argv)
@@ -291,7 +291,7 @@ def main(argv=None) -> None:
     s.peaks()
     nan = float("nan")
     lens = bench_saelens(s, q, args.steps) if "sae" in args.only else {"topk": nan, "relu": nan}
-    simr = bench_similarity(s, q, [2, 4] if q else args.sizes) if "sim" in args.only else {}
+    simr = bench_similarity(s, q, args.sizes) if "sim" in args.only else {}
     lm = bench_lm(s, q, 2 if q else args.ig_steps) if "lm" in args.only else {"fair": nan}
     sim_ratio = min((simr[k] for k in ("linear_cka", "cca")), default=nan)
     s.finish("peers", saelens_topk_ratio=round(lens["topk"], 2), saelens_relu_ratio=round(lens["relu"], 2),

@@ -229,11 +229,12 @@ class Session:
         if os.environ.get("XLA_FLAGS"):
             print(f"  XLA_FLAGS={os.environ['XLA_FLAGS']}")
         self.machine["xla_flags"] = os.environ.get("XLA_FLAGS", "")
-        self._warn_load()
+        self._warn_load(0.5 * os.cpu_count())  # before this run adds its own threads
 
-    def _warn_load(self) -> None:
+    def _warn_load(self, limit: float) -> None:
+        """Warn when the 1-minute load average exceeds ``limit`` (other jobs share the cores)."""
         load = os.getloadavg()[0]
-        if load > 0.5 * os.cpu_count():
+        if load > limit:
             print(f"  WARNING: load average {load:.1f} on {os.cpu_count()} cores: other jobs share the CPU. PyTorch's "
                   "OpenMP threads spin-wait at every barrier and lose far more than XLA's pool under contention "
                   "(bench_threads.py), so ratios measured now overstate jaxequiv; rerun on a quiet machine.")
@@ -315,7 +316,7 @@ class Session:
         self.machine.setdefault("xla_threads", xla_threads())
         path = self.args.json or (None if self.quick else str(RESULTS_DIR / f"{self.name}.json"))
         cache = self._cache_events
-        self._warn_load()
+        self._warn_load(os.cpu_count() + 0.5)  # this run's own threads count in the load now
         print(f"  compile cache: {cache['hits']} hits, {cache['misses']} misses; load now {os.getloadavg()[0]:.2f}")
         if path:
             doc = {"benchmark": self.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
