@@ -70,7 +70,7 @@ def main() -> None:
     from flax import nnx
 
     from jaxequiv.adapters import torch as ad
-    from jaxequiv.adapters.reference_torch import torch_resnet
+    from jaxequiv.testing.torch_reference import torch_resnet
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)

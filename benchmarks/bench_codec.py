@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     import torch
 
     from jaxequiv import Network
-    from jaxequiv.adapters.reference_torch import torch_resnet
+    from jaxequiv.testing.torch_reference import torch_resnet
     from jaxequiv.adapters.torch import load
     from jaxequiv.codec import interventions as I
     from jaxequiv.codec.pictures import mode_picture_maps

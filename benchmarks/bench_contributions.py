@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     from captum.attr import LayerConductance, LayerGradientXActivation
 
     from jaxequiv import Network
-    from jaxequiv.adapters.reference_torch import torch_resnet
+    from jaxequiv.testing.torch_reference import torch_resnet
     from jaxequiv.adapters.torch import load
     from jaxequiv.contributions import contributions
 

@@ -5,7 +5,7 @@
 
 Offline there are no GPT-2 / Pythia weights, so the default run trains small GPT-style models on IOI-template text
 (two architectures x two seeds; the seeds of one architecture train together with
-:func:`jaxequiv.train.fit_stacked`). With ``--checkpoint`` the folders are converted by
+:func:`experiments.stacked.fit_stacked`). With ``--checkpoint`` the folders are converted by
 :mod:`jaxequiv.adapters.torch` and the prompts tokenised with each folder's ``tokenizer.json``; only prompts that
 every tokenizer splits into position-aligned clean / counterfactual pairs with single-token names are kept, so
 all models see the same stimuli. Every step goes through :mod:`jaxequiv.equivalence`:
@@ -63,7 +63,7 @@ QUICK = IOIConfig(n_train=200, n_eval=40, steps=20, batch_size=32, d_model=16, s
 
 def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, cfg: IOIConfig):
     """``cfg.seeds`` next-token language models of architecture ``arch``, trained together by
-    :func:`jaxequiv.train.fit_stacked` (vmapped over seeds).
+    :func:`experiments.stacked.fit_stacked` (vmapped over seeds).
 
     The loss is the mean next-token cross-entropy over real tokens plus ``cfg.answer_weight`` times the
     cross-entropy of the last token (the IO name), so small models learn the task within a CPU budget.
@@ -80,7 +80,7 @@ def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, 
 
     from jaxequiv.models.transformer import Transformer, TransformerConfig
     from jaxequiv.network import Network
-    from jaxequiv.train import fit_stacked
+    from experiments.stacked import fit_stacked
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {list(ARCHS)}")

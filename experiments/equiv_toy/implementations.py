@@ -17,7 +17,7 @@ Variant 0 of each subroutine is tracr's model itself, zero-padded (queries resca
 so the attention logits are tracr's exactly); its residual channels ``[:d]`` are tracr's residual stream.
 
 Trained implementations: small transformers per (subroutine, seed), all trained together by
-:func:`jaxequiv.train.fit_stacked`, to output the subroutine's tokens and, through linear read-outs of the
+:func:`experiments.stacked.fit_stacked`, to output the subroutine's tokens and, through linear read-outs of the
 residual stream, the values of its categorical intermediate RASP variables (at the depth tracr computes them).
 
 Representations follow the reference code: the residual stream at ``embed`` and after every block, averaged over
@@ -259,7 +259,7 @@ def train_imitators(
     ids: np.ndarray, targets: np.ndarray, probes: np.ndarray, probe_blocks: np.ndarray, cfg: TransformerConfig,
     seeds: int, steps: int, batch_size: int = 128, lr: float = 3e-3, probe_weight: float = 1.0, seed: int = 0,
 ) -> tuple[Network, np.ndarray]:
-    """Train ``seeds`` transformers per task, all tasks and seeds in one :func:`~jaxequiv.train.fit_stacked` job.
+    """Train ``seeds`` transformers per task, all tasks and seeds in one :func:`~experiments.stacked.fit_stacked` job.
 
     Args:
       ids: ``[P, N, T]`` inputs of each of ``P`` tasks (subroutines).
@@ -272,7 +272,7 @@ def train_imitators(
       the trained models as one stacked :class:`Network` ordered task-major (``P * seeds`` entries), and the
       training losses ``[steps, P * seeds]``.
     """
-    from jaxequiv.train import fit_stacked
+    from experiments.stacked import fit_stacked
 
     P, N, _ = ids.shape
     G = probes.shape[2]

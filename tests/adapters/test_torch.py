@@ -15,7 +15,7 @@ from flax import nnx  # noqa: E402
 from torch import nn  # noqa: E402
 
 from jaxequiv.adapters import torch as ad  # noqa: E402
-from jaxequiv.adapters.reference_torch import torch_resnet  # noqa: E402
+from jaxequiv.testing.torch_reference import torch_resnet  # noqa: E402
 from jaxequiv.sites import list_sites  # noqa: E402
 
 transformers.logging.set_verbosity_error()

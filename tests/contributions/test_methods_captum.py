@@ -9,7 +9,7 @@ from jaxequiv.contributions import contributions
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 adapter = pytest.importorskip("jaxequiv.adapters.torch")
-reference_torch = pytest.importorskip("jaxequiv.adapters.reference_torch")
+torch_reference = pytest.importorskip("jaxequiv.testing.torch_reference")
 
 SITES = ["layer1.0", "layer2.0", "layer2.1"]
 
@@ -17,7 +17,7 @@ SITES = ["layer1.0", "layer2.0", "layer2.1"]
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    tmodel = reference_torch.TorchResNet("basic", (1, 2), width=4, num_classes=5)
+    tmodel = torch_reference.TorchResNet("basic", (1, 2), width=4, num_classes=5)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in tmodel.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

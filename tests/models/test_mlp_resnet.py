@@ -190,7 +190,7 @@ def _load_into_torch(torch, tmodel, model):
                                                   ("basic", (1, 1), "imagenet", 29)])
 def test_resnet_matches_torch_forward(block, layers, stem, hw):
     torch = pytest.importorskip("torch")
-    from jaxequiv.adapters.reference_torch import TorchResNet
+    from jaxequiv.testing.torch_reference import TorchResNet
 
     model = ResNet(block, layers, width=4, num_classes=6, in_channels=3, stem=stem, rngs=nnx.Rngs(3))
     _randomise_batchnorm(model, 1)

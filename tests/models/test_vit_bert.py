@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 from jaxequiv.adapters import torch as ad  # noqa: E402
-from jaxequiv.adapters.reference_torch import TorchViT  # noqa: E402
+from jaxequiv.testing.torch_reference import TorchViT  # noqa: E402
 
 from tests.parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
 

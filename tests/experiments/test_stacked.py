@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxequiv.train import fit_stacked
+from experiments.stacked import fit_stacked
 
 
 def _loss(p, x, y):
