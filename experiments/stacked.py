@@ -51,16 +51,19 @@ def fit_stacked(params, loss_fn: Callable[..., jax.Array], arrays: Sequence[Any]
         raise ValueError("fit_stacked: params must be a pytree whose leaves all have a leading stack axis [S, ...]")
     n_stack = int(np.shape(leaves[0])[0])
     if any(np.shape(p)[0] != n_stack for p in leaves):
-        raise ValueError(f"fit_stacked: every params leaf needs the same stack size, got {sorted({np.shape(p)[0] for p in leaves})}")
+        raise ValueError(f"fit_stacked: every params leaf needs the same stack size, got "
+                         f"{sorted({np.shape(p)[0] for p in leaves})}")
     arrays = tuple(jnp.asarray(a) for a in arrays)
     if not arrays:
         raise ValueError("fit_stacked needs at least one array to draw batches from")
     axis = 1 if stacked_arrays else 0
     if stacked_arrays and any(a.ndim < 2 or a.shape[0] != n_stack for a in arrays):
-        raise ValueError(f"fit_stacked: stacked_arrays needs [S={n_stack}, N, ...] arrays, got shapes {[a.shape for a in arrays]}")
+        raise ValueError(f"fit_stacked: stacked_arrays needs [S={n_stack}, N, ...] arrays, got shapes "
+                         f"{[a.shape for a in arrays]}")
     rows = {int(a.shape[axis]) for a in arrays if a.ndim > axis}
     if len(rows) != 1 or any(a.ndim <= axis for a in arrays):
-        raise ValueError(f"fit_stacked: all arrays must share their row count N, got shapes {[a.shape for a in arrays]}")
+        raise ValueError(f"fit_stacked: all arrays must share their row count N, got shapes "
+                         f"{[a.shape for a in arrays]}")
     if steps < 1 or batch_size < 1 or chunk < 1:
         raise ValueError(f"steps, batch_size and chunk must be positive, got {steps}, {batch_size}, {chunk}")
     n = rows.pop()

@@ -15,7 +15,19 @@ import numpy as np
 from jaxequiv.codec import metrics as M
 from jaxequiv.sae.metrics import Modes
 
-__all__ = ["check_store", "LayerStats", "layer_statistics", "Modes", "ModeSelectivity", "mode_selectivity"]
+__all__ = ["check_sites", "check_store", "LayerStats", "layer_statistics", "Modes", "ModeSelectivity",
+           "mode_selectivity"]
+
+
+def check_sites(store: Any, sites: Sequence[str], variants: Sequence[str] = ()) -> None:
+    """Check that ``store`` has ``sites`` and ``variants``; raises ValueError naming what is missing."""
+    missing = [s for s in sites if s not in store.sites]
+    if missing:
+        raise ValueError(f"sites {missing} are not in the store at {store.root!r}; it has {store.sites}")
+    absent = [v for v in variants if v not in store.variants]
+    if absent:
+        raise ValueError(f"variants {absent} are not in the store; it has {store.variants}. Rebuild it with "
+                         f"variants including {absent}")
 
 
 def check_store(store: Any, sites: Sequence[str], labels=None, variants: Sequence[str] = ()) -> np.ndarray:
@@ -27,13 +39,7 @@ def check_store(store: Any, sites: Sequence[str], labels=None, variants: Sequenc
     Raises:
       ValueError naming what is missing or mismatched.
     """
-    missing = [s for s in sites if s not in store.sites]
-    if missing:
-        raise ValueError(f"sites {missing} are not in the store at {store.root!r}; it has {store.sites}")
-    absent = [v for v in variants if v not in store.variants]
-    if absent:
-        raise ValueError(f"variants {absent} are not in the store; it has {store.variants}. Rebuild it with "
-                         f"variants including {absent}")
+    check_sites(store, sites, variants)
     stored = np.asarray(store.labels)
     if labels is None:
         labels = stored

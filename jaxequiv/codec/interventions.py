@@ -14,15 +14,20 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxequiv.codec.metrics import check_labels
+from jaxequiv.codec.metrics import check_labels, class_correlation
 from jaxequiv.network import Network
+from jaxequiv.rng import as_key
 from jaxequiv.sites import Scale, list_sites, run
+
+if TYPE_CHECKING:
+    from jaxequiv.codec.analysis import ModeSelectivity
+    from jaxequiv.sae import Modes
 
 __all__ = [
     "PAPER_PERCENTAGES",
@@ -36,11 +41,14 @@ __all__ = [
     "draw_trials",
     "InterventionResult",
     "mode_intervention",
+    "mode_interventions",
     "curves",
     "auc",
     "auc_summary",
     "SuperclassResult",
     "superclass_intervention",
+    "Superclass",
+    "superclass_interventions",
 ]
 
 PAPER_PERCENTAGES = (1, 2, 5, 10, 18, 25, 50, 80, 99)
@@ -199,7 +207,7 @@ def draw_trials(key, labels, n_trials: int, n_images: int = 10, classes=None) ->
     """Draw target/off-target class pairs and ``n_images`` examples of each, without replacement.
 
     Args:
-      key: ``jax.random`` key. labels: (N,) integer classes.
+      key: ``jax.random.key`` or int seed. labels: (N,) integer classes.
       classes: the classes to draw from (default: those with at least ``n_images`` examples).
     """
     labels, _ = check_labels(labels, np.shape(labels)[0] if np.ndim(labels) else -1)
@@ -208,7 +216,7 @@ def draw_trials(key, labels, n_trials: int, n_images: int = 10, classes=None) ->
     if eligible.size < 2 or (counts[eligible] < n_images).any():
         raise ValueError(f"need at least 2 classes with {n_images} examples each; class counts are "
                          f"{counts.tolist()}; lower n_images")
-    kc, ko, ki = jax.random.split(key, 3)
+    kc, ko, ki = jax.random.split(as_key(key), 3)
     t = np.asarray(jax.random.randint(kc, (n_trials,), 0, eligible.size))
     o = (t + 1 + np.asarray(jax.random.randint(ko, (n_trials,), 0, eligible.size - 1))) % eligible.size
     target, off = eligible[t], eligible[o]
@@ -252,7 +260,7 @@ def mode_intervention(
       site: block output whose channels the atoms index.
       atoms: (K, C) dictionary of the SAE at ``site``. corr: (K, Y) mode-class correlations
         (:func:`jaxequiv.codec.metrics.class_correlation`); the top mode of class c is ``argmax corr[:, c]``.
-      key: ``jax.random`` key for the trial draws.
+      key: ``jax.random.key`` or int seed for the trial draws.
       trial_chunk: trials evaluated at once (memory knob; default all).
     """
     x = jnp.asarray(x)
@@ -282,6 +290,29 @@ def mode_intervention(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(original[None, :, None] > 0, perturbed / original[None, :, None], np.nan)
     return InterventionResult(pct, original, perturbed, ratio.astype(np.float32), draw)
+
+
+def mode_interventions(net: Network, x, y, modes: Mapping[str, Modes], selectivity: Mapping[str, ModeSelectivity],
+                       key, *, percentages=PAPER_PERCENTAGES, n_trials: int = 20, n_images: int = 10,
+                       ks: Sequence[int] = (1, 5), trial_chunk: int | None = None) -> dict[str, InterventionResult]:
+    """:func:`mode_intervention` at every site of ``modes``, with its alive atoms and their class correlations.
+
+    Every site draws the same trials (classes and examples) from ``key``, so sites compare on equal footing.
+
+    Args:
+      modes: ``{site: Modes}`` read out on ``x`` (:func:`jaxequiv.codec.fit_modes`).
+      selectivity: ``{site: ModeSelectivity}`` of those modes (:func:`jaxequiv.codec.mode_selectivity`).
+      key: ``jax.random.key`` or int seed. Other arguments: as in :func:`mode_intervention`.
+    Returns:
+      ``{site: InterventionResult}``.
+    """
+    missing = sorted(set(modes) - set(selectivity))
+    if missing:
+        raise ValueError(f"selectivity has no entry for sites {missing}; pass mode_selectivity(...) of the same modes")
+    key = as_key(key)
+    return {s: mode_intervention(net, x, y, s, m.alive_atoms(), selectivity[s].corr, key, percentages=percentages,
+                                 n_trials=n_trials, n_images=n_images, ks=ks, trial_chunk=trial_chunk)
+            for s, m in modes.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("site", "shape", "ks", "chunk"))
@@ -387,3 +418,41 @@ def superclass_intervention(
         acc = np.einsum("ny,mnk->myk", onehot, hits) / counts
         change = np.where(acc[0] > 0, np.clip(100 * (acc[1] - acc[0]) / acc[0], -100, 100), np.nan)
     return SuperclassResult(acc[0], acc[1], change)
+
+
+class Superclass(NamedTuple):
+    """The superclass variant of several sites: per-class accuracies when a concept's channels are perturbed."""
+
+    classes: tuple[int, ...]  # the classes that make up the concept
+    sites: list[str]  # perturbed together
+    percentages: dict[str, float]  # kind ("ablate", "preserve") -> percentage of each site's channels
+    results: dict[str, SuperclassResult]  # kind -> per-class accuracies
+
+
+def superclass_interventions(net: Network, x, y, modes: Mapping[str, Modes], classes: Sequence[int], *,
+                             ablate: float = 9, preserve: float = 37, threshold: float = 0.2,
+                             n_classes: int | None = None, ks: Sequence[int] = (1, 5)) -> Superclass:
+    """Ablate and preserve the channels of the concept "class in ``classes``" at every site of ``modes`` together.
+
+    Each mode's concept correlation is the correlation of its loadings with the concept indicator; the concept's
+    atom at a site sums the atoms above ``threshold`` (:func:`superclass_intervention`).
+
+    Args:
+      modes: ``{site: Modes}`` read out on ``x`` (paper: contribution modes of the last 4 of 16 layers).
+      classes: the concept's classes. ablate, preserve: percentages of channels (paper: 9 and 37).
+    Returns:
+      :class:`Superclass` with one :class:`SuperclassResult` per kind.
+    """
+    y, n_classes = check_labels(y, np.shape(x)[0], n_classes)
+    classes = tuple(int(c) for c in classes)
+    if not classes or not set(classes) <= set(range(n_classes)):
+        raise ValueError(f"classes must name some of the classes 0..{n_classes - 1}, got {list(classes)}")
+    if not modes:
+        raise ValueError("modes must name at least one site")
+    concept = np.isin(y, classes).astype(np.int64)
+    corr = {s: np.asarray(class_correlation(m.alive_codes(), concept, 2))[:, 1] for s, m in modes.items()}
+    atoms = {s: m.alive_atoms() for s, m in modes.items()}
+    pct = dict(zip(KINDS, (float(ablate), float(preserve))))
+    results = {kind: superclass_intervention(net, x, y, atoms, corr, p, kind, threshold=threshold,
+                                             n_classes=n_classes, ks=ks) for kind, p in pct.items()}
+    return Superclass(classes, list(modes), pct, results)

@@ -8,13 +8,14 @@ For one image X, a target class y and a channel set S (the top channels of a mod
 
 The reference code runs one backward pass per unit. Here ``h_L`` is linearised once at X: one JVP in the
 direction X gives every C_{k,p}, and two transposed (VJP) passes with cotangents ``J * 1[C > 0]`` and
-``J * 1[C <= 0]`` give G+ and G-. Images are vmapped. :func:`picture_mask` turns M into the displayed mask.
+``J * 1[C <= 0]`` give G+ and G-. Images are vmapped. :func:`picture_mask` turns M into the displayed mask;
+:func:`mode_pictures` draws one picture per class with the class's top mode.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,11 @@ from jaxequiv.codec.interventions import top_channels
 from jaxequiv.network import Network
 from jaxequiv.sites import Add, list_sites, run
 
-__all__ = ["PictureMaps", "mode_picture_maps", "picture_mask"]
+if TYPE_CHECKING:
+    from jaxequiv.codec.analysis import ModeSelectivity
+    from jaxequiv.sae import Modes
+
+__all__ = ["PictureMaps", "mode_picture_maps", "picture_mask", "ModePictures", "mode_pictures"]
 
 SCORES = ("softmax", "logit")
 
@@ -118,3 +123,45 @@ def picture_mask(m, size: int = 2, gamma: float = 6.0) -> np.ndarray:
     span = a.max(axis=(-2, -1), keepdims=True) - lo
     norm = np.where(span > 0, (a - lo) / np.where(span > 0, span, 1), 0.0)
     return np.clip(gamma * norm, 0.0, 1.0).astype(np.float32)
+
+
+class ModePictures(NamedTuple):
+    """One image per class and the display mask of its class's top mode at ``site``."""
+
+    site: str
+    images: np.ndarray  # (B, H, W, Cin) as the network sees them
+    masks: np.ndarray  # (B, H, W) in [0, 1] (:func:`picture_mask`)
+    classes: np.ndarray  # (B,) class of each image
+    modes: np.ndarray  # (B,) the class's top mode (index among the alive modes)
+
+
+def mode_pictures(net: Network, x, y, site: str, modes: Modes, selectivity: ModeSelectivity, *,
+                  predictions=None, n_images: int = 6, n_channels: int = 3, size: int = 2, gamma: float = 6.0,
+                  score: str = "softmax") -> ModePictures:
+    """Mode pictures of the first ``n_images`` classes: each class's first correctly classified example, masked
+    by the map (:func:`mode_picture_maps`) of the top ``n_channels`` channels of that class's top mode.
+
+    Args:
+      x: (N, H, W, Cin) the examples the modes were read out on. y: (N,) their labels.
+      modes: the SAE's modes at ``site`` (atoms over its C channels, e.g. contribution modes).
+      selectivity: their class selectivity (:func:`jaxequiv.codec.mode_selectivity`); a class's top mode is
+        ``selectivity.modes.top_mode[class]``.
+      predictions: (N,) predicted classes (e.g. ``store.predictions``); default one forward pass of ``x``.
+      size, gamma: median-filter width and contrast of :func:`picture_mask`.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if predictions is None:
+        predictions = jnp.argmax(net.apply(net.params, jnp.asarray(x)), axis=-1)
+    predictions = np.asarray(predictions)
+    if y.shape != (x.shape[0],) or predictions.shape != y.shape:
+        raise ValueError(f"y and predictions must have shape ({x.shape[0]},) to match x, got {y.shape} and "
+                         f"{predictions.shape}")
+    good = np.flatnonzero(predictions == y)
+    if good.size == 0:
+        raise ValueError("no example is classified correctly; mode pictures need at least one")
+    chosen = np.array([good[y[good] == c][0] for c in np.unique(y[good])][:n_images])
+    top = np.asarray(selectivity.modes.top_mode)[y[chosen]]
+    atoms = modes.alive_atoms()[top]
+    maps = mode_picture_maps(net, x[chosen], site, atoms, y[chosen], n_channels=n_channels, score=score)
+    masks = picture_mask(np.asarray(maps.total), size=size, gamma=gamma)
+    return ModePictures(site, x[chosen], masks, y[chosen], top)

@@ -1,5 +1,7 @@
 """Mode interventions: masks, hand-edited weights as the reference, invariances of the protocol, bad input."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from flax import nnx
 from jaxequiv.codec import interventions as I
 from jaxequiv.models.resnet import ResNet
 from jaxequiv.network import Network
+from jaxequiv.sae import Modes
 
 C_LAST = 8  # channels of the last block
 
@@ -188,3 +191,51 @@ def test_superclass_intervention(tiny):
     assert np.nanmax(np.abs(res.change)) <= 100
     with pytest.raises(ValueError, match="same sites"):
         I.superclass_intervention(net, x, y, atoms, {"layer1.0": cc["layer1.0"]}, 10, "ablate")
+
+
+def _modes(r, k, c, n=60):
+    """Modes of k latents over c channels on n examples; the last latent never fires."""
+    codes = np.maximum(r.standard_normal((n, k)), 0).astype(np.float32)
+    codes[:, -1] = 0
+    return Modes(codes, (codes != 0).any(0), r.standard_normal((k, c)).astype(np.float32))
+
+
+def test_mode_interventions_equal_per_site_calls(tiny):
+    net, x, y = tiny
+    r = np.random.default_rng(7)
+    modes = {"layer1.0": _modes(r, 5, 4), "layer2.0": _modes(r, 6, C_LAST)}
+    sel = {s: SimpleNamespace(corr=r.uniform(-1, 1, (int(m.alive.sum()), 5)).astype(np.float32))
+           for s, m in modes.items()}
+    got = I.mode_interventions(net, x, y, modes, sel, 2, percentages=[25, 100], n_trials=3, n_images=4)
+    assert list(got) == ["layer1.0", "layer2.0"]
+    for s, m in modes.items():
+        want = I.mode_intervention(net, x, y, s, m.atoms[:-1], sel[s].corr, jax.random.key(2),
+                                   percentages=[25, 100], n_trials=3, n_images=4)
+        np.testing.assert_array_equal(got[s].perturbed, want.perturbed)
+        np.testing.assert_array_equal(got[s].trials.index, want.trials.index)  # the same trials at every site
+    with pytest.raises(ValueError, match=r"no entry for sites \['layer2.0'\]"):
+        I.mode_interventions(net, x, y, modes, {"layer1.0": sel["layer1.0"]}, 0)
+
+
+def test_superclass_interventions_against_numpy_concept_correlation(tiny):
+    net, x, y = tiny
+    r = np.random.default_rng(8)
+    modes = {"layer1.0": _modes(r, 5, 4), "layer2.0": _modes(r, 6, C_LAST)}
+    for m in modes.values():
+        m.codes[:, 0] += 2.0 * np.isin(y, [1, 3])  # one mode follows the concept
+    res = I.superclass_interventions(net, x, y, modes, [1, 3], ablate=25, preserve=50, ks=(1,))
+    assert res.classes == (1, 3) and res.sites == list(modes) and res.percentages == {"ablate": 25.0, "preserve": 50.0}
+    concept = np.isin(y, [1, 3]).astype(np.float64)
+    corr = {s: np.array([np.corrcoef(col, concept)[0, 1] for col in m.codes[:, :-1].T.astype(np.float64)])
+            for s, m in modes.items()}
+    atoms = {s: m.atoms[:-1] for s, m in modes.items()}
+    for kind, pct in res.percentages.items():
+        want = I.superclass_intervention(net, x, y, atoms, corr, pct, kind, ks=(1,))
+        np.testing.assert_array_equal(res.results[kind].perturbed, want.perturbed)
+        np.testing.assert_array_equal(res.results[kind].original, want.original)
+    with pytest.raises(ValueError, match="classes must name"):
+        I.superclass_interventions(net, x, y, modes, [7])
+    with pytest.raises(ValueError, match="classes must name"):
+        I.superclass_interventions(net, x, y, modes, [])
+    with pytest.raises(ValueError, match="at least one site"):
+        I.superclass_interventions(net, x, y, {}, [1])

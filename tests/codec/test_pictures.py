@@ -1,14 +1,18 @@
 """Mode pictures: the few-pass JVP/VJP maps against the reference's one-backward-pass-per-unit loop."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jaxequiv.codec.pictures import mode_picture_maps, picture_mask
+from jaxequiv.codec.metrics import selectivity
+from jaxequiv.codec.pictures import mode_picture_maps, mode_pictures, picture_mask
 from jaxequiv.models.resnet import ResNet
 from jaxequiv.network import Network
+from jaxequiv.sae import Modes
 from jaxequiv.sites import Add, run
 
 
@@ -94,3 +98,32 @@ def test_picture_mask_reference():
     assert filtered[4, 4] == 0.0 and filtered[4, 0] == 1.0  # an isolated pixel is filtered away
     with pytest.raises(ValueError, match="size"):
         picture_mask(spike, size=0)
+
+
+def test_mode_pictures_draw_each_class_first_correct_example(tiny):
+    net, _ = tiny
+    x = np.random.default_rng(5).standard_normal((12, 5, 5, 2)).astype(np.float32)
+    pred = np.asarray(jnp.argmax(net(jnp.asarray(x)), -1))
+    y = pred.copy()
+    y[0] = (pred[0] + 1) % 3  # misclassified: never drawn
+    r = np.random.default_rng(6)
+    codes = np.abs(r.standard_normal((12, 5))).astype(np.float32)
+    codes[:, 2] = 0  # a dead mode: indices count alive modes only
+    modes = Modes(codes, (codes != 0).any(0), r.standard_normal((5, 4)).astype(np.float32))
+    corr = r.uniform(-1, 1, (4, 3)).astype(np.float32)
+    sel = SimpleNamespace(modes=selectivity(corr))
+    pics = mode_pictures(net, x, y, "layer1.0", modes, sel, predictions=pred, n_images=2, n_channels=2, size=1,
+                         gamma=2.0)
+    good = [i for i in range(12) if y[i] == pred[i]]
+    chosen = [min(i for i in good if y[i] == c) for c in sorted(set(y[good]))][:2]
+    top = np.argmax(corr, axis=0)[y[chosen]]
+    assert pics.site == "layer1.0" and list(pics.classes) == list(y[chosen]) and list(pics.modes) == list(top)
+    np.testing.assert_array_equal(pics.images, x[chosen])
+    maps = mode_picture_maps(net, x[chosen], "layer1.0", modes.atoms[modes.alive][top], y[chosen], n_channels=2)
+    np.testing.assert_allclose(pics.masks, picture_mask(np.asarray(maps.total), size=1, gamma=2.0), atol=1e-6)
+    default = mode_pictures(net, x, y, "layer1.0", modes, sel, n_images=2, n_channels=2, size=1, gamma=2.0)
+    np.testing.assert_array_equal(default.classes, pics.classes)  # predictions from one forward pass
+    with pytest.raises(ValueError, match="no example is classified correctly"):
+        mode_pictures(net, x, (pred + 1) % 3, "layer1.0", modes, sel, predictions=pred)
+    with pytest.raises(ValueError, match=r"must have shape \(12,\)"):
+        mode_pictures(net, x, y[:5], "layer1.0", modes, sel)

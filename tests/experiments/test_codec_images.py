@@ -1,10 +1,16 @@
-"""The CODEC image experiment runs end to end (a tiny --quick config) and writes its report files."""
+"""The CODEC image experiment runs end to end (a tiny --quick config) and writes its report files; the paper
+comparison (findings, layer mapping) on hand-made results."""
 
 import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
+
+from experiments.codec_images import paper
+from jaxequiv.codec import CodecAnalysis, LayerStats
+from jaxequiv.codec.interventions import InterventionResult
 
 RUN = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "codec_images", "run.py")
 
@@ -26,6 +32,7 @@ def test_quick_experiment_writes_report(tmp_path):
     out = tmp_path / "out"
     assert run.main(["--quick", "--config", str(path), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
+    assert "ResNet-50" in text and "(f)" in text
     for name in ("fig3_contributions_vs_activations.png", "fig5_class_selectivity.png", "fig6_interventions.png",
                  "mode_pictures.png"):
         assert name in text and (out / name).stat().st_size > 1000
@@ -35,7 +42,7 @@ def test_quick_experiment_writes_report(tmp_path):
 
 
 def test_config_presets_load_and_reject_unknown_keys(tmp_path):
-    from jaxequiv.codec.pipeline import CodecConfig
+    from experiments.codec_images.run import CodecConfig
 
     cfg = os.path.join(os.path.dirname(RUN), "config.json")
     quick, full = CodecConfig.from_json(cfg, "quick"), CodecConfig.from_json(cfg, "full")
@@ -46,3 +53,55 @@ def test_config_presets_load_and_reject_unknown_keys(tmp_path):
         CodecConfig.from_json(str(bad), "quick")
     with pytest.raises(ValueError, match="preset"):
         CodecConfig.from_json(str(bad), "full")
+    demo = quick.demo("digits")
+    assert demo.dataset == "digits" and (demo.blocks, demo.lr, demo.seed) == (quick.blocks, quick.lr, quick.seed)
+    a = demo.analysis
+    assert (a.sae_steps, a.percentages, a.superclass, a.seed) == (quick.sae_steps, quick.percentages,
+                                                                   quick.superclass, quick.seed)
+    assert a.superclass_sites == quick.superclass_blocks and a.picture_filter == quick.picture_filter == 1
+
+
+def _results(sites, hc, ha, ab_c, ab_a):
+    n = len(sites)
+    st = LayerStats(sites, [4] * n, [np.full(5, v) for v in hc], [np.full(5, v) for v in ha],
+                    [np.full(5, 1 - i / n) for i in range(n)], [5] * n, [3] * n,
+                    [np.linspace(0.5, 1, 4)] * n, [np.linspace(0.8, 1, 4)] * n)
+    pct = np.array([10, 50, 99], np.float32)
+
+    def inter(v):  # ablate ratios: target 1+v, off-target 1 -> summary v; preserve 0
+        ratio = np.ones((2, 3, 3, 2, 2), np.float32)
+        ratio[0, :, :, 0] = 1 + v
+        return InterventionResult(pct, None, None, ratio, None)
+
+    return CodecAnalysis(st, interventions={"contribution": {s: inter(c) for s, c in zip(sites, ab_c)},
+                                            "activation": {s: inter(a) for s, a in zip(sites, ab_a)}})
+
+
+def test_findings_hand_cases():
+    sites = [f"b{i}" for i in range(4)]
+    good = paper.findings(_results(sites, [0.3, 0.4, 0.5, 0.6], [0.1] * 4, [-0.5, -0.8, -0.8, -0.9], [-0.1] * 4))
+    assert good["a"]["holds"] and good["b"]["holds"] and good["c"]["holds"] and good["d"]["holds"]
+    assert good["f"]["holds"] and "e" not in good
+    bad = paper.findings(_results(sites, [0.6, 0.5, 0.05, 0.3], [0.1] * 4, [0.1, -0.1, 0.0, -0.2], [-0.5] * 4))
+    assert not bad["a"]["holds"] and not bad["b"]["holds"] and not bad["f"]["holds"]
+    assert "2/4 blocks" in bad["a"]["evidence"] or "3/4 blocks" in bad["a"]["evidence"]
+
+
+def test_paper_layer_mapping():
+    assert [paper.paper_layer(i, 8) for i in range(8)] == [0, 2, 4, 6, 9, 11, 13, 15]
+    assert paper.paper_layer(0, 1) == 0
+    assert paper.paper_ablation("ablate", "contribution", 8) == -0.6  # listed layers 7 and 9 tie: the first
+    assert paper.paper_ablation("preserve", "activation", 15) == 1.08
+
+
+def test_paper_sections_and_figure_markers():
+    from jaxequiv.codec.report import draw_figures
+
+    res = _results([f"b{i}" for i in range(3)], [0.3, 0.4, 0.5], [0.1] * 3, [-0.5, -0.6, -0.7], [-0.1] * 3)
+    text = "\n\n".join(paper.sections(res))
+    assert "(f)" in text and "ResNet-50" in text and "| b2 | L15 | 0.50 | 0.63 |" in text
+    figs = draw_figures(res)
+    lines = {k: [len(a.get_lines()) for a in f.axes] for k, f in figs.items()}
+    paper.annotate(figs, res)
+    assert len(figs["statistics"].axes[0].get_lines()) > lines["statistics"][0]
+    assert len(figs["interventions"].axes[2].get_lines()) > lines["interventions"][2]
