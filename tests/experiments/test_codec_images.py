@@ -1,25 +1,21 @@
 """The CODEC image experiment runs end to end (a tiny --quick config) and writes its report files; the paper
 comparison (findings, layer mapping) on hand-made results."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from experiments.codec_images import paper
+from experiments.codec_images import paper, run
 from jaxequiv.codec import CodecAnalysis, LayerStats
 from jaxequiv.codec.interventions import InterventionResult
 
-RUN = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "codec_images", "run.py")
+CONFIG = os.path.join(os.path.dirname(run.__file__), "config.json")
 
 
 @pytest.mark.slow
 def test_quick_experiment_writes_report(tmp_path):
-    spec = importlib.util.spec_from_file_location("codec_images_run", RUN)
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
     # the --quick preset shrunk (2 blocks instead of 8, few steps) so the test stays short; the compile time
     # of the SAEs and networks dominates, and it grows with the number of blocks
     cfg = {"quick": {"dataset": "digits", "blocks": [1, 1], "n_train": 400, "n_analysis": 120, "width": 4,
@@ -42,17 +38,14 @@ def test_quick_experiment_writes_report(tmp_path):
 
 
 def test_config_presets_load_and_reject_unknown_keys(tmp_path):
-    from experiments.codec_images.run import CodecConfig
-
-    cfg = os.path.join(os.path.dirname(RUN), "config.json")
-    quick, full = CodecConfig.from_json(cfg, "quick"), CodecConfig.from_json(cfg, "full")
+    quick, full = run.CodecConfig.from_json(CONFIG, "quick"), run.CodecConfig.from_json(CONFIG, "full")
     assert sum(quick.blocks) >= 8 and sum(full.blocks) >= 8 and full.dataset == "auto"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"quick": {"widht": 3}}))
     with pytest.raises(ValueError, match="widht"):
-        CodecConfig.from_json(str(bad), "quick")
+        run.CodecConfig.from_json(str(bad), "quick")
     with pytest.raises(ValueError, match="preset"):
-        CodecConfig.from_json(str(bad), "full")
+        run.CodecConfig.from_json(str(bad), "full")
     demo = quick.demo("digits")
     assert demo.dataset == "digits" and (demo.blocks, demo.lr, demo.seed) == (quick.blocks, quick.lr, quick.seed)
     a = demo.analysis
