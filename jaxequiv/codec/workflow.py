@@ -177,9 +177,9 @@ def analyze(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.
                             chunk_size=s.chunk_size, overwrite=overwrite, progress=progress,
                             variants=("positive", "negative", "sum"))
     sites = store.sites
-    site = s.picture_site if s.picture_site is not None else sites[len(sites) // 2]
-    if site not in sites:
-        raise ValueError(f"picture_site {site!r} is not one of the analysed sites {sites}")
+    pictured = s.picture_site if s.picture_site is not None else sites[len(sites) // 2]
+    if pictured not in sites:
+        raise ValueError(f"picture_site {pictured!r} is not one of the analysed sites {sites}")
     with stages("layer statistics"):
         stats = layer_statistics(store, sites)
     with stages(f"SAEs ({len(SOURCES) * len(sites)})"):
@@ -200,7 +200,7 @@ def analyze(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.
             superclass = superclass_interventions(net, x, y, last, s.superclass, ablate=s.superclass_pct[0],
                                                   preserve=s.superclass_pct[1], n_classes=n_classes)
     with stages("pictures"):
-        pictures = mode_pictures(net, x, y, site, modes["contribution"][site], sel["contribution"][site],
+        pictures = mode_pictures(net, x, y, pictured, modes["contribution"][pictured], sel["contribution"][pictured],
                                  predictions=store.predictions, n_images=s.picture_images,
                                  n_channels=s.picture_channels, size=s.picture_filter, gamma=s.picture_gamma)
     return CodecAnalysis(stats, fits, sel, inter, superclass, pictures, class_names)
