@@ -168,13 +168,13 @@ def test_no_traceback_from_the_installed_command(tmp_path):
 # -- jaxequiv demo: bad input (tests/clicases.py); the pipeline is replaced where a case gets that far -----------
 def _failing_pipeline(error):
     def patch(monkeypatch, env):
-        from jaxequiv.codec import pipeline
+        from jaxequiv import demo
 
-        def run_pipeline(cfg, out_dir, title, **kw):
+        def run_pipeline(cfg, out_dir, **kw):
             (Path(out_dir) / "fig.png").write_bytes(b"half a report")  # the run dies after writing part of it
             raise error
 
-        monkeypatch.setattr(pipeline, "run_pipeline", run_pipeline)
+        monkeypatch.setattr(demo, "run", run_pipeline)
     return patch
 
 

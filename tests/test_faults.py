@@ -38,9 +38,9 @@ mode, arg, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "exchange"
 if not exchange:
     files._exchange = lambda a, b: False
 if os.environ.get("FAULT_FAKE_DEMO"):
-    from tests.test_faults import fake_pipeline
-    from jaxequiv.codec import pipeline
-    pipeline.run_pipeline = fake_pipeline
+    from tests.test_faults import fake_demo_run
+    from jaxequiv import demo
+    demo.run = fake_demo_run
 calls = [0]
 
 def counted(module, name):
@@ -74,9 +74,9 @@ sys.exit(main(sys.argv[4:]))
 SEED = int(os.environ.get("JAXEQUIV_FAULT_SEED", "0"))
 
 
-def fake_pipeline(cfg, out_dir, title, **kw):
-    """Stands in for the CODEC pipeline in the demo's fault test: a report and figures, each naming the seed. (The
-    pipeline itself runs in tests/experiments/test_codec_images.py; what a kill can break here is how the demo
+def fake_demo_run(cfg, out_dir, **kw):
+    """Stands in for `jaxequiv.demo.run` in the demo's fault test: a report and figures, each naming the seed. (The
+    demo itself runs in tests/test_demo.py; what a kill can break here is how the demo
     publishes its files.)"""
     from jaxequiv.io.files import write_text
 
@@ -261,9 +261,9 @@ def test_equiv_congruity_killed(tmp_path):
 
 
 def test_demo_killed(tmp_path, monkeypatch):
-    from jaxequiv.codec import pipeline
+    from jaxequiv import demo
 
-    monkeypatch.setattr(pipeline, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(demo, "run", fake_demo_run)
     monkeypatch.setenv("FAULT_FAKE_DEMO", "1")
     base = ["demo", "--quick", "--out", str(tmp_path / "out")]
 
