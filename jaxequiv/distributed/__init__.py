@@ -10,12 +10,15 @@ propagates the sharding; streaming reductions combine per-device partial sums wi
 Several processes (hosts) call :func:`initialize` first; then every process runs the same program, each reading
 (:func:`local_rows`) and writing (:func:`local_array`) its own rows; small results that must be written are
 gathered (:func:`fetch_global`) and written where :func:`is_writer`. :func:`barrier` waits for the others, with a
-timeout. On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` fakes 8 devices, and
+timeout. Kernels made of independent work items (similarity pairs, trials, rounds) split them over every device
+(:func:`split_items`, :func:`map_items`, :func:`gather_items`). On a CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` fakes 8 devices, and
 :mod:`jaxequiv.testing.multiprocess` runs several processes on one machine.
 """
 
 from jaxequiv.distributed.cli import add_distributed_args, from_args
 from jaxequiv.distributed.hlo import Collective, assert_no_gather, collectives
+from jaxequiv.distributed.items import gather_items, map_items, split_items
 from jaxequiv.distributed.placement import (
     AXES,
     DATA,
@@ -44,5 +47,5 @@ __all__ = [
     "DATA", "STACK", "PAIRS", "AXES", "make_mesh", "parse_mesh_spec", "shard", "replicate", "local_rows",
     "global_array", "local_array", "fetch_global", "initialize", "is_writer", "barrier", "BarrierTimeout",
     "ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "collectives", "assert_no_gather", "Collective",
-    "add_distributed_args", "from_args",
+    "add_distributed_args", "from_args", "split_items", "map_items", "gather_items",
 ]

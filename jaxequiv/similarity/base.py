@@ -110,9 +110,9 @@ class Measure:
       one_to_many: optional jittable ``(X, Ys, key) -> (k,)`` sharing work across targets (e.g. one ridge
         decomposition of X for all targets); ``Ys`` is a tuple of target stacks ``(k_i, n, d_i)`` (widths may
         differ) and the scores are concatenated. Defaults to a vmap of ``kernel`` with the same key.
-      pairwise_kernel: optional jittable ``(Xs (m, n, d1), Ys (k, n, d2) or None for Xs, key, chunk) -> (m, k)``
-        that exploits
-        structure (e.g. Gram inner products for CKA); :func:`jaxequiv.similarity.pairwise` otherwise maps
+      pairwise_kernel: optional jittable ``(Xs (m, n, d1), Ys (k, n, d2) or None for Xs, keys (m,), chunk) ->
+        (m, k)`` that exploits structure (e.g. Gram inner products for CKA), with one key per row (the rows of a
+        matrix split over devices keep their keys); :func:`jaxequiv.similarity.pairwise` otherwise maps
         ``kernel`` over chunks of pairs.
       needs_key: the kernel uses ``key`` (random splits).
     """
@@ -157,17 +157,23 @@ class Measure:
     def matrix_kernel(self, Xs: jax.Array, Ys: jax.Array | None, key: jax.Array, chunk: int = 64) -> jax.Array:
         """Unvalidated all-pairs kernel (jittable): ``Xs (m, n, d1)``, ``Ys (k, n, d2)`` or ``None`` (Xs) -> (m, k).
 
-        Uses ``pairwise_kernel`` where the measure has one; otherwise maps ``kernel`` over the m*k pairs,
-        ``chunk`` pairs at a time (a vmap inside a ``lax.map``), pair ``(i, j)`` with key ``split(key, m*k)[i*k+j]``.
+        Uses ``pairwise_kernel`` where the measure has one (row ``i`` with key ``split(key, m)[i]``); otherwise
+        maps ``kernel`` over the m*k pairs (:meth:`pairs_kernel`), pair ``(i, j)`` with key
+        ``split(key, m*k)[i*k+j]``.
         """
         if self.pairwise_kernel is not None:
-            return self.pairwise_kernel(Xs, Ys, key, chunk)
+            return self.pairwise_kernel(Xs, Ys, jax.random.split(key, Xs.shape[0]), chunk)
         Ys = Xs if Ys is None else Ys
         m, k = Xs.shape[0], Ys.shape[0]
         i, j = jnp.divmod(jnp.arange(m * k), k)
+        return self.pairs_kernel(Xs, Ys, i, j, jax.random.split(key, m * k), chunk).reshape(m, k)
+
+    def pairs_kernel(self, Xs: jax.Array, Ys: jax.Array, i: jax.Array, j: jax.Array, keys: jax.Array,
+                     chunk: int = 64) -> jax.Array:
+        """Unvalidated kernel of chosen pairs (jittable): ``kernel(Xs[i[p]], Ys[j[p]], keys[p])`` for each of the
+        ``r`` pairs, ``chunk`` at a time (a vmap inside a ``lax.map``); shape ``(r,)``."""
         one = lambda a: self.kernel(Xs[a[0]], Ys[a[1]], a[2])  # noqa: E731
-        pairs = (i, j, jax.random.split(key, m * k))
-        return jax.lax.map(one, pairs, batch_size=min(chunk, m * k)).reshape(m, k)
+        return jax.lax.map(one, (i, j, keys), batch_size=min(chunk, i.shape[0]))
 
     def key_for(self, key: Any) -> jax.Array:
         """A typed key for the kernels from ``key`` (a key or int seed); ``None`` is allowed (and means a fixed

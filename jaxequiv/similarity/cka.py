@@ -251,7 +251,7 @@ def _linear_measure(unbiased: bool) -> Measure:
     def kernel(X, Y, key):
         return _linear_cka_kernel(X, Y, unbiased)
 
-    def pairwise_kernel(Xs, Ys, key, chunk):
+    def pairwise_kernel(Xs, Ys, keys, chunk):
         block = max(1, min(Xs.shape[1], chunk))
         return _pairwise_linear_cka(Xs, Xs if Ys is None else Ys, unbiased, block, Ys is None)
 

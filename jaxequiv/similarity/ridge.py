@@ -284,9 +284,8 @@ def ridge_measure(
     def kernel(X, Y, key):
         return many(X, (Y[None],), key)[0]
 
-    def pairwise_kernel(Xs, Ys, key, chunk):
+    def pairwise_kernel(Xs, Ys, keys, chunk):  # one split per row (its key), shared by all k targets
         Ys = Xs if Ys is None else Ys
-        keys = jax.random.split(key, Xs.shape[0])  # one split per row, shared by all k targets
         rows = max(1, min(Xs.shape[0], chunk // Ys.shape[0]))  # rows vmapped at a time
         return jax.lax.map(lambda xk: many(xk[0], (Ys,), xk[1]), (Xs, keys), batch_size=rows)
 

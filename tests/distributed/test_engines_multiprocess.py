@@ -96,3 +96,18 @@ def test_train_many_on_two_processes_resumes_after_a_kill_and_equals_one_process
         # one device sums each batch in another order: float32 rounding of the gradients (|params| < 2) carried
         # through 40 Adam steps; measured 1.2e-7, tolerance 8x that
         _same_saes(r, one, atol=1e-6)
+
+
+@pytest.mark.slow  # 2 processes compile ridge congruity: about 15 s on two idle cores
+def test_pairwise_and_congruity_on_two_processes_equal_one_process():
+    from jaxequiv import equivalence as eq
+    from jaxequiv import similarity as sim
+
+    results = run_workers(workers.similarity_on_mesh, timeout_s=300)
+    Xs, models = workers.similarity_job()
+    want = eq.congruity(*models, key=3, n_rounds=10, n_boot=50)
+    for r in results:  # 10 rounds (padded to 12) split over 4 devices of 2 processes, drawn as on one device
+        np.testing.assert_array_equal(r["indicators"], want.indicators)
+        assert r["congruity"] == (want.score, want.ci_low, want.ci_high)
+        # rows of the CKA matrix on other devices: float32 rounding of a different batch shape (values <= 1)
+        np.testing.assert_allclose(r["pairwise"], sim.pairwise(sim.LINEAR_CKA, Xs), rtol=0, atol=1e-6)

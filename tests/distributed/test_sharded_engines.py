@@ -8,7 +8,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxequiv import similarity as sim
 from jaxequiv.contributions import build_store, contributions, driver, methods
-from jaxequiv.distributed import DATA, collectives, fetch_global, make_mesh, shard
+from jaxequiv.distributed import (AXES, DATA, assert_no_gather, collectives, fetch_global, gather_items, make_mesh,
+                                  map_items, replicate, shard, split_items)
 from tests.distributed import workers
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (tests/conftest.py fakes them)")
@@ -83,3 +84,87 @@ def test_pairwise_on_a_sharded_stack():
     Xs = np.random.default_rng(2).normal(size=(8, 32, 6)).astype(np.float32)
     got = sim.pairwise(sim.LINEAR_CKA, shard(Xs, make_mesh()))
     np.testing.assert_allclose(got, sim.pairwise(sim.LINEAR_CKA, jnp.asarray(Xs)), rtol=1e-5, atol=1e-6)
+
+
+def test_items_are_split_over_every_device_padded_and_gathered():
+    m = make_mesh(data=2, stack=2, pairs=2)
+    items, n = split_items((np.arange(5), jax.random.split(jax.random.key(0), 5)), m)
+    assert n == 5 and items[0].shape == (8,) and items[0].sharding.spec == P(("data", "stack", "pairs"))
+    np.testing.assert_array_equal(fetch_global(items[0]), [0, 1, 2, 3, 4, 4, 4, 4])  # padded with the last item
+    out = jax.jit(lambda it, c: map_items(lambda b, c: b[0] * 10 + c + jax.lax.axis_index("pairs"), m, it, c))(
+        items, replicate(jnp.int32(1), m))
+    np.testing.assert_array_equal(gather_items(out, n), [1, 12, 21, 32, 41])  # one item per device, in order
+    with pytest.raises(ValueError, match="same positive number of items"):
+        split_items((np.arange(5), np.arange(4)), m)
+
+
+def _no_collectives(compiled, mesh):
+    assert collectives(compiled, mesh) == []  # each device works on its items alone
+    assert_no_gather(compiled, mesh, AXES)
+
+
+def test_pairwise_on_a_mesh_equals_one_device_and_communicates_nothing():
+    from jaxequiv.similarity.pairwise import _on_mesh
+
+    rng = np.random.default_rng(3)
+    Xs, Ys = rng.normal(size=(5, 24, 6)).astype(np.float32), rng.normal(size=(3, 24, 4)).astype(np.float32)
+    m = make_mesh(stack=2, pairs=2)
+    # rows of the matrix (CKA Grams; ridge with one split per row) or pairs (procrustes) split over 8 devices;
+    # the same keys: float32 rounding of other batch shapes only (values <= 1; measured <= 3e-6 for ridge)
+    for measure, Y in ((sim.LINEAR_CKA, None), (sim.LINEAR_CKA, Ys), (sim.RIDGE, Ys), (sim.PROCRUSTES, None)):
+        got = sim.pairwise(measure, Xs, Y, key=1, mesh=m)
+        np.testing.assert_allclose(got, sim.pairwise(measure, Xs, Y, key=1), rtol=0, atol=1e-5,
+                                   err_msg=f"{measure.name}, Ys {'given' if Y is not None else 'None'}")
+    for measure, items, context in ((sim.LINEAR_CKA, (Xs, jax.random.split(jax.random.key(1), 5)), (Ys,)),
+                                    (sim.PROCRUSTES, (np.arange(15) // 3, np.arange(15) % 3,
+                                                      jax.random.split(jax.random.key(1), 15)), (Xs, Ys))):
+        items, _ = split_items(items, m)
+        _no_collectives(_on_mesh.lower(measure, items, replicate(context, m), 64, m).compile(), m)
+
+
+def _models(rng, *shapes):
+    """(base (20, d), impls (M, 20, d)) for each (d, M): implementations = the base plus noise."""
+    out = []
+    for d, M in shapes:
+        base = rng.normal(size=(20, d)).astype(np.float32)
+        out.append((base, (base[None] + 0.5 * rng.normal(size=(M, 20, d))).astype(np.float32)))
+    return out
+
+
+@pytest.mark.slow  # ridge congruity compiled three times (one device, 8 devices, the HLO check): ~20 s idle
+def test_congruity_on_a_mesh_equals_one_device_and_communicates_nothing():
+    import importlib
+
+    from jaxequiv import equivalence as eq
+
+    cg = importlib.import_module("jaxequiv.equivalence.congruity")
+    (b1, i1), (b2, i2) = _models(np.random.default_rng(4), (5, 4), (4, 3))
+    m = make_mesh(data=2, pairs=4)
+    # the rounds (ridge: one split each, drawn as on one device) split over 8 devices, 13 rounds padded to 16:
+    # the same scores up to rounding, the same indicators, the same bootstrap on them
+    kw = dict(key=3, n_rounds=13, n_boot=50, measure=sim.RIDGE)
+    got, want = eq.congruity(b1, i1, b2, i2, mesh=m, **kw), eq.congruity(b1, i1, b2, i2, **kw)
+    np.testing.assert_array_equal(got.indicators, want.indicators)
+    assert (got.score, got.ci_low, got.ci_high) == (want.score, want.ci_low, want.ci_high)
+    rounds, k_fit, _ = cg._draw_kernel(jax.random.key(0), 4, 3, 13, "implementation", True)
+    rounds, _ = split_items(rounds, m)
+    _no_collectives(cg._indicators_on_mesh.lower(rounds, replicate((b1, i1, b2, i2), m), replicate(k_fit, m),
+                                                 sim.RIDGE, "implementation", 64, m).compile(), m)
+    # the pairs of models, (a, a), (a, b) and (b, b) in three shape groups, each group's pairs split
+    got, want = (eq.congruity_matrix({"a": (b1, i1), "b": (b2, i2)}, key=2, n_rounds=9, n_boot=30,
+                                     measure=sim.LINEAR_CKA, compare_to="model", mesh=mesh) for mesh in (m, None))
+    for field in ("score", "ci_low", "ci_high", "indicators"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+@pytest.mark.slow  # ridge and CKA grids compiled for one device and for 8: ~15 s idle
+def test_distinguishability_grid_on_a_mesh_equals_one_device():
+    from jaxequiv import equivalence as eq
+
+    rng = np.random.default_rng(5)
+    reprs = rng.normal(size=(3, 4, 20, 5)).astype(np.float32)
+    reprs[1] = reprs[0] + 0.1 * rng.normal(size=(4, 20, 5))
+    for measure in (sim.RIDGE, sim.LINEAR_CKA):  # trials split (their draws and keys as on one device), or the
+        kw = dict(key=1, straps=5, trials=7, measure=measure)  # rows of the score matrix: the same grid
+        np.testing.assert_array_equal(eq.distinguishability_grid(reprs, mesh=make_mesh(pairs=-1), **kw),
+                                      eq.distinguishability_grid(reprs, **kw), err_msg=measure.name)

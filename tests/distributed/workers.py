@@ -199,3 +199,25 @@ def train_saes(checkpoint_dir: str, mesh: dict) -> list[dict]:
                              mesh=dist.make_mesh(**mesh), callback=lambda step, entry: milestone(f"step{step}"))
     return [{"params": jax.tree.map(np.asarray, r.params), "state": jax.tree.map(np.asarray, r.state),
              "history": r.history, "step": r.step} for r in results]
+
+
+def similarity_job():
+    """``(Xs (6, 20, 5), (base1, impls1, base2, impls2))`` of the similarity tests, the same in every process."""
+    r = np.random.default_rng(6)
+    Xs = r.normal(size=(6, 20, 5)).astype(np.float32)
+    b1, b2 = Xs[0], Xs[1]
+    return Xs, (b1, (b1[None] + 0.5 * r.normal(size=(3, 20, 5))).astype(np.float32),
+                b2, (b2[None] + 0.5 * r.normal(size=(3, 20, 5))).astype(np.float32))
+
+
+def similarity_on_mesh() -> dict:
+    """pairwise (linear CKA) and congruity (ridge) of :func:`similarity_job` on a mesh of every device of every
+    process: the rows of the matrix and the rounds split over the processes."""
+    from jaxequiv import equivalence as eq
+    from jaxequiv import similarity as sim
+
+    Xs, models = similarity_job()
+    mesh = dist.make_mesh(pairs=-1)
+    c = eq.congruity(*models, key=3, n_rounds=10, n_boot=50, mesh=mesh)
+    return {"pairwise": np.asarray(sim.pairwise(sim.LINEAR_CKA, Xs, mesh=mesh)),
+            "congruity": (c.score, c.ci_low, c.ci_high), "indicators": c.indicators}
