@@ -127,11 +127,18 @@ def accuracy(network_or_model: Network | nnx.Module, x, y, batch_size: int = 256
     xs = np.asarray(x)
     xs = np.concatenate([xs, np.zeros((n_chunks * batch_size - n, *xs.shape[1:]), xs.dtype)])
     xs = xs.reshape(n_chunks, batch_size, *xs.shape[1:])
-    def predict(params, chunks):
+    if net.stacked is not None:
+        preds = _predictions(net, xs).reshape(net.stacked, -1)[:, :n]
+        return np.mean(np.asarray(preds) == np.asarray(y)[None], axis=1)
+    preds = _predictions(net, xs).reshape(-1)[:n]
+    return float(np.mean(np.asarray(preds) == np.asarray(y)))
+
+
+@jax.jit
+def _predictions(net: Network, chunks: jax.Array) -> jax.Array:
+    """Argmax labels of ``chunks: [C, b, ...]``: ``[C, b]``, or ``[S, C, b]`` for a stacked network (compiled once
+    per network structure and chunk shape)."""
+    def predict(params):
         return jax.lax.map(lambda xb: jnp.argmax(net.apply(params, xb), -1), chunks)
 
-    if net.stacked is not None:
-        preds = jax.jit(jax.vmap(predict, in_axes=(0, None)))(net.params, xs).reshape(net.stacked, -1)[:, :n]
-        return np.mean(np.asarray(preds) == np.asarray(y)[None], axis=1)
-    preds = jax.jit(predict)(net.params, xs).reshape(-1)[:n]
-    return float(np.mean(np.asarray(preds) == np.asarray(y)))
+    return jax.vmap(predict)(net.params) if net.stacked is not None else predict(net.params)

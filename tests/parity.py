@@ -1,5 +1,5 @@
 """Shared helpers of the parity tests against PyTorch: the tolerance (max |got - want| / max |want| per tensor),
-torch forward hooks, and jaxequiv site captures under one jit."""
+torch forward hooks, jaxequiv calls and site captures under one jit, and random batch-norm statistics."""
 
 import jax
 import numpy as np
@@ -29,7 +29,17 @@ def torch_hooks(model, specs: dict):
     return out, handles
 
 
-def jrun(model, *args, capture):
-    """``run(model, *args, capture=...)`` under one ``jax.jit`` (one compile instead of op-by-op dispatch)."""
+def jrun(model, *args, capture=None):
+    """``model(*args)``, or ``run(model, *args, capture=...)`` when ``capture`` is given, under one ``jax.jit``
+    (one compile instead of op-by-op dispatch)."""
     graphdef, state = nnx.split(model)
+    if capture is None:
+        return jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
     return jax.jit(lambda st, *a: run(nnx.merge(graphdef, st), *a, capture=capture))(state, *args)
+
+
+def batchnorm_stats(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random float32 batch-norm parameters and running statistics of ``n`` channels, far from the identity
+    (scale, bias, mean, var), so that a parity test notices a statistic used in the wrong place."""
+    return {"scale": rng.uniform(0.5, 1.5, n), "bias": rng.normal(0, 0.3, n), "mean": rng.normal(0, 0.3, n),
+            "var": rng.uniform(0.5, 2.0, n)}

@@ -9,8 +9,8 @@ from flax import nnx
 
 from jaxequiv import Network
 from jaxequiv.models.mlp import MLP
-from jaxequiv.models.resnet import ResNet
 from jaxequiv.train import accuracy, classification_loss, fit
+from tests.nets import tiny_resnet
 
 
 def blobs(n=96, seed=0):
@@ -79,7 +79,7 @@ def test_fit_trains_batchnorm_in_train_mode_and_returns_eval_mode():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 6, 6, 1)).astype(np.float32)
     y = rng.integers(0, 4, 16).astype(np.int32)
-    model = ResNet("basic", (1,), width=4, num_classes=4, in_channels=1, stem="small", rngs=nnx.Rngs(0))
+    model = tiny_resnet((1,), num_classes=4)
     before = [np.asarray(s) for s in jax.tree_util.tree_leaves(nnx.state(model, nnx.BatchStat))]
     fit(model, classification_loss, (x, y), epochs=1, batch_size=8, progress=False)
     after = [np.asarray(s) for s in jax.tree_util.tree_leaves(nnx.state(model, nnx.BatchStat))]

@@ -15,16 +15,11 @@ from flax import nnx  # noqa: E402
 from torch import nn  # noqa: E402
 
 from jaxequiv.adapters import torch as ad  # noqa: E402
-from jaxequiv.testing.torch_reference import torch_resnet  # noqa: E402
 from jaxequiv.sites import list_sites  # noqa: E402
+from jaxequiv.testing.torch_reference import torch_resnet  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-from tests.parity import RTOL, jrun, rel_err, torch_hooks  # noqa: E402
-
-
-def jcall(model, *args):
-    graphdef, state = nnx.split(model)
-    return jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+from tests.parity import RTOL, batchnorm_stats, jrun, rel_err, torch_hooks  # noqa: E402
 
 
 def _ids(b=2, t=7, vocab=50, seed=0):
@@ -97,7 +92,7 @@ def test_gpt2_padding_mask_and_folder(tmp_path):
     ids, mask = _ids(seed=2), np.array([[1] * 7, [1] * 4 + [0] * 3])
     with torch.no_grad():
         want = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-    got = np.asarray(jcall(model, jnp.asarray(ids), jnp.asarray(mask)))
+    got = np.asarray(jrun(model, jnp.asarray(ids), jnp.asarray(mask)))
     assert rel_err(got[0], want[0]) <= RTOL and rel_err(got[1, :4], want[1, :4]) <= RTOL
 
 
@@ -200,13 +195,13 @@ def test_neox_parity_every_site(parallel):
 
 # ------------------------------------------------------------------------------------------------------ ResNet
 def _randomize_bn(model: nn.Module, seed: int):
-    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            stats = batchnorm_stats(m.num_features, rng)
+            for name, value in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
+                                ("running_var", "var")):
+                getattr(m, name).data.copy_(torch.as_tensor(stats[value], dtype=torch.float32))
 
 
 @pytest.mark.parametrize("depth", [18, 50])
@@ -293,7 +288,7 @@ def test_generic_path_custom_cnn():
     tok = np.random.default_rng(7).integers(0, 10, (2, 8))
     with torch.no_grad():
         want = net(torch.tensor(x), torch.tensor(tok)).numpy()
-    got = jcall(model, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(tok))
+    got = jrun(model, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(tok))
     assert rel_err(got, want) <= RTOL
     rows = {r.key: r for r in ad.mapping_table(model)}
     assert rows["features.3.weight"].transform == "conv_transpose"
@@ -514,7 +509,7 @@ def test_save_load_network_round_trip(tmp_path):
     ad.save(model, tmp_path / "art")
     net = ad.load_network(tmp_path / "art")
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 16, 16, 3)), jnp.float32)
-    np.testing.assert_allclose(jax.jit(net.apply)(net.params, x), jcall(model, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(net.apply)(net.params, x), jrun(model, x), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="input of shape"):
         net(jnp.zeros((1, 3, 16, 16)))
 
@@ -528,4 +523,4 @@ def test_sharded_hf_folder(tmp_path):
     ids = _ids(seed=13)
     with torch.no_grad():
         want = hf(torch.tensor(ids)).logits.numpy()
-    assert rel_err(jcall(ad.load(tmp_path), jnp.asarray(ids)), want) <= RTOL
+    assert rel_err(jrun(ad.load(tmp_path), jnp.asarray(ids)), want) <= RTOL

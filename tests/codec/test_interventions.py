@@ -6,19 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxequiv.codec import interventions as I
-from jaxequiv.models.resnet import ResNet
 from jaxequiv.network import Network
 from jaxequiv.sae import Modes
+from tests.nets import tiny_resnet
 
 C_LAST = 8  # channels of the last block
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = ResNet("basic", (1, 1), width=4, num_classes=5, in_channels=1, stem="small", rngs=nnx.Rngs(0))
+    model = tiny_resnet()
     net = Network.from_module(model, (8, 8, 1))
     r = np.random.default_rng(0)
     x = r.standard_normal((60, 8, 8, 1)).astype(np.float32)

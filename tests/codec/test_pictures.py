@@ -6,19 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxequiv.codec.metrics import selectivity
 from jaxequiv.codec.pictures import mode_picture_maps, mode_pictures, picture_mask
-from jaxequiv.models.resnet import ResNet
 from jaxequiv.network import Network
 from jaxequiv.sae import Modes
 from jaxequiv.sites import Add, run
+from tests.nets import tiny_resnet
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = ResNet("basic", (1, 1), width=4, num_classes=3, in_channels=2, stem="small", rngs=nnx.Rngs(1))
+    model = tiny_resnet(num_classes=3, in_channels=2, seed=1)
     net = Network.from_module(model, (5, 5, 2))
     x = np.random.default_rng(0).standard_normal((2, 5, 5, 2)).astype(np.float32)
     return net, x

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxequiv import codec
 from jaxequiv.contributions import open_store
-from jaxequiv.models.resnet import ResNet
 from jaxequiv.network import Network
 from jaxequiv.sae import TrainSettings, make
+from tests.nets import tiny_resnet
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxequiv.sae.FitWarning")  # tiny SAEs, few steps
 
@@ -23,7 +22,7 @@ SETTINGS = codec.AnalysisSettings(ig_steps=2, chunk_size=40, sae_expansion=2, sa
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    model = ResNet("basic", (1, 1), width=4, num_classes=5, in_channels=1, stem="small", rngs=nnx.Rngs(0))
+    model = tiny_resnet()
     net = Network.from_module(model, (8, 8, 1))
     x = np.random.default_rng(0).standard_normal((40, 8, 8, 1)).astype(np.float32)
     y = np.arange(40) % 5

@@ -235,9 +235,9 @@ def test_deterministic(mlp, xs):
 
 @pytest.fixture(scope="module")
 def resnet():
-    from jaxequiv.models.resnet import ResNet
+    from tests.nets import tiny_resnet
 
-    model = ResNet("basic", (1, 1), width=4, num_classes=5, stem="small", rngs=nnx.Rngs(0))
+    model = tiny_resnet(in_channels=3)
     net = Network.from_module(model, (8, 8, 3))
     r = np.random.default_rng(0)
 

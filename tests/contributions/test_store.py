@@ -284,9 +284,9 @@ def test_cli_checkpoint_meta_records_the_checkpoints_widths(tmp_path):
     """A width-8 checkpoint: meta.json has its per-site widths and no --width default (was: width 64)."""
     from jaxequiv.adapters.torch import save
     from jaxequiv.cli import main
-    from jaxequiv.models.resnet import ResNet
+    from tests.nets import tiny_resnet
 
-    save(ResNet("basic", (1, 1), width=8, num_classes=3, in_channels=1, stem="small", rngs=nnx.Rngs(0)),
+    save(tiny_resnet(width=8, num_classes=3),
          tmp_path / "ckpt")
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype(np.float32))
     assert main(["contributions", "--data", str(tmp_path / "x.npy"), "--checkpoint", str(tmp_path / "ckpt"),

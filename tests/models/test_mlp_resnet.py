@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from jaxequiv import Network, Replace, Scale, run
 from jaxequiv.models.mlp import MLP
 from jaxequiv.models.resnet import BatchNorm, ResNet, resnet18, resnet34, resnet50
+from tests.parity import batchnorm_stats
 
 IMG = ("batch", "height", "width", "channel")
 
@@ -165,11 +166,8 @@ def _randomise_batchnorm(model, seed):
     rng = np.random.default_rng(seed)
     for _, m in nnx.iter_modules(model):
         if isinstance(m, BatchNorm):
-            n = m.scale.shape[0]
-            m.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, n), jnp.float32)
-            m.bias[...] = jnp.asarray(rng.normal(0, 0.3, n), jnp.float32)
-            m.mean[...] = jnp.asarray(rng.normal(0, 0.3, n), jnp.float32)
-            m.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
+            for name, value in batchnorm_stats(m.scale.shape[0], rng).items():
+                getattr(m, name)[...] = jnp.asarray(value, jnp.float32)
 
 
 def _load_into_torch(torch, tmodel, model):
