@@ -10,7 +10,8 @@ Examples::
 The store is built chunk by chunk in ``<out>.partial/`` and published at ``--out`` when complete; an interrupted
 run with the same settings and inputs resumes (changed inputs are refused). The method options are the fields of
 :class:`jaxequiv.contributions.KernelConfig`, the store options the arguments of
-:func:`jaxequiv.contributions.build_store`.
+:func:`jaxequiv.contributions.build_store`. ``--mesh`` and the multi-process flags split each chunk's examples
+over devices and processes (each process reads and writes its own rows; process 0 prints and publishes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TARGETS = "top1, top1_fixed, softmax_top1, top1_minus_top2, sum, entropy, or a c
 
 def register(subparsers) -> None:
     from jaxequiv.contributions import KernelConfig, build_store
+    from jaxequiv.distributed import add_distributed_args
 
     p = subparsers.add_parser("contributions", description=__doc__,
                               help="hidden-unit contributions of a data set -> memory-mapped store (CODEC §1)")
@@ -62,6 +64,7 @@ def register(subparsers) -> None:
     store.add_argument("--out", required=True, type=cliargs.path, help="store folder")
     store.add_argument("--overwrite", action="store_true", help="replace an existing store")
     store.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_args(p)
     cliargs.spell_as(p, arch="--arch", root="--data-root")
     p.set_defaults(func=lambda args: run(args, kernel + stored))
 
@@ -129,23 +132,29 @@ def _load_model(args, input_shape, n_classes):
 
 
 def run(args, options) -> int:
+    import contextlib
+
     import numpy as np
 
     from jaxequiv.contributions import build_store
+    from jaxequiv.distributed import from_args, is_writer
     from jaxequiv.io.files import check_output, output_lock
 
+    mesh = from_args(args)  # first: a run of several processes starts before any JAX work
     check_output(args.out, overwrite=args.overwrite, marker="meta.json")
     x, y, n_classes = _load_data(args)
     net = _load_model(args, tuple(np.shape(x)[1:]), n_classes)
     target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    with output_lock(args.out):  # one writer per store, from the first chunk to the publication
+    # one writer per store, from the first chunk to the publication (process 0 of a run of several)
+    with output_lock(args.out) if is_writer() else contextlib.nullcontext():
         store = build_store(
             net, x, args.out, args.sites, labels=y, target=target,
             key=args.seed if args.method == "smoothgrad" else None, overwrite=args.overwrite,
-            progress=not args.no_progress, **{n: getattr(args, n) for n in options},
+            progress=not args.no_progress, mesh=mesh, **{n: getattr(args, n) for n in options},
             info={"data": args.data, "split": args.split, "limit": args.limit, "model": args.checkpoint or args.model,
                   # --width/--seed build a --model; a checkpoint's widths are its own (meta.json's sites)
                   **({"arch": args.arch} if args.checkpoint else {"width": args.width, "seed": args.seed})},
         )
-    print(f"wrote {store!r}")
+    if is_writer():
+        print(f"wrote {store!r}")
     return 0

@@ -8,6 +8,8 @@ Examples::
 Representation files: ``.npz`` / ``.safetensors`` (one (N, D) array per name, or an (M, N, D) stack) or ``.npy``
 (an (M, N, D) stack). A congruity model file holds ``base`` (N, D) and ``impls`` (M, N, D).
 Each command's files are published together as one folder (``--out``): the old set or the new one, never a mix.
+``--mesh`` and the multi-process flags split the pairs (or the pairs of models) over devices and processes;
+only process 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -67,12 +69,16 @@ def _pairwise(args) -> int:
     import jax
     import numpy as np
 
+    from jaxequiv.distributed import from_args, is_writer
     from jaxequiv.similarity import pairwise
 
+    mesh = from_args(args)  # first: a run of several processes starts before any JAX work
     measure = _measure(args.measure, args.fixed_split)
     check_output(args.out, overwrite=args.overwrite, marker="similarity.json")
     names, Xs = _stack(read_arrays(args.reps), args.reps)
-    matrix = np.asarray(pairwise(measure, Xs, key=jax.random.key(args.seed), chunk=args.chunk))
+    matrix = np.asarray(pairwise(measure, Xs, key=jax.random.key(args.seed), chunk=args.chunk, mesh=mesh))
+    if not is_writer():  # every process has the matrix; one writes it
+        return 0
     doc = {"measure": measure.name, "higher_is_similar": measure.higher_is_similar, "names": names,
            "matrix": matrix.tolist(), "seed": args.seed, "fixed_split": args.fixed_split}
     with publishing(args.out, overwrite=args.overwrite, marker="similarity.json") as tmp:
@@ -96,7 +102,10 @@ def _labels(paths: list[str]) -> list[str]:
 def _congruity(args) -> int:
     import jax
 
+    from jaxequiv.distributed import from_args, is_writer
     from jaxequiv.equivalence import congruity_matrix
+
+    mesh = from_args(args)  # first: a run of several processes starts before any JAX work
 
     if len(args.models) < 2:
         raise ValueError("congruity needs at least 2 model files (each with 'base' and 'impls')")
@@ -111,7 +120,9 @@ def _congruity(args) -> int:
             raise ValueError(f"{path}: missing arrays {sorted(missing)}; a model file holds 'base' (N, D) and 'impls' (M, N, D)")
         models[name] = (arrays["base"], arrays["impls"])
     result = congruity_matrix(models, key=jax.random.key(args.seed), n_rounds=args.n_rounds, measure=measure,
-                              n_boot=args.n_boot, ci=args.ci)
+                              n_boot=args.n_boot, ci=args.ci, mesh=mesh)
+    if not is_writer():  # every process has the matrix; one writes it
+        return 0
     names, score, lo, hi = list(result.names), result.score, result.ci_low, result.ci_high
     for i in range(len(names)):
         for j in range(i, len(names)):
@@ -131,6 +142,7 @@ FIXED_SPLIT_HELP = ("ridge only: one train/test split drawn from SEED for every 
 
 def register(subparsers) -> None:
     from jaxequiv import cliargs
+    from jaxequiv.distributed import add_distributed_args
     from jaxequiv.equivalence import congruity_matrix
     from jaxequiv.similarity import MEASURES, pairwise
 
@@ -147,6 +159,7 @@ def register(subparsers) -> None:
     pw.add_argument("--fixed-split", type=cliargs.seed, metavar="SEED", help=FIXED_SPLIT_HELP)
     cliargs.add_options(pw, pairwise, only=("chunk",), help={"chunk": "pairs (or CKA sample rows) per step: the "
                                                                       "memory knob"})
+    add_distributed_args(pw)
     pw.set_defaults(func=_pairwise)
 
     cg = sub.add_parser("congruity", help="congruity of every pair of models + heatmap", description=__doc__)
@@ -162,4 +175,5 @@ def register(subparsers) -> None:
                         help={"n_rounds": "rounds: draws of one implementation of each model",
                               "n_boot": "bootstrap resamples of the rounds for the confidence interval",
                               "ci": "coverage of the percentile confidence interval"})
+    add_distributed_args(cg)
     cg.set_defaults(func=_congruity)

@@ -3,7 +3,9 @@
 Writes one SAELens-layout folder per SAE under ``--out`` (see :mod:`jaxequiv.sae.io`) and ``summary.json``
 with the metrics of each, published together when training ends (``--out`` holds the previous complete set or
 the new one, never a mix). Until then the run lives in ``<out>.partial/``, whose ``checkpoint/`` holds the
-resumable training state: rerun the same command to resume.
+resumable training state: rerun the same command to resume. ``--mesh`` and the multi-process flags split the
+SAEs over ``stack`` and each batch over ``data``, across devices and processes (all of them train into process
+0's ``<out>.partial/checkpoint``, on a file system they share; process 0 prints and publishes).
 
 The training options are the fields of :class:`jaxequiv.sae.TrainSettings`, the SAE options those of the
 variant configs (:data:`jaxequiv.sae.VARIANTS`), the sweep's grid the arguments of
@@ -12,8 +14,10 @@ variant configs (:data:`jaxequiv.sae.VARIANTS`), the sweep's grid the arguments 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 
 from jaxequiv import cliargs
 
@@ -24,6 +28,7 @@ CODEC_EPOCHS = 300.0  # the run length when neither --steps nor --epochs is give
 
 def register(subparsers) -> None:
     from jaxequiv.contributions import VARIANTS as STORED
+    from jaxequiv.distributed import add_distributed_args
     from jaxequiv.sae import STSAE, VARIANTS, TrainSettings, codec_sweep
 
     p = subparsers.add_parser("sae", help="train sparse autoencoders on a contributions store", description=__doc__)
@@ -38,6 +43,7 @@ def register(subparsers) -> None:
     io.add_argument("--out", required=True, type=cliargs.path, help="output folder (SAE folders + summary.json)")
     io.add_argument("--overwrite", action="store_true", help="replace the SAEs of an earlier run at --out")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_args(common)
     training = common.add_argument_group("training (jaxequiv.sae.TrainSettings)")
     settings = cliargs.add_options(training, TrainSettings, help={
         "epochs": f"run length in passes over the data, may be fractional (default: {CODEC_EPOCHS:g} unless "
@@ -97,6 +103,7 @@ def _fit(train_fn, *args, **kwargs):
     import sys
     import warnings
 
+    from jaxequiv.distributed import is_writer
     from jaxequiv.sae import FitWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -104,21 +111,47 @@ def _fit(train_fn, *args, **kwargs):
         out = train_fn(*args, **kwargs)
     for w in caught:
         if issubclass(w.category, FitWarning):
-            print(f"jaxequiv sae: warning: {w.message}", file=sys.stderr)
+            if is_writer():  # once per run of several processes
+                print(f"jaxequiv sae: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return out
 
 
+@contextlib.contextmanager
+def _build_folder(args):
+    """``<out>.partial``: process 0 publishes it at ``--out`` when the block succeeds (removing an earlier run's
+    SAEs first; its checkpoint may be resumed); the other processes of a run train into it too. Every process
+    leaves the block only after all have trained (``__exit__`` of the writer's publication comes after that)."""
+    import shutil
+    from pathlib import Path
+
+    from jaxequiv.distributed import barrier, is_writer
+    from jaxequiv.io.files import publishing
+
+    if not is_writer():
+        barrier("sae: build folder")
+        out = os.path.abspath(args.out)
+        yield Path((os.path.realpath(out) if os.path.islink(out) else out) + ".partial")  # as the writer's
+        return
+    with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
+        for stale in build.iterdir():  # an earlier run's SAEs (killed before its publication): only its
+            if stale.name != "checkpoint":  # checkpoint may be resumed, and train_many checks that it is this run's
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        barrier("sae: build folder")
+        yield build
+
+
 def _run(args, settings, configs, names) -> int:
     """Train the SAEs ``configs(d) -> (cfgs, seeds)`` (``names``: their folders) inside ``<out>.partial``, write
     the SAE folders and summary.json there and publish them at ``--out`` in one folder swap."""
-    import os
     import shutil
 
-    from jaxequiv.io.files import check_output, publishing, write_json
+    from jaxequiv.distributed import barrier, from_args, is_writer
+    from jaxequiv.io.files import check_output, write_json
     from jaxequiv.sae import evaluate, save_sae, train_many
 
+    mesh = from_args(args)  # first: a run of several processes starts before any JAX work
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"{len(twice)} SAE folder name(s) would hold more than one SAE (e.g. {twice[0]}): values "
@@ -127,12 +160,12 @@ def _run(args, settings, configs, names) -> int:
     check_output(args.out, overwrite=args.overwrite, marker="summary.json")
     data, scale = _load(args)
     cfgs, seeds = configs(data.shape[1])
-    with publishing(args.out, overwrite=args.overwrite, marker="summary.json", resumable=True) as build:
-        for stale in build.iterdir():  # an earlier run's SAEs (killed before its publication): only its
-            if stale.name != "checkpoint":  # checkpoint may be resumed, and train_many checks that it is this run's
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    with _build_folder(args) as build:
         results = _fit(train_many, cfgs, data, seeds=seeds, settings=settings, checkpoint_dir=build / "checkpoint",
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, mesh=mesh)
+        barrier("sae: trained")  # every process is done with the checkpoint
+        if not is_writer():  # every process has the SAEs; one writes them
+            return 0
         summary = []
         for name, r in zip(names, results):
             meta = {"hook_name": args.site, "store": os.path.abspath(args.store), "store_variant": args.variant,

@@ -111,3 +111,42 @@ def test_pairwise_and_congruity_on_two_processes_equal_one_process():
         assert r["congruity"] == (want.score, want.ci_low, want.ci_high)
         # rows of the CKA matrix on other devices: float32 rounding of a different batch shape (values <= 1)
         np.testing.assert_allclose(r["pairwise"], sim.pairwise(sim.LINEAR_CKA, Xs), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # 2 processes, two commands: about 20 s on two idle cores
+def test_commands_on_two_processes_print_and_publish_once(tmp_path):
+    """``equiv pairwise`` (rows over pairs=4) and ``sae sweep`` (2 SAEs over stack=2, batches over data across the
+    processes) with --mesh: what one process writes, printed and published by process 0 only."""
+    from jaxequiv import Network
+    from jaxequiv.cli import main
+    from jaxequiv.contributions import build_store
+    from jaxequiv.sae import load_sae
+    from tests.sae.test_cli import TRAIN, TinyMLP
+
+    Xs = np.random.default_rng(7).normal(size=(5, 16, 4)).astype(np.float32)
+    np.save(tmp_path / "reps.npy", Xs)
+    build_store(Network.from_module(TinyMLP(), (5,)), np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32),
+                tmp_path / "store", "fc1", method="ig", steps=2, chunk_size=32, progress=False)
+
+    def commands(root, *mesh):
+        return [["equiv", "pairwise", str(tmp_path / "reps.npy"), "--out", str(tmp_path / root / "pw"),
+                 *(["--mesh", "pairs=-1"] if mesh else [])],
+                ["sae", "sweep", "--store", str(tmp_path / "store"), "--site", "fc1", "--variant", "activations",
+                 "--out", str(tmp_path / root / "sae"), *TRAIN, "--expansions", "1", "--thetas", "0.5", "--l1s", "0",
+                 "--seeds", "1,2", "--no-progress", *(["--mesh", "stack=2"] if mesh else [])]]
+
+    runs = run_workers(workers.cli_runs, commands("mp", True), timeout_s=300)
+    assert all(code == 0 for r in runs for code, _ in r)
+    assert all(printed == "" for _, printed in runs[1])  # process 1 trains and computes but says nothing
+    assert main(commands("one")[0]) == 0 and main(commands("one")[1]) == 0
+    assert "5 x 5 linear_cka matrix" in runs[0][0][1] and runs[0][1][1].count("r2_codec=") == 2  # process 0 reports
+    # the rows of the CKA matrix on other devices: float32 rounding of other batch shapes (values <= 1)
+    np.testing.assert_allclose(np.load(tmp_path / "mp" / "pw" / "similarity.npy"),
+                               np.load(tmp_path / "one" / "pw" / "similarity.npy"), rtol=0, atol=1e-6)
+    folders = sorted(p.name for p in (tmp_path / "one" / "sae").iterdir())
+    assert sorted(p.name for p in (tmp_path / "mp" / "sae").iterdir()) == folders and len(folders) == 3
+    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == ["pw", "sae"]  # no .partial left
+    for name in folders[:2]:
+        (_, mp, _), (_, one, _) = load_sae(tmp_path / "mp" / "sae" / name), load_sae(tmp_path / "one" / "sae" / name)
+        for k in one:  # batches summed over 2 devices: float32 rounding carried through 10 Adam steps
+            np.testing.assert_allclose(mp[k], one[k], rtol=0, atol=1e-6, err_msg=f"{name} {k}")

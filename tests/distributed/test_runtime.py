@@ -66,7 +66,8 @@ def test_cli_flags(no_env, capsys):
     args = _parser().parse_args(["--mesh", "data=-1,stack=2", "--num-processes", "1", "--process-id", "0"])
     assert (args.mesh, args.coordinator, args.num_processes, args.process_id) == ({"data": -1, "stack": 2}, None, 1, 0)
     assert dict(from_args(args).shape) == {"data": jax.device_count() // 2, "stack": 2, "pairs": 1}
-    assert dict(from_args(_parser().parse_args([])).shape)["data"] == jax.device_count()  # default: all on data
+    assert from_args(_parser().parse_args([])) is None  # one process, no --mesh: the one-device path
+    assert dict(from_args(_parser().parse_args(["--mesh", ""])).shape)["data"] == jax.device_count()  # all on data
     with pytest.raises(SystemExit):
         _parser().parse_args(["--mesh", "data=2,model=4"])
     assert "NAME in ('data', 'stack', 'pairs')" in capsys.readouterr().err

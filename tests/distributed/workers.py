@@ -221,3 +221,19 @@ def similarity_on_mesh() -> dict:
     c = eq.congruity(*models, key=3, n_rounds=10, n_boot=50, mesh=mesh)
     return {"pairwise": np.asarray(sim.pairwise(sim.LINEAR_CKA, Xs, mesh=mesh)),
             "congruity": (c.score, c.ci_low, c.ci_high), "indicators": c.indicators}
+
+
+def cli_runs(argvs: list[list[str]]) -> list[tuple[int, str]]:
+    """``jaxequiv`` command lines run in this process of a run (the flags join the run already up): each one's
+    exit status and what it printed."""
+    import contextlib
+    import io
+
+    from jaxequiv.cli import main
+
+    out = []
+    for argv in argvs:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            code = main(argv)
+        out.append((code, printed.getvalue()))
+    return out
