@@ -27,7 +27,7 @@ def _run(args, timeout=120):
 def test_script_parses_its_arguments(script):
     out = _run([script, "--help"], timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "--quick" in out.stdout or script in ("bench_adapter.py", "bench_conversion.py")
+    assert "--quick" in out.stdout
 
 
 def test_session_times_alternately_and_writes_results(tmp_path):
