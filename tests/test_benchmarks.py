@@ -122,3 +122,16 @@ def test_extrapolation_recovers_linear_plus_quadratic_cost():
     assert bench_peers.extrapolate(cost(4), cost(8), 4, 8, 64) == pytest.approx(cost(64))
     assert bench_peers.extrapolate(2.0, 2.0, 64, 64, 64) == 2.0  # the full size timed directly
     assert bench_peers.extrapolate(1.0, 1.5, 4, 8, 64) >= 0  # never negative coefficients
+
+
+@pytest.mark.slow  # fresh processes (1, then 2 x 2 devices) compiling three stages each: ~60 s on 2 idle cores
+def test_scaling_quick_run_equals_one_process():
+    out = _run(["bench_scaling.py", "--quick", "--timeout", "500"], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = out.stdout.splitlines()[-1]
+    assert result.startswith("RESULT scaling store_diff=")
+    values = dict(item.split("=") for item in result.split()[2:])
+    # the same examples per device (one chunk of 16 split 4/4/4/4 against 16 on one device: other batch shapes)
+    assert float(values["store_diff"]) <= 1e-6 and float(values["congruity_diff"]) == 0.0
+    assert float(values["sweep_diff"]) <= 1e-6  # batch sums in another order, 10 Adam steps (measured 6e-8)
+    assert float(values["bytes_per_device_ratio"]) < 0.5  # store split 4 ways, the sweep's state 2 ways
