@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from jaxequiv import sites as _sites
+from jaxequiv.distributed import gather_items, map_items, replicate, split_items
 from jaxequiv.network import Network
 from jaxequiv.rng import as_key
 
@@ -118,33 +120,41 @@ def _check_inputs(network, inputs, label):
     return jnp.asarray(inputs)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "infos", "read_sites", "units", "pool", "stacked", "chunk"))
+@functools.partial(jax.jit, static_argnames=("apply", "infos", "read_sites", "units", "pool", "stacked", "chunk",
+                                             "mesh"))
 def _implementations(params, flags, clean, counterfactual, lengths, extra_args, *, apply, infos, read_sites, units,
-                     pool, stacked, chunk):
+                     pool, stacked, chunk, mesh=None):
     """Representations (n, batch, D) of the implementations flagged by ``flags`` (n, U) (see :func:`get_impl`).
 
     Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)`` of the read and patched sites), ``read_sites``,
-    ``units``, ``pool``, ``stacked`` (params carry a leading member axis) and ``chunk``.
+    ``units``, ``pool``, ``stacked`` (params carry a leading member axis), ``chunk`` and ``mesh``: the
+    implementations (``flags``, and a stack's ``params``) split over its devices (placed by ``split_items``, the
+    rest replicated).
     """
     infos = dict(infos)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
-    batch = min(chunk, flags.shape[0])
 
-    def counterfactual_acts(p):
-        return _sites.run(apply, p, counterfactual, *extra_args, capture=patch_sites)[1] if units else {}
+    def some(items, params, clean, counterfactual, lengths, extra_args):  # the implementations ``items``
+        def counterfactual_acts(p):
+            return _sites.run(apply, p, counterfactual, *extra_args, capture=patch_sites)[1] if units else {}
 
-    def represent(p, cf, flag):
-        edits = {}
-        if units:
-            masks = _site_masks(units, flag, infos)
-            edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
-        _, cap = _sites.run(apply, p, clean, *extra_args, capture=list(read_sites), edits=edits)
-        return jnp.concatenate([_pool(cap[s], infos[s], pool, lengths) for s in read_sites], axis=1)
+        def represent(p, cf, flag):
+            edits = {}
+            if units:
+                masks = _site_masks(units, flag, infos)
+                edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
+            _, cap = _sites.run(apply, p, clean, *extra_args, capture=list(read_sites), edits=edits)
+            return jnp.concatenate([_pool(cap[s], infos[s], pool, lengths) for s in read_sites], axis=1)
 
-    if not stacked:  # counterfactual activations once, shared by every implementation
-        cf = counterfactual_acts(params)
-        return jax.lax.map(lambda f: represent(params, cf, f), flags, batch_size=batch)
-    return jax.lax.map(lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), (params, flags), batch_size=batch)
+        if not stacked:  # counterfactual activations once, shared by every implementation
+            cf = counterfactual_acts(params)
+            return jax.lax.map(lambda f: represent(params, cf, f), items, batch_size=min(chunk, items.shape[0]))
+        return jax.lax.map(lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), items,
+                           batch_size=min(chunk, items[1].shape[0]))
+
+    items = (params, flags) if stacked else flags
+    context = (None if stacked else params, clean, counterfactual, lengths, extra_args)
+    return some(items, *context) if mesh is None else map_items(some, mesh, items, *context)
 
 
 def get_impl(
@@ -162,6 +172,7 @@ def get_impl(
     lengths: ArrayLike | None = None,
     extra_args: tuple = (),
     chunk: int = 16,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """Representations of ``n`` implementations of a model's interpretation (GetImpl + GetReprs).
 
@@ -185,6 +196,9 @@ def get_impl(
         ``"none"``.
       lengths: (batch,) number of real tokens per example (right padding).
       extra_args: further array arguments of ``network.apply`` (traced).
+      mesh: a device mesh (devices of one or several processes, which all pass the same inputs): the
+        implementations (a stack's members with their parameters) are split over all its devices, each with the
+        masks it has on one device; every process gets all representations.
 
     Returns:
       (n, batch, D) float array of representations.
@@ -221,11 +235,17 @@ def get_impl(
     else:
         flags = jnp.zeros((n, 0), bool)
     used = dict.fromkeys([*read_sites, *(u[0] for u in units)])
-    return _implementations(
-        network.params, flags, clean, counterfactual, lengths, tuple(extra_args), apply=member.apply,
-        infos=tuple((s, infos[s]) for s in used), read_sites=tuple(read_sites), units=tuple(units), pool=pool,
-        stacked=stacked is not None, chunk=int(chunk),
-    )
+    static = dict(apply=member.apply, infos=tuple((s, infos[s]) for s in used), read_sites=tuple(read_sites),
+                  units=tuple(units), pool=pool, stacked=stacked is not None, chunk=int(chunk))
+    context = (clean, counterfactual, lengths, tuple(extra_args))
+    if mesh is None:
+        return _implementations(network.params, flags, *context, **static)
+    if stacked:
+        (params, flags), count = split_items((network.params, flags), mesh)
+    else:
+        (flags, count), params = split_items(flags, mesh), replicate(network.params, mesh)
+    return jnp.asarray(gather_items(_implementations(params, flags, *replicate(context, mesh), **static, mesh=mesh),
+                                    count))
 
 
 def _final(logits, positions):
@@ -237,26 +257,33 @@ def _final(logits, positions):
     return logits[jnp.arange(logits.shape[0]), idx]
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "infos", "units", "output", "chunk"))
-def _importance(params, clean, base_in, src_in, positions, extra_args, *, apply, infos, units, output, chunk):
-    """Per-unit KL scores (U,) of :func:`patching_importance`: ``base_in`` run with one unit at a time replaced
-    by its value on ``src_in``. Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)``), ``units``,
-    ``output`` (or None) and ``chunk``."""
+@functools.partial(jax.jit, static_argnames=("apply", "infos", "units", "output", "chunk", "mesh"))
+def _importance(params, flags, clean, base_in, src_in, positions, extra_args, *, apply, infos, units, output, chunk,
+                mesh=None):
+    """KL scores (r,) of :func:`patching_importance` for the unit masks ``flags`` (r, U) (one unit each):
+    ``base_in`` run with those units replaced by their values on ``src_in``. Static: ``apply``, ``infos``
+    (``((site, SiteInfo), ...)``), ``units``, ``output`` (or None), ``chunk`` and ``mesh``: the masks split over
+    its devices (placed by ``split_items``, the rest replicated)."""
     infos = dict(infos)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
     to_logits = output if output is not None else (lambda o: o)
-    clean_out, _ = _sites.run(apply, params, clean, *extra_args)
-    _, src = _sites.run(apply, params, src_in, *extra_args, capture=patch_sites)
-    ref = jax.nn.log_softmax(_final(to_logits(clean_out), positions))
 
-    def one(flag):
-        masks = _site_masks(units, flag, infos)
-        edits = {s: _sites.Replace(src[s], where=masks[s]) for s in patch_sites}
-        out, _ = _sites.run(apply, params, base_in, *extra_args, edits=edits)
-        logq = jax.nn.log_softmax(_final(to_logits(out), positions))
-        return jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logq), axis=-1))
+    def some(flags, params, clean, base_in, src_in, positions, extra_args):
+        clean_out, _ = _sites.run(apply, params, clean, *extra_args)
+        _, src = _sites.run(apply, params, src_in, *extra_args, capture=patch_sites)
+        ref = jax.nn.log_softmax(_final(to_logits(clean_out), positions))
 
-    return jax.lax.map(one, jnp.eye(len(units), dtype=bool), batch_size=min(chunk, len(units)))
+        def one(flag):
+            masks = _site_masks(units, flag, infos)
+            edits = {s: _sites.Replace(src[s], where=masks[s]) for s in patch_sites}
+            out, _ = _sites.run(apply, params, base_in, *extra_args, edits=edits)
+            logq = jax.nn.log_softmax(_final(to_logits(out), positions))
+            return jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logq), axis=-1))
+
+        return jax.lax.map(one, flags, batch_size=min(chunk, flags.shape[0]))
+
+    context = (params, clean, base_in, src_in, positions, extra_args)
+    return some(flags, *context) if mesh is None else map_items(some, mesh, flags, *context)
 
 
 def patching_importance(
@@ -270,6 +297,7 @@ def patching_importance(
     extra_args: tuple = (),
     chunk: int = 64,
     output: Callable | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, jax.Array]:
     """Per-unit activation-patching score: mean KL(softmax(clean) || softmax(patched)) at the final position.
 
@@ -283,6 +311,8 @@ def patching_importance(
       extra_args: further array arguments of ``network.apply`` (traced).
       output: optional ``fn(out) -> logits`` when the network returns something else (a hashable function:
         the compiled program is cached per network ``apply`` and ``output``).
+      mesh: a device mesh (devices of one or several processes, which all pass the same inputs): the units are
+        split over all its devices (each runs the clean and source passes itself); every process gets all scores.
 
     Returns:
       ``{site: (heads,) scores}`` (a 0-d array for sites without a head axis).
@@ -300,9 +330,16 @@ def patching_importance(
     units = units_of(infos, sites)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
     base_in, src_in = (corrupted, clean) if mode == "denoise" else (clean, corrupted)
-    flat = _importance(network.params, clean, base_in, src_in, positions, tuple(extra_args), apply=network.apply,
-                       infos=tuple((s, infos[s]) for s in patch_sites), units=tuple(units), output=output,
-                       chunk=int(chunk))
+    static = dict(apply=network.apply, infos=tuple((s, infos[s]) for s in patch_sites), units=tuple(units),
+                  output=output, chunk=int(chunk))
+    flags = np.eye(len(units), dtype=bool)  # one unit patched at a time
+    context = (network.params, clean, base_in, src_in, positions, tuple(extra_args))
+    if mesh is None:
+        flat = _importance(context[0], jnp.asarray(flags), *context[1:], **static)
+    else:
+        flags, count = split_items(flags, mesh)
+        context = replicate(context, mesh)
+        flat = jnp.asarray(gather_items(_importance(context[0], flags, *context[1:], **static, mesh=mesh), count))
     out: dict[str, jax.Array] = {}
     for site in patch_sites:
         idx = np.array([i for i, u in enumerate(units) if u[0] == site])

@@ -168,3 +168,38 @@ def test_distinguishability_grid_on_a_mesh_equals_one_device():
         kw = dict(key=1, straps=5, trials=7, measure=measure)  # rows of the score matrix: the same grid
         np.testing.assert_array_equal(eq.distinguishability_grid(reprs, mesh=make_mesh(pairs=-1), **kw),
                                       eq.distinguishability_grid(reprs, **kw), err_msg=measure.name)
+
+
+@pytest.mark.slow  # a transformer's implementations and patches compiled for one device and for 8: ~15 s idle
+def test_get_impl_and_patching_importance_on_a_mesh_equal_one_device():
+    from flax import nnx
+
+    from jaxequiv import Network
+    from jaxequiv import equivalence as eq
+    from jaxequiv.equivalence import impl
+    from jaxequiv.models.transformer import Transformer, TransformerConfig
+    from jaxequiv.sites import list_sites
+
+    cfg = TransformerConfig(vocab_size=11, n_layer=1, n_head=4, d_model=8, n_ctx=6)
+    net = Transformer(cfg, nnx.Rngs(0)).network()
+    r = np.random.default_rng(0)
+    clean, cf = (jnp.asarray(r.integers(0, 11, (4, 6)), jnp.int32) for _ in range(2))
+    m = make_mesh(stack=2)
+    # implementations (their masks drawn as on one device) and units split over 8 devices: the same forward
+    # passes in other batch shapes, float32 rounding only (|values| < 10)
+    got, want = (eq.get_impl(net, clean, cf, read="h.0", key=0, n=5, mesh=mesh) for mesh in (m, None))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    stack = Network.stack([Transformer(cfg, nnx.Rngs(s)).network() for s in range(3)])  # members split
+    np.testing.assert_allclose(eq.get_impl(stack, clean, read="h.0", pool="mean", mesh=m),
+                               eq.get_impl(stack, clean, read="h.0", pool="mean"), rtol=0, atol=1e-5)
+    got, want = (eq.patching_importance(net, clean, cf, mesh=mesh) for mesh in (m, None))
+    assert got.keys() == want.keys()
+    for site in want:  # KL divergences (>= 0, < 1 here)
+        np.testing.assert_allclose(got[site], want[site], rtol=0, atol=1e-6, err_msg=site)
+    infos = list_sites(net.apply, net.params, clean)
+    units = tuple(eq.units_of(infos, None))
+    flags, _ = split_items(np.ones((5, len(units)), bool), m)
+    _no_collectives(impl._implementations.lower(
+        replicate(net.params, m), flags, *replicate((clean, cf, None, ()), m), apply=net.apply,
+        infos=tuple(infos.items()), read_sites=("h.0",), units=units, pool="last", stacked=False, chunk=16,
+        mesh=m).compile(), m)
