@@ -176,7 +176,10 @@ def _run(args, settings, configs, names) -> int:
                             **{k: v for k, v in ev.items() if k not in ("density", "alive")}})
             print(f"{name}: r2_codec={ev['r2_codec']:.4f} l0={ev['l0']:.2f} alive={ev['n_alive']}/{r.cfg.d_sae}")
         write_json(build / "summary.json", summary, indent=2)
-        shutil.rmtree(build / "checkpoint")  # the finished run needs no resume state
+        # the finished run needs no resume state; renamed first, so that a kill while deleting it leaves either the
+        # whole checkpoint or none (a half-deleted one would stop the rerun), and the rerun drops the rest
+        os.rename(build / "checkpoint", build / ".checkpoint.deleting")
+        shutil.rmtree(build / ".checkpoint.deleting")
     return 0
 
 
