@@ -78,6 +78,9 @@ def test_minibatch_cka_streams_merge_across_devices():
     f = jax.shard_map(per_device, mesh=m, in_specs=(P(DATA), P(DATA)), out_specs=P(), check_vma=False)
     got = jax.jit(f)(shard(X, m), shard(Y, m))
     np.testing.assert_allclose(got, sim.minibatch_cka(X, Y, batch_size=8), rtol=1e-5)
+    compiled = jax.jit(f).lower(shard(X, m), shard(Y, m)).compile()
+    assert {c.op for c in collectives(compiled, m)} == {"all-reduce"}  # only the psum of the partial sums
+    assert_no_gather(compiled, m, AXES)
 
 
 def test_pairwise_on_a_sharded_stack():
