@@ -10,6 +10,7 @@ table with :func:`table`; ``tests/test_cli.py`` checks that every entry point ha
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,12 @@ def unwritable(monkeypatch, env) -> None:
     the tests may run as root, which no permission bit stops)."""
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real(p, mode, **kw))
+
+
+def disk_full(monkeypatch, env) -> None:
+    """The disk fills up while the output is written: ``fsync`` (which every file and folder of a publication goes
+    through before it is swapped in) reports ENOSPC, as a file system with delayed allocation does."""
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)

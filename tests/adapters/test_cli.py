@@ -9,7 +9,7 @@ from flax import nnx
 from jaxequiv.adapters import torch as ad
 from jaxequiv.io.safetensors import read_safetensors, write_safetensors
 from jaxequiv.models.resnet import resnet18
-from tests.clicases import Case, check, table, unwritable
+from tests.clicases import Case, check, disk_full, table, unwritable
 
 
 def _artefact(env, name="src", change=None):
@@ -94,6 +94,8 @@ CONVERT = table("convert", [
          "--arch 'gpt2' needs a config: pass --config"),
     Case("bad dtype", "bad option", lambda e: _convert(e, _weights(e), "--dtype", "int8"),
          "argument --dtype: invalid choice: 'int8'"),
+    Case("disk full", "mid-run failure", lambda e: _convert(e, _artefact(e)), "no space left on device",
+         patch=disk_full),
     Case("source is its own output", "duplicate names", lambda e: _convert(e, _artefact(e), out=str(e.tmp / "src")),
          "already exists; pass --overwrite"),
 ])

@@ -8,7 +8,7 @@ import pytest
 
 from jaxequiv import similarity as sim
 from jaxequiv.cli import main
-from tests.clicases import Case, check, table, unwritable
+from tests.clicases import Case, check, disk_full, table, unwritable
 
 
 def test_equiv_pairwise_writes_matrix_json_and_heatmap(tmp_path):
@@ -137,6 +137,8 @@ PAIRWISE = table("equiv pairwise", [
          "ridge needs at least 3 samples"),
     Case("negative seed", "bad option", lambda e: _pw(e, _reps(e), "--seed", "-1"),
          "argument --seed: a seed is an integer in [0, 4294967295]"),
+    Case("disk full", "mid-run failure", lambda e: _pw(e, _reps(e)), "no space left on device; free some space",
+         patch=disk_full),
 ])
 
 
@@ -175,8 +177,18 @@ CONGRUITY = table("equiv congruity", [
          "the same N stimuli"),
     Case("NaN base", "nan/inf", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz", base=_nan(np.nan))),
          "contains NaN or Inf"),
+    Case("no samples", "empty", lambda e: _cg(e, _model(e, "a.npz", n=0), _model(e, "b.npz", n=0)), "n=0"),
+    Case("Inf implementation", "nan/inf",
+         lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz", impls=np.full((3, 20, 3), np.inf))),
+         "contains NaN or Inf"),
     Case("out is a file", "path is a file",
          lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _file(e)], "is a file"),
+    Case("out below a file", "path is a file",
+         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _file(e) + "/x"],
+         "is not a folder"),
+    Case("no --overwrite", "existing output",
+         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _other_output(e)],
+         "already exists; pass --overwrite"),
     Case("unwritable", "unwritable", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz")), "permission denied",
          patch=unwritable),
     Case("another kind of folder", "existing output",
@@ -188,6 +200,10 @@ CONGRUITY = table("equiv congruity", [
          "--rounds >= 1"),
     Case("NaN ci", "bad option", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz"), extra=["--ci", "nan"]),
          "argument --ci: expected a finite number"),
+    Case("unknown measure", "bad option", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz"),
+                                                       extra=["--measure", "nope"]), "invalid choice: 'nope'"),
+    Case("disk full", "mid-run failure", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz")),
+         "no space left on device; free some space", patch=disk_full),
 ])
 
 
