@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 import jaxequiv
@@ -50,6 +51,8 @@ _OS_FIXES = {
 def _os_error(e: OSError) -> str:
     if e.errno is None or not e.strerror:  # raised by jaxequiv with its own message
         return str(e.args[0] if len(e.args) == 1 else e)
+    if e.strerror != os.strerror(e.errno):  # jaxequiv's own words for an errno, the fix included
+        return e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
     what = e.strerror[0].lower() + e.strerror[1:]
     if e.filename is not None:
         what = f"{e.filename}{'' if e.filename2 is None else f' -> {e.filename2}'}: {what}"

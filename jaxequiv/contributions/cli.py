@@ -137,10 +137,12 @@ def run(args, options) -> int:
     import numpy as np
 
     from jaxequiv.contributions import build_store
+    from jaxequiv.contributions.reduce import check_variants
     from jaxequiv.distributed import from_args, is_writer
     from jaxequiv.io.files import check_output, output_lock
 
     mesh = from_args(args)  # first: a run of several processes starts before any JAX work
+    check_variants(args.variants)  # the cheap checks before the data and the model are loaded
     check_output(args.out, overwrite=args.overwrite, marker="meta.json")
     x, y, n_classes = _load_data(args)
     net = _load_model(args, tuple(np.shape(x)[1:]), n_classes)

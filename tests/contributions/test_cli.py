@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxequiv.cli import main
-from tests.clicases import Case, check, table, unwritable
+from tests.clicases import Case, check, disk_full, table, unwritable
 
 
 def _npy(env, name="x.npy", array=None):
@@ -82,6 +82,9 @@ CONTRIBUTIONS = table("contributions", [
          "--labels applies to a .npy --data"),
     Case("no examples left", "bad option", lambda e: _run(e, _npy(e), "--limit", "0"), "--limit must be >= 1"),
     Case("negative seed", "bad option", lambda e: _run(e, _npy(e), "--seed", "-1"), "argument --seed: a seed is"),
+    Case("disk full", "mid-run failure", lambda e: _run(e, _npy(e), "--method", "grad_x_act", "--sites", "layer1.0",
+                                                        "--variants", "sum"),
+         "not enough disk space for the contributions store at", patch=disk_full),
     Case("infinite sigma", "nan/inf", lambda e: _run(e, _npy(e), "--sigma", "inf"),
          "argument --sigma: expected a finite number"),
 ])

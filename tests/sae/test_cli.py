@@ -16,7 +16,7 @@ from jaxequiv.contributions import global_std
 from jaxequiv.sae import codec_sweep, evaluate, load_sae
 from jaxequiv.sae.checkpoint import read_meta
 from jaxequiv.sae.cli import sweep_names
-from tests.clicases import Case, check, table, unwritable
+from tests.clicases import Case, check, disk_full, table, unwritable
 
 # the settings of tests/sae/test_train.py (d = 8 here too), so that these runs reuse its compiled steps
 TRAIN = ["--steps", "10", "--batch-size", "32", "--log-every", "10", "--lr", "3e-3"]
@@ -194,6 +194,8 @@ def _common(command):
     def sae(env, *extra, **kw):
         return _sae(command, env, *extra, **kw)
 
+    small = ("--expansions", "1", "--thetas", "0.5", "--l1s", "0", "--seeds", "1") if command == "sweep" else ()
+
     return [
         Case("no store", "missing", lambda e: sae(e, store=str(e.tmp / "none")), "no contributions store at"),
         Case("unknown site", "missing", lambda e: sae(e)[:5] + ["nope"] + sae(e)[6:], "has no site 'nope'"),
@@ -225,6 +227,8 @@ def _common(command):
              "--checkpoint-every (7) must be a positive multiple of --log-every (10)"),
         Case("negative data seed", "bad option", lambda e: sae(e, "--data-seed", "-1"),
              "argument --data-seed: a seed is an integer in [0, 4294967295]"),
+        Case("disk full", "mid-run failure", lambda e: sae(e, *small), "no space left on device", patch=disk_full,
+             resumable=True),
     ]
 
 
