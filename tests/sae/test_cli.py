@@ -268,3 +268,13 @@ def test_sae_train_bad_input(case, store, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("case", SAE_SWEEP, ids=lambda c: c.id)
 def test_sae_sweep_bad_input(case, store, tmp_path, capsys, monkeypatch):
     check("sae sweep", case, SimpleNamespace(tmp=tmp_path, store=store), capsys, monkeypatch)
+
+
+def test_sae_train_after_a_full_disk_publishes_on_the_rerun(store, tmp_path, monkeypatch, capsys):
+    argv = _sae("train", SimpleNamespace(tmp=tmp_path, store=store))
+    with monkeypatch.context() as m:
+        disk_full(m, None)
+        assert main(argv) == 2
+    assert "no space left on device" in capsys.readouterr().err and (tmp_path / "out.partial").is_dir()
+    assert main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "summary.json").is_file()
