@@ -16,6 +16,9 @@ The killed process runs the real CLI (``RUNNER``) with one of two faults:
 ``two_renames`` forces the fallback for file systems without ``renameat2(RENAME_EXCHANGE)``: killed between its
 two renames, the output is missing until the next writer puts the old set back. K is drawn from a fixed seed
 (``JAXEQUIV_FAULT_SEED``, default 0; the failure message names K to replay it).
+
+Slow (each test runs its command four or five times, three of them in fresh processes: 5-25 s of CPU each, about
+2.5 min for the module); killed runs share one persistent compilation cache.
 """
 
 import json
@@ -30,6 +33,8 @@ import numpy as np
 import pytest
 
 from jaxequiv.cli import main
+
+pytestmark = pytest.mark.slow
 
 RUNNER = """
 import builtins, os, signal, sys
@@ -164,9 +169,9 @@ def pairwise_reps(tmp_path):
     return [*base, "--measure", "linear_cka"], [*base, "--measure", "rsa"], which, ["reps.npz"]
 
 
-@pytest.mark.parametrize("command", ["convert_sources", "pairwise_reps"])
-def test_killed_between_the_two_renames_of_the_fallback_swap(command, tmp_path, request):
-    old, new, which, keep = request.getfixturevalue(command)
+def test_killed_between_the_two_renames_of_the_fallback_swap(pairwise_reps, tmp_path):
+    """One command is enough: every command publishes through the same jaxequiv.io.files swap."""
+    old, new, which, keep = pairwise_reps
     out = tmp_path / "out"
     assert main(old) == 0
     killed_run("window", "swapped", [*new, "--overwrite"], exchange="two_renames")

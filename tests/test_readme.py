@@ -44,7 +44,8 @@ def test_markers_are_well_formed():
         assert MARKER.search(comment), f"malformed marker {comment!r}: use skip REASON, needs MODULE or before CODE"
 
 
-@pytest.mark.slow  # the one-screen API block trains a ResNet's contributions and an SAE: ~40 s on 2 cores
+@pytest.mark.slow  # the one-screen API block builds a ResNet, its contributions and an SAE: ~50 s of CPU (the
+# first ResNet of a process costs ~10 s of eager initialisation alone); the other blocks 5-25 s each
 @pytest.mark.parametrize("code,marker", blocks("python"))
 def test_python_block_runs(code, marker, tmp_path):
     setup = ""
