@@ -1,14 +1,14 @@
 """Scale-out: the same job on 1 process (one device) and on 2 processes x 2 CPU devices (gloo, localhost).
 
-The job, in order: a contributions store (a small CNN, ig, every example split over ``data``), an SAE sweep on
-the stored contributions (stsae SAEs split over ``stack``, each batch over ``data``), and a congruity matrix of
-four models of two widths (pairs of models split over every device; ``--quick``: one width, linear CKA). Both runs start fresh worker processes
-(:func:`jaxequiv.testing.multiprocess.run_workers`); each stage is timed inside them (compilation included, the
-slowest process counted). Reported per stage: wall seconds, per-device resident bytes and the largest absolute
-difference from the one-process result. Resident bytes per device: for the store, the bytes of one chunk's
-contributions on one device (its addressable shards); for the sweep, the compiled training step's arguments on
-one device (SAE parameters, optimiser state, statistics and a chunk of batches: ``memory_analysis``); the
-congruity matrix replicates its (small) representations and splits only work, so it is not counted.
+The job, in order: a contributions store (a small CNN, ig, every example split over ``data``), an SAE sweep on the
+stored contributions (stsae SAEs split over ``stack``, each batch over ``data``), and a congruity matrix of four
+models of two widths (pairs of models split over every device; ``--quick``: one width, linear CKA). Both runs start
+fresh worker processes (:func:`jaxequiv.testing.multiprocess.run_workers`); each stage is timed inside them
+(compilation included, the slowest process counted). Reported per stage: wall seconds, per-device resident bytes and
+the largest absolute difference from the one-process result. Resident bytes per device: for the store, the bytes of
+one chunk's contributions on one device (its addressable shards); for the sweep, the compiled training step's
+arguments on one device (SAE parameters, optimiser state, statistics and a chunk of batches: ``memory_analysis``);
+the congruity matrix replicates its (small) representations and splits only work, so it is not counted.
 ``bytes_per_device_ratio`` = per-device bytes with 4 devices / with 1, store and sweep together (0.25 when every
 byte is split four ways; the SAEs of a sweep split over ``stack`` = 2 only, each batch over ``data`` = 2).
 
@@ -106,8 +106,8 @@ def job(root: str, quick: bool) -> dict:
     scale = 1.0 / max(float(np.std(data)), 1e-12)
     cfgs, seeds = sae.codec_sweep(data.shape[1], expansions=(2,), thetas=size["thetas"], l1s=(0.0,),
                                    seeds=(1, 2))
-    settings = sae.TrainSettings(batch_size=size["batch"], steps=size["sae_steps"], lr=1e-3, log_every=size["log_every"],
-                                 data_seed=0)
+    settings = sae.TrainSettings(batch_size=size["batch"], steps=size["sae_steps"], lr=1e-3,
+                                 log_every=size["log_every"], data_seed=0)
     scaled = Scaled(data, scale)
     barrier("sweep start")
     t0 = time.perf_counter()

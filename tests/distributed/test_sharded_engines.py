@@ -134,7 +134,7 @@ def _models(rng, *shapes):
     return out
 
 
-@pytest.mark.slow  # ridge congruity compiled three times (one device, 8 devices, the HLO check): ~20 s idle
+@pytest.mark.slow  # ridge congruity compiled three times (one device, 8 devices, the HLO check): ~25 s CPU
 def test_congruity_on_a_mesh_equals_one_device_and_communicates_nothing():
     import importlib
 
@@ -160,7 +160,7 @@ def test_congruity_on_a_mesh_equals_one_device_and_communicates_nothing():
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
 
 
-@pytest.mark.slow  # ridge and CKA grids compiled for one device and for 8: ~15 s idle
+@pytest.mark.slow  # ridge and CKA grids compiled for one device and for 8: ~20 s CPU
 def test_distinguishability_grid_on_a_mesh_equals_one_device():
     from jaxequiv import equivalence as eq
 
