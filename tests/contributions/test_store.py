@@ -183,6 +183,14 @@ def test_cli_writes_store_and_reports_errors(tmp_path, capsys):
     assert main(args) == 2 and "overwrite" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "t"), "--target", "7"]) == 2
     assert "class index 7" in capsys.readouterr().err and not (tmp_path / "t").exists()
+    # --mesh: each chunk of 8 (the 5 examples padded) split over 8 (fake) devices, the same store
+    assert main([*args[:-1], str(tmp_path / "m"), "--chunk-size", "8", "--mesh", "data=4,stack=2"]) == 0
+    for v in store.variants:
+        want = np.asarray(store.array("layer4.1", v))
+        np.testing.assert_allclose(open_store(tmp_path / "m").array("layer4.1", v), want, rtol=0,
+                                   atol=1e-6 * np.abs(want).max())
+    assert main([*args[:-1], str(tmp_path / "u"), "--mesh", ""]) == 2  # every device on data: chunks of 4 do not split
+    assert "multiple of the 8 devices" in capsys.readouterr().err
 
 
 def _crash_after_two_chunks(net, x, root, **kw):
