@@ -34,6 +34,9 @@ def test_equiv_congruity_matrix_and_errors(tmp_path, capsys):
     c = np.array(doc["congruity"])
     assert c.shape == (2, 2) and np.all((c >= 0) & (c <= 1)) and c[0, 1] == c[1, 0]
     assert (tmp_path / "out" / "congruity.png").exists()
+    # --mesh: the pairs of models split over 8 (fake) devices, each as on one device
+    assert main(args + ["--measure", "linear_cka", "--out", str(tmp_path / "mesh"), "--mesh", "pairs=-1"]) == 0
+    assert json.loads((tmp_path / "mesh" / "congruity.json").read_text()) == doc
     np.savez(tmp_path / "bad.npz", base=np.zeros((30, 4)))
     assert main(["equiv", "congruity", str(tmp_path / "m1.npz"), str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o")]) == 2
     assert "missing arrays ['impls']" in capsys.readouterr().err
