@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,7 +40,6 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
 def add_args(parser: argparse.ArgumentParser, runs: int = 5) -> argparse.ArgumentParser:
@@ -117,24 +115,6 @@ def fmt_ratio(r: tuple[float, float, float]) -> str:
 # Machine
 
 
-def _cpu_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = val.strip()
-                elif key == "flags":
-                    flags = set(val.split())
-                if key == "flags" and model != "unknown":
-                    break
-    except OSError:
-        pass
-    return {"model": model, "vector": [f for f in _VECTOR_FLAGS if f in flags], "cores": os.cpu_count()}
-
-
 def xla_threads() -> int:
     """Threads of XLA's CPU intra-op pool (named ``tf_XLAEigen``) alive in this process."""
     n = 0
@@ -145,15 +125,6 @@ def xla_threads() -> int:
         except OSError:
             pass
     return n
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,6 +157,11 @@ class Session:
         self._cache_events = {"hits": 0, "misses": 0}
         import jax
 
+        from jaxequiv.io.provenance import provenance
+
+        self._started = time.time()
+        self._provenance = provenance  # commit, versions, CPU: one mechanism with the experiments' results files
+        start = provenance(args)
         cache = os.environ.get("JAXEQUIV_BENCH_CACHE", os.path.expanduser("~/.cache/jaxequiv/bench-xla"))
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -206,7 +182,7 @@ class Session:
 
             _torch.set_num_threads(self.threads)
             self.torch = _torch
-        self.machine = {"cpu": _cpu_info(), "threads": self.threads, "python": platform.python_version(),
+        self.machine = {"cpu": start["machine"]["cpu"], "threads": self.threads, "python": platform.python_version(),
                         "jax": jax.__version__, "backend": jax.default_backend(), "compile_cache": cache}
         if self.torch is not None:
             self.machine.update(torch=self.torch.__version__, torch_threads=self.torch.get_num_threads(),
@@ -217,7 +193,7 @@ class Session:
         self.rows: list[dict] = []
         self.notes: list[str] = []
         cpu = self.machine["cpu"]
-        print(f"[{name}] {datetime.datetime.now().isoformat(timespec='seconds')} commit {_git_commit()}"
+        print(f"[{name}] {datetime.datetime.now().isoformat(timespec='seconds')} commit {_commit(start)}"
               f"{'  (--quick: smoke-test sizes, not a measurement)' if self.quick else ''}")
         print(f"  cpu: {cpu['model']}, {cpu['cores']} cores, vector {' '.join(cpu['vector']) or 'none'}; "
               f"load {os.getloadavg()[0]:.2f}")
@@ -319,8 +295,9 @@ class Session:
         self._warn_load(os.cpu_count() + 0.5)  # this run's own threads count in the load now
         print(f"  compile cache: {cache['hits']} hits, {cache['misses']} misses; load now {os.getloadavg()[0]:.2f}")
         if path:
+            prov = self._provenance(self.args, started=self._started)
             doc = {"benchmark": self.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "commit": _git_commit(), "argv": sys.argv[1:], "quick": self.quick, "runs": self.runs,
+                   "commit": _commit(prov), "provenance": prov, "argv": sys.argv[1:], "quick": self.quick, "runs": self.runs,
                    "machine": self.machine, "compile_cache": cache, "load_end": os.getloadavg()[0],
                    "timings": {k: t.to_json() for k, t in self.timings.items()}, "values": self.values,
                    "rows": self.rows, "notes": self.notes, "result": line}
@@ -328,6 +305,12 @@ class Session:
             Path(path).write_text(json.dumps(doc, indent=1, default=float) + "\n")
             print(f"  results written to {path}")
         print(line, flush=True)
+
+
+def _commit(prov: dict) -> str:
+    """The short commit of a :func:`jaxequiv.io.provenance` record, ``+dirty`` when tracked files were changed."""
+    git = prov["git"]
+    return (git["short"] or "unknown") + ("+dirty" if git["dirty"] else "")
 
 
 _MATMUL = None

@@ -63,6 +63,9 @@ def test_session_times_alternately_and_writes_results(tmp_path):
     doc = json.loads(out_json.read_text())
     assert doc["machine"]["threads"] == 1 and doc["machine"]["xla_threads"] == 1  # XLA's pool follows the affinity
     assert doc["result"] == lines[-1] and not doc["quick"]
+    prov = doc["provenance"]  # jaxequiv.io.provenance, as in the experiments' results files
+    assert doc["commit"].split("+")[0] == prov["git"]["short"] and prov["config"]["runs"] == 3
+    assert prov["versions"]["jax"] and prov["wall_s"] > 0 and doc["machine"]["cpu"] == prov["machine"]["cpu"]
     a, b = doc["timings"]["a"], doc["timings"]["b"]
     assert len(a["samples"]) == len(b["samples"]) == 3
     assert a["min"] <= a["median"] <= a["max"] and a["q1"] <= a["q3"]
