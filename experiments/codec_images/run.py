@@ -99,12 +99,13 @@ def run(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an image ResNe
     import time
 
     from experiments.codec_images import paper
+    from jaxequiv.io.provenance import provenance
     from jaxequiv.codec import Stages, write_report
     from jaxequiv.codec.report import FIGURES, draw_figures
     from jaxequiv.demo import train_and_analyze
     from jaxequiv.io.files import write_json
 
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     stages = Stages()
     os.makedirs(out_dir, exist_ok=True)
     with stages("load data"):
@@ -134,12 +135,40 @@ def run(cfg: CodecConfig, out_dir: str, *, title: str = "CODEC on an image ResNe
         }
         path = write_report(out_dir, res, title, meta=meta, sections=paper.sections(res),
                             figures={names[k]: (analogue[k], fig) for k, fig in figs.items()})
+    with stages("SAE fit"):
+        fits = sae_fits(res, os.path.join(out_dir, "store"))
     timings = {**stages.timings, "total": round(time.perf_counter() - start, 1)}
     found = {k: {"holds": bool(v["holds"]), "evidence": v["evidence"]} for k, v in paper.findings(res).items()}
-    write_json(os.path.join(out_dir, "results.json"), {"dataset": used, "test_accuracy": acc, "timings_s": timings,
-                                                       "findings": found, **res.summary()})
+    channels = {src: [float(sel.channels.median_top_corr) for sel in by_site.values()]
+                for src, by_site in res.selectivity.items()}
+    write_json(os.path.join(out_dir, "results.json"), {
+        "provenance": provenance(cfg, seeds=[cfg.seed], started=started),
+        "dataset": used, "images": {"train": len(data.y_train), "test": len(data.y_test)},
+        "n_analysed": res.n_examples, "parameters": net.param_count(),
+        "test_accuracy": acc, "timings_s": timings, "findings": found, **res.summary(),
+        "channel_median_top_corr": channels, "sae_fit": fits})
     stages.log(f"[codec] total {timings['total']:.1f} s; report: {path}")
     return path
+
+
+def sae_fits(res, store_dir: str) -> dict:
+    """``{source: {site: {"r2_codec", "explained_variance", "l0", "n_alive"}}}`` of every SAE of ``res`` on its
+    (global-std normalised) training data: CODEC's R^2 (global scalar mean) beside the standard explained
+    variance (per-feature means, pooled over features)."""
+    import numpy as np
+
+    from jaxequiv.codec.modes import SOURCES
+    from jaxequiv.contributions import open_store
+    from jaxequiv.sae import evaluate
+
+    store = open_store(store_dir)
+    out: dict = {}
+    for src, by_site in res.modes.items():
+        for site, fit in by_site.items():
+            x = np.asarray(store.array(site, SOURCES[src]), np.float32) / np.float32(fit.scale)
+            ev = evaluate(fit.sae.cfg, fit.sae.params, x, fit.sae.state)
+            out.setdefault(src, {})[site] = {k: ev[k] for k in ("r2_codec", "explained_variance", "l0", "n_alive")}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 __all__ = ["IOIConfig", "QUICK", "ARCHS", "train_lms", "head_sites", "check_vocab", "head_importance", "circuit_units",
-           "implementation_reprs", "congruity_matrix", "io_accuracy", "Tokenizer", "tokenize_task", "analyse",
+           "implementation_reprs", "congruity_matrix", "clean_corrupt_kl", "io_accuracy", "Tokenizer", "tokenize_task",
+           "analyse",
            "run_experiment", "main"]
 
 ARCHS = {
@@ -174,6 +175,17 @@ def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, 
     return mat, ci
 
 
+def clean_corrupt_kl(net, clean, corrupt, last) -> float:
+    """Mean KL(softmax(clean) || softmax(counterfactual)) at the last prompt token: how far the counterfactual
+    moves the output before any head is patched back (the scale of :func:`head_importance`)."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = np.arange(len(last))
+    lp, lq = (jax.nn.log_softmax(net.apply(net.params, jnp.asarray(x))[rows, last]) for x in (clean, corrupt))
+    return float(jnp.mean(jnp.sum(jnp.exp(lp) * (lp - lq), -1)))
+
+
 def io_accuracy(net, clean, last, io_ids, s_ids) -> tuple[float, float]:
     """Fraction of prompts whose IO-name logit beats the S-name logit at the last token, and the mean logit
     difference."""
@@ -261,13 +273,14 @@ def analyse(name: str, net, task: dict, cfg: IOIConfig, seed: int, log=print):
             check_vocab(task[key], int(infos["logits"].shape[-1]), key)
     last = task["lengths"] - 1
     acc, diff = io_accuracy(net, task["clean"], last, task["io"], task["s"])
+    kl = clean_corrupt_kl(net, task["clean"], task["corrupt"], last)
     imp = head_importance(net, task["clean"], task["corrupt"], last)
     z_names, _ = head_sites(net)
     circuit = circuit_units(imp, cfg.circuit_frac, z_names)
     base, impls = implementation_reprs(net, task["clean"], task["corrupt"], task["lengths"], circuit, cfg.impls, seed)
     log(f"{name}: IO-vs-S accuracy {acc:.2f}, logit diff {diff:.2f}, circuit {circuit}")
-    return base, impls, {"accuracy": acc, "logit_diff": diff, "head_importance": imp.tolist(), "circuit": circuit,
-                         "repr_dim": int(base.shape[-1])}
+    return base, impls, {"accuracy": acc, "logit_diff": diff, "kl_clean_corrupt": kl,
+                         "head_importance": imp.tolist(), "circuit": circuit, "repr_dim": int(base.shape[-1])}
 
 
 def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None = None, log=print) -> dict:
@@ -281,9 +294,16 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
     from experiments.equiv_toy.run import _heatmaps
 
     from jaxequiv.io.files import write_json
+    from jaxequiv.io.provenance import provenance
     from jaxequiv.data.ioi import ioi_prompts
 
     t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(timings.get(name, 0.0) + time.time() - since, 1)
+        return time.time()
+
     os.makedirs(out_dir, exist_ok=True)
     ev = ioi_prompts(cfg.n_eval, seed=cfg.seed + 2)
     models, results = {}, {"config": dataclasses.asdict(cfg), "models": {}}
@@ -306,16 +326,24 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
         ids, lengths = vocab.encode(train.sentences())
         _, (task,) = tokenize_task(ev, [tok])
         for arch in ARCHS:
+            t = time.time()
             stack, loss = train_lms(arch, ids, lengths, len(vocab), cfg)
+            t = lap(f"training {arch}", t)
             for s in range(cfg.seeds):
                 name = f"{arch} seed{s}"
                 base, impls, summary = analyse(name, stack[s], task, cfg, cfg.seed + s, log)
                 models[name] = (base, impls)
                 results["models"][name] = {"train_loss": float(loss[s]), **summary}
+            lap("circuits and implementations", t)
     names = list(models)
+    t = time.time()
     mat, ci = congruity_matrix(models, cfg.rounds, cfg.seed + 7)
+    lap("congruity", t)
     results["names"], results["congruity"], results["congruity_ci95"] = names, mat.tolist(), ci.tolist()
     results["seconds"] = round(time.time() - t0, 1)
+    results["timings_s"] = {**timings, "total": results["seconds"]}
+    results["provenance"] = provenance(
+        cfg, seeds={"run": cfg.seed, "model init": [cfg.seed * 100 + s for s in range(cfg.seeds)]}, started=t0)
     _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", mat)], names)
     write_json(os.path.join(out_dir, "results.json"), results)
     log(f"congruity:\n{np.round(mat, 2)}\ndone in {results['seconds']}s")
@@ -327,9 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
     parser.add_argument("--checkpoint", nargs="+", metavar="DIR",
                         help="Hugging Face GPT-2 / Pythia folders to compare (instead of training models here)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: results/full, results/quick or results/checkpoints here)")
     args = parser.parse_args(argv)
-    run_experiment(QUICK if args.quick else IOIConfig(), args.out, checkpoints=args.checkpoint)
+    preset = "checkpoints" if args.checkpoint else "quick" if args.quick else "full"
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", preset)
+    run_experiment(QUICK if args.quick else IOIConfig(), out, checkpoints=args.checkpoint)
     return 0
 
 

@@ -99,10 +99,12 @@ def build_implementations(cfg: ToyConfig, log=print) -> dict:
     data = _task_data(n, cfg.n_data, rng)
     is_perm = np.array([sorted(x) == list(range(n)) for x in data.tolist()])
 
+    timings = {}
     t0 = time.time()
     compiled = compile_subroutines(cfg)
     subs = list(compiled)
-    log(f"compiled {len(subs)} subroutines with tracr in {time.time() - t0:.1f}s")
+    timings["tracr compile"] = round(time.time() - t0, 1)
+    log(f"compiled {len(subs)} subroutines with tracr in {timings['tracr compile']:.1f}s")
 
     # Inputs and outputs of each module along each chain (RASP evaluation: the ground truth).
     chain_io = {}
@@ -142,7 +144,9 @@ def build_implementations(cfg: ToyConfig, log=print) -> dict:
     for i, ps in enumerate(probe_sets):
         for g, (blk, vals) in enumerate(ps):
             probes[i, :, g], blocks[i, g] = vals, min(blk, n_layer - 1)
-    log(f"built {len(subs)} x {V} compiled variants and training targets in {time.time() - t0:.1f}s")
+    timings["compiled variants and targets"] = round(time.time() - t0, 1)
+    log(f"built {len(subs)} x {V} compiled variants and training targets in "
+        f"{timings['compiled variants and targets']:.1f}s")
     tcfg = TransformerConfig(
         vocab_size=len(compiled[subs[0]].input_values), n_layer=n_layer, n_head=4, d_model=cfg.d_model,
         n_ctx=n + 1, d_mlp=4 * cfg.d_model, norm="none", activation="gelu", tie_embeddings=False,
@@ -153,7 +157,9 @@ def build_implementations(cfg: ToyConfig, log=print) -> dict:
         np.stack(train_ids), np.stack(targets), probes, blocks, tcfg, cfg.seeds, cfg.steps,
         batch_size=cfg.batch_size, seed=cfg.seed,
     )
-    log(f"trained {len(subs)} x {cfg.seeds} imitators in one vmapped job ({cfg.steps} steps) in {time.time() - t0:.1f}s")
+    timings["training"] = round(time.time() - t0, 1)
+    log(f"trained {len(subs)} x {cfg.seeds} imitators in one vmapped job ({cfg.steps} steps) in "
+        f"{timings['training']:.1f}s")
 
     # Representations of every module implementation on the module's inputs along each chain.
     t0 = time.time()
@@ -175,9 +181,10 @@ def build_implementations(cfg: ToyConfig, log=print) -> dict:
                     r = r[1:]  # variant 0 (tracr's model) is the base, not an implementation
                 reprs[kind][a].append(r)
         reprs["base"][a] = np.concatenate(reprs["base"][a], -1)
-    log(f"representations in {time.time() - t0:.1f}s")
+    timings["representations"] = round(time.time() - t0, 1)
+    log(f"representations in {timings['representations']:.1f}s")
     return {"names": names, "subroutines": subs, "reprs": reprs, "accuracy": accuracy, "losses": losses,
-            "is_perm_rate": float(is_perm.mean())}
+            "is_perm_rate": float(is_perm.mean()), "timings_s": timings}
 
 
 def _output_labels(m) -> set[str]:
@@ -286,9 +293,12 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
     ``out_dir``; return the results."""
     from experiments.equiv_toy.programs import FAMILIES, INTERPRETATIONS
 
+    from jaxequiv.io.provenance import provenance
+
     t_start = time.time()
     os.makedirs(out_dir, exist_ok=True)
     built = build_implementations(cfg, log=log)
+    timings = built["timings_s"]
     names = built["names"]
     rng = np.random.default_rng(cfg.seed + 1)
     results = {"config": dataclasses.asdict(cfg), "interpretations": {a: list(INTERPRETATIONS[a]) for a in names},
@@ -310,10 +320,13 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
         panels_c.append((f"congruity ({kind} implementations)", cong))
         panels_d.append((f"distinguishability rate ({kind})", grid))
         log(f"[{kind}] representation widths {sorted({v.shape[-1] for v in sets.values()})}")
-        log(f"[{kind}] scored in {time.time() - t0:.1f}s; congruity family means: "
+        timings[f"scoring ({kind})"] = round(time.time() - t0, 1)
+        log(f"[{kind}] scored in {timings[f'scoring ({kind})']:.1f}s; congruity family means: "
             f"{results['kinds'][kind]['congruity_family_means']}")
     results["final_training_loss"] = built["losses"][-1].tolist()
     results["seconds"] = round(time.time() - t_start, 1)
+    results["timings_s"] = {**timings, "total": results["seconds"]}
+    results["provenance"] = provenance(cfg, seeds=[cfg.seed], started=t_start)
     _heatmaps(os.path.join(out_dir, "congruity.png"), panels_c, names)
     _heatmaps(os.path.join(out_dir, "distinguishability.png"), panels_d, names)
     write_json(os.path.join(out_dir, "results.json"), results)
@@ -324,11 +337,13 @@ def run_experiment(cfg: ToyConfig, out_dir: str, log=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=None, help="output folder (default: results/full or results/quick here)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(QUICK if args.quick else ToyConfig(), seed=args.seed)
-    run_experiment(cfg, args.out)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = args.out or os.path.join(here, "results", "quick" if args.quick else "full")
+    run_experiment(cfg, out)
     return 0
 
 
