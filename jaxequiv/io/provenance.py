@@ -81,7 +81,7 @@ def provenance(config: Any = None, *, seeds: Any = None, started: float | None =
     Returns:
       ``{"config", "seeds", "git": {"commit", "short", "dirty", "changed"}, "versions": {python, jax, jaxlib, flax,
       optax, numpy, + torch / tracr / ... when imported}, "machine": {"cpu": {"model", "vector", "cores"},
-      "platform", "backend", "devices"}, "argv", "started", "finished", "wall_s"}``. The git state is read when
+      "platform", "backend", "devices", "load_avg" (1, 5, 15 minutes, when called)}, "argv", "started", "finished", "wall_s"}``. The git state is read when
       this is called (``commit`` None outside a git checkout; ``dirty`` when tracked files differ from it, listed
       in ``changed``).
     """
@@ -101,7 +101,7 @@ def provenance(config: Any = None, *, seeds: Any = None, started: float | None =
                 "dirty": bool(changed) if status is not None else None, "changed": changed[:50]},
         "versions": versions,
         "machine": {"cpu": _cpu(), "platform": platform.platform(), "backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()]},
+                    "devices": [str(d) for d in jax.devices()], "load_avg": [round(v, 2) for v in os.getloadavg()]},
         "argv": list(sys.argv),
         "started": iso(started) if started is not None else None,
         "finished": iso(now),

@@ -31,7 +31,7 @@ def test_provenance_records_config_code_versions_machine_and_times():
     assert v["jax"] == jax.__version__ and v["python"] == ".".join(map(str, sys.version_info[:3]))
     assert all(v[k] for k in ("jaxlib", "flax", "optax", "numpy"))
     assert p["machine"]["devices"] == [str(d) for d in jax.devices()] and p["machine"]["cpu"]["cores"] >= 1
-    assert p["machine"]["cpu"]["model"] and p["argv"] == sys.argv
+    assert p["machine"]["cpu"]["model"] and len(p["machine"]["load_avg"]) == 3 and p["argv"] == sys.argv
     assert 2.0 <= p["wall_s"] < 60 and p["started"] < p["finished"]
 
 
