@@ -6,6 +6,7 @@ bars and figures. Every artefact jaxequiv writes goes through it.
 * :mod:`.arrays`: :func:`read_npy`, :func:`read_npz`, :func:`read_arrays` with one clear error for a bad file.
 * :mod:`.safetensors`: :func:`read_safetensors`, :func:`write_safetensors` with NumPy only.
 * :mod:`.config`: :func:`to_dict`, :func:`from_dict`, :class:`DictConfig` for frozen config dataclasses.
+* :mod:`.generated`: :func:`replace_block`, :func:`regenerate` (README blocks written from results files).
 * :mod:`.provenance`: :func:`provenance` (config, seeds, commit, versions, machine, times of a run).
 * :mod:`.progress`: :func:`progress_bar`. :mod:`.figures`: :func:`subplots`, :func:`save_figure` (matplotlib).
 """
@@ -15,6 +16,7 @@ from jaxequiv.io.config import DictConfig, from_dict, to_dict
 from jaxequiv.io.figures import save_figure, subplots
 from jaxequiv.io.files import (OutputLockedError, atomic_path, check_output, output_lock, publish, publishing,
                                write_json, write_text)
+from jaxequiv.io.generated import regenerate, replace_block
 from jaxequiv.io.progress import progress_bar
 from jaxequiv.io.provenance import provenance
 from jaxequiv.io.safetensors import SafetensorsError, read_safetensors, write_safetensors
@@ -22,4 +24,4 @@ from jaxequiv.io.safetensors import SafetensorsError, read_safetensors, write_sa
 __all__ = ["atomic_path", "write_text", "write_json", "publishing", "publish", "check_output", "output_lock",
            "OutputLockedError",
            "read_npy", "read_npz", "read_arrays", "CorruptFileError", "read_safetensors", "write_safetensors",
-           "SafetensorsError", "to_dict", "from_dict", "DictConfig", "progress_bar", "provenance", "subplots", "save_figure"]
+           "SafetensorsError", "to_dict", "from_dict", "DictConfig", "progress_bar", "provenance", "replace_block", "regenerate", "subplots", "save_figure"]
