@@ -12,7 +12,7 @@ from jaxequiv.io.files import write_text
 def test_demo_runs_and_publishes_its_report(tmp_path, capsys, monkeypatch):
     """The CLI wiring: ``jaxequiv demo --quick`` runs :func:`jaxequiv.demo.run` with the smoke settings in a folder
     beside --out, then swaps it in; a second run needs --overwrite. The analysis itself runs end to end in
-    tests/codec/test_workflow.py and tests/experiments/test_codec_images.py with these same settings (running it
+    tests/codec/test_workflow.py (with these same settings) and tests/experiments/test_codec_images.py (running it
     here too would double the slowest test)."""
     calls = []
 

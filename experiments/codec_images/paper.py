@@ -16,7 +16,7 @@ from jaxequiv.codec import CodecAnalysis
 from jaxequiv.codec.interventions import KINDS, auc_summary
 from jaxequiv.codec.report import markdown_table
 
-__all__ = ["PAPER", "paper_layer", "findings", "sections", "annotate"]
+__all__ = ["PAPER", "CLAIMS", "paper_layer", "findings", "sections", "annotate"]
 
 # ResNet-50 values read off the paper's figures (codec.md §6; about +-0.03), indexed by layer L0..L15.
 PAPER = {
@@ -36,6 +36,16 @@ PAPER = {
 }
 PAPER_SEVERAL_RANGES = "L7-12 Hoyer values are the mid-points of the paper's ranges (0.43-0.47, 0.17-0.29)"
 SOURCE_KEY = {"contribution": "contrib", "activation": "act"}
+# the paper's findings (a)-(f) as checked by :func:`findings`
+CLAIMS = {
+    "a": "contributions sparser than activations at every block",
+    "b": "contribution sparsity rises with depth",
+    "c": "-corr(neg, pos) falls with depth",
+    "d": "contributions of higher dimensionality than activations",
+    "e": "contribution modes more class-selective than activation modes",
+    "f": "ablating a class's top contribution mode hurts it more than an off-target class, and more than an "
+         "activation mode does in middle layers",
+}
 
 
 def paper_layer(i: int, n: int) -> int:
@@ -73,16 +83,16 @@ def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
     wins = sum(c > a for c, a in zip(hc, ha))
-    out["a"] = dict(claim="contributions sparser than activations at every block", holds=wins == n,
+    out["a"] = dict(claim=CLAIMS["a"], holds=wins == n,
                     evidence=f"median Hoyer contributions [{fmt(hc)}] vs activations [{fmt(ha)}]: {wins}/{n} blocks")
     rho = _spearman(hc)
-    out["b"] = dict(claim="contribution sparsity rises with depth", holds=bool(rho > 0.5 and hc[-1] > hc[0]),
+    out["b"] = dict(claim=CLAIMS["b"], holds=bool(rho > 0.5 and hc[-1] > hc[0]),
                     evidence=f"Spearman(depth, median Hoyer) = {rho:.2f}; first {hc[0]:.2f} -> last {hc[-1]:.2f}")
     rho = _spearman(dec)
-    out["c"] = dict(claim="-corr(neg, pos) falls with depth", holds=bool(rho < -0.5 and dec[-1] < dec[0]),
+    out["c"] = dict(claim=CLAIMS["c"], holds=bool(rho < -0.5 and dec[-1] < dec[0]),
                     evidence=f"Spearman(depth, median -corr) = {rho:.2f}; values [{fmt(dec)}]")
     wins = sum(c > a for c, a in zip(st.dim_contrib, st.dim_act))
-    out["d"] = dict(claim="contributions of higher dimensionality than activations", holds=wins == n,
+    out["d"] = dict(claim=CLAIMS["d"], holds=wins == n,
                     evidence=f"95%-variance PCs of class means, contributions {st.dim_contrib} vs activations "
                              f"{st.dim_act}: {wins}/{n} blocks")
     sel = res.selectivity
@@ -90,7 +100,7 @@ def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
         mc = [float(sel["contribution"][s].modes.median_top_corr) for s in st.sites]
         ma = [float(sel["activation"][s].modes.median_top_corr) for s in st.sites]
         wins = sum(c > a for c, a in zip(mc, ma))
-        out["e"] = dict(claim="contribution modes more class-selective than activation modes",
+        out["e"] = dict(claim=CLAIMS["e"],
                         holds=wins > n / 2 and mc[-1] > ma[-1],
                         evidence=f"median top class correlation of modes, contributions [{fmt(mc)}] vs activations "
                                  f"[{fmt(ma)}]: {wins}/{n} blocks (incl. the last: {mc[-1] > ma[-1]})")
@@ -104,8 +114,7 @@ def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
         hurt = sum(v < 0 for v in ab_c)
         better = sum(ab_c[j] < ab_a[j] for j in middle)
         out["f"] = dict(
-            claim="ablating a class's top contribution mode hurts it more than an off-target class, and more than "
-                  "an activation mode does in middle layers",
+            claim=CLAIMS["f"],
             holds=hurt == len(sites) and better > len(middle) / 2,
             evidence=f"(AUC_target - AUC_off)/AUC_off of top-1 ablation at {sites}: contributions [{fmt(ab_c)}] vs "
                      f"activations [{fmt(ab_a)}]; target hurt more at {hurt}/{len(sites)}; contribution mode "
