@@ -20,7 +20,8 @@ from jaxequiv.io.config import to_dict
 
 __all__ = ["provenance"]
 
-# distributions always reported, and those reported only when the run imported them (import name -> distribution)
+# distributions always reported, and those reported (by distribution name) only when the run imported them
+# (import name -> distribution)
 CORE = ("jax", "jaxlib", "flax", "optax", "numpy")
 OPTIONAL = {"torch": "torch", "tracr": "tracr-pypi", "sklearn": "scikit-learn", "transformers": "transformers",
             "tokenizers": "tokenizers", "scipy": "scipy", "matplotlib": "matplotlib"}
