@@ -24,4 +24,5 @@ from jaxequiv.io.safetensors import SafetensorsError, read_safetensors, write_sa
 __all__ = ["atomic_path", "write_text", "write_json", "publishing", "publish", "check_output", "output_lock",
            "OutputLockedError",
            "read_npy", "read_npz", "read_arrays", "CorruptFileError", "read_safetensors", "write_safetensors",
-           "SafetensorsError", "to_dict", "from_dict", "DictConfig", "progress_bar", "provenance", "replace_block", "regenerate", "subplots", "save_figure"]
+           "SafetensorsError", "to_dict", "from_dict", "DictConfig", "progress_bar", "provenance", "replace_block", "regenerate",
+           "subplots", "save_figure"]

@@ -82,9 +82,9 @@ def provenance(config: Any = None, *, seeds: Any = None, started: float | None =
     Returns:
       ``{"config", "seeds", "git": {"commit", "short", "dirty", "changed"}, "versions": {python, jax, jaxlib, flax,
       optax, numpy, + torch / tracr / ... when imported}, "machine": {"cpu": {"model", "vector", "cores"},
-      "platform", "backend", "devices", "load_avg" (1, 5, 15 minutes, when called)}, "argv", "started", "finished", "wall_s"}``. The git state is read when
-      this is called (``commit`` None outside a git checkout; ``dirty`` when tracked files differ from it, listed
-      in ``changed``).
+      "platform", "backend", "devices", "load_avg" (1, 5, 15 minutes, when called)}, "argv", "started", "finished",
+      "wall_s"}``. The git state is read when this is called (``commit`` None outside a git checkout; ``dirty``
+      when tracked files differ from it, listed in ``changed``).
     """
     import jax
 
