@@ -297,7 +297,8 @@ class Session:
         if path:
             prov = self._provenance(self.args, started=self._started)
             doc = {"benchmark": self.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "commit": _commit(prov), "provenance": prov, "argv": sys.argv[1:], "quick": self.quick, "runs": self.runs,
+                   "commit": _commit(prov), "provenance": prov, "argv": sys.argv[1:], "quick": self.quick,
+                   "runs": self.runs,
                    "machine": self.machine, "compile_cache": cache, "load_end": os.getloadavg()[0],
                    "timings": {k: t.to_json() for k, t in self.timings.items()}, "values": self.values,
                    "rows": self.rows, "notes": self.notes, "result": line}
