@@ -1,0 +1,226 @@
+"""Regenerate the number-bearing blocks of every experiment README from its committed full-run results.
+
+    python experiments/readme_tables.py           # rewrite the blocks between the markers of each README.md
+    python experiments/readme_tables.py --check   # exit 1 if a README is not what its results.json gives
+
+Each experiment's ``results/full/results.json`` (written by its ``run.py``, committed) is the only source of the
+numbers in its README: the blocks between ``<!-- generated: NAME ... -->`` and ``<!-- end generated: NAME -->``
+are rendered here and never typed. The paper's values quoted beside ours are the constants below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # run as a script: make ``experiments`` importable
+    sys.path.insert(0, str(HERE.parent))
+
+from experiments.codec_images.paper import CLAIMS  # noqa: E402
+from jaxequiv.codec.report import markdown_table  # noqa: E402
+from jaxequiv.io.generated import regenerate  # noqa: E402
+
+RESULTS = "results/full/results.json"
+
+# values the papers report, quoted beside ours (equivalence paper, Fig. 2)
+TOY_PAPER = {"within sorting": "0.43", "within counting": "—", "across families": "0.01"}
+IOI_PAPER = {"within family": "Pythia 0.73, GPT-2 0.92", "across families": "0.13",
+             "model with itself": '"not always ≈ 1"'}
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The begin / end marker lines of the generated block ``name``."""
+    return (f"<!-- generated: {name} (experiments/readme_tables.py from {RESULTS}; do not edit) -->",
+            f"<!-- end generated: {name} -->")
+
+
+def f2(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def listing(values: Sequence[float]) -> str:
+    return ", ".join(f2(v) for v in values)
+
+
+def run_line(res: dict) -> str:
+    """Where and how the numbers were made: commit, machine, load, libraries, wall time per stage."""
+    p = res["provenance"]
+    git, m, v = p["git"], p["machine"], p["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in v if v[k])
+    stages = ", ".join(f"{k} {t:.0f} s" for k, t in res["timings_s"].items() if k != "total")
+    load = "/".join(f"{x:.1f}" for x in m["load_avg"])
+    command = " ".join(["/".join(Path(p["argv"][0]).parts[-3:]), *p["argv"][1:]])
+    return (f"Run: commit `{git['short']}`{' (with uncommitted changes)' if git['dirty'] else ''}, "
+            f"{p['started'][:10]}, `{command}`, {m['cpu']['model']} "
+            f"({m['cpu']['cores']} cores, shared; load average {load} over 1/5/15 min at the end), {libs}. "
+            f"Wall time **{p['wall_s']:.0f} s** ({stages}).")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CODEC on images
+
+
+def codec_blocks(res: dict) -> dict[str, str]:
+    cfg = res["provenance"]["config"]
+    sites = res["sites"]
+    n = len(sites)
+    out = {"codec-run": "\n".join([
+        run_line(res), "",
+        f"Network: ResNet with basic blocks {cfg['blocks']} = {n} residual blocks, width {cfg['width']}, "
+        f"{res['parameters']:,} parameters, trained on {res['dataset']} ({cfg['epochs']} epochs on a "
+        f"class-balanced {cfg['n_train']:,}-image subset of the {res['images']['train']:,} training images): "
+        f"**{100 * res['test_accuracy']:.2f} % test accuracy** on the {res['images']['test']:,} test images. "
+        f"Analysed: {res['n_analysed']:,} class-balanced test images."])}
+    fit = res["sae_fit"]
+    rows = [[s, fit["contribution"][s]["r2_codec"], fit["activation"][s]["r2_codec"],
+             fit["contribution"][s]["explained_variance"], fit["activation"][s]["explained_variance"],
+             f"{fit['contribution'][s]['n_alive']} / {fit['activation'][s]['n_alive']}"] for s in sites]
+    out["codec-sae"] = markdown_table(
+        ["block", "R² (CODEC) contrib.", "R² (CODEC) act.", "explained variance contrib.", "explained variance act.",
+         "alive modes contrib. / act."], rows)
+    out["codec-findings"] = markdown_table(
+        ["", "finding (paper, ResNet-50)", "here", "evidence (blocks in order)"],
+        [[k, CLAIMS[k], "**holds**" if f["holds"] else "**does not hold**", f["evidence"]]
+         for k, f in sorted(res["findings"].items())])
+    mc, ch = res["median_top_corr"], res["channel_median_top_corr"]
+    ab, pr = res["ablate_auc"], res["preserve_auc"]
+    rows = [[s, res["hoyer_contrib_median"][i], res["hoyer_act_median"][i], res["decorrelation_median"][i],
+             f"{res['dim_contrib'][i]} / {res['dim_act'][i]}", mc["contribution"][i], mc["activation"][i],
+             ch["contribution"][i], ch["activation"][i], ab["contribution"][i], ab["activation"][i],
+             pr["contribution"][i], pr["activation"][i]] for i, s in enumerate(sites)]
+    out["codec-blocks"] = markdown_table(
+        ["block", "Hoyer contrib.", "Hoyer act.", "-corr(neg, pos)", "dim contrib. / act.", "modes top corr contrib.",
+         "act.", "channels top corr contrib.", "act.", "ablate contrib.", "ablate act.", "preserve contrib.",
+         "preserve act."], rows)
+    sc = res["superclass"]
+    classes = sc["ablate"]["classes"]
+    rows = [[f"{c}{' (concept)' if c in classes else ''}", f"{f2(sc['ablate']['before'][c])} -> "
+             f"{f2(sc['ablate']['after'][c])}", f"{f2(sc['preserve']['before'][c])} -> "
+             f"{f2(sc['preserve']['after'][c])}"] for c in range(len(sc["ablate"]["before"]))]
+    pct = cfg["superclass_pct"]
+    out["codec-superclass"] = "\n".join([
+        f"Concept classes {classes} at {', '.join(sc['ablate']['sites'])} together; ablate {pct[0]:g} % / preserve "
+        f"{pct[1]:g} % of the concept's channels; top-1 accuracy before -> after:", "",
+        markdown_table(["class", f"ablate {pct[0]:g} %", f"preserve {pct[1]:g} %"], rows)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Toy permutation detection
+
+
+def _matrix(m: Sequence[Sequence[float]], names: Sequence[str]) -> str:
+    short = [a.split()[0] for a in names]
+    rows = [[short[i], *(f"**{f2(v)}**" if i == j else f2(v) for j, v in enumerate(r))] for i, r in enumerate(m)]
+    return markdown_table(["", *short], rows)
+
+
+def toy_blocks(res: dict) -> dict[str, str]:
+    cfg = res["provenance"]["config"]
+    names = list(res["interpretations"])
+    kinds = res["kinds"]
+    acc = {k: kinds[k]["module_accuracy_vs_tracr"] for k in ("compiled", "trained")}
+    out = {"toy-run": "\n".join([
+        run_line(res), "",
+        f"Settings: n = {cfg['n']}, N = {cfg['n_data']} task inputs, {cfg['variants']} compiled variants per "
+        f"subroutine (variant 0 = tracr's model, the base) and {cfg['seeds']} trained imitators per subroutine "
+        f"({cfg['steps']} steps, batch {cfg['batch_size']}, {cfg['n_train']} training inputs), {cfg['impls']} "
+        f"implementations per interpretation, distinguishability {cfg['straps']} rounds × {cfg['trials']} trials, "
+        f"congruity {cfg['rounds']} rounds, seed {cfg['seed']}. Module accuracy against tracr on the chains' "
+        f"inputs: compiled variants {', '.join(f'{s} {f2(a)}' for s, a in acc['compiled'].items())}; trained "
+        f"imitators {', '.join(f'{s} {f2(a)}' for s, a in acc['trained'].items())}."])}
+    fm = {k: kinds[k]["congruity_family_means"] for k in kinds}
+    out["toy-congruity-means"] = markdown_table(
+        ["mean off-diagonal congruity", "paper", "trained imitators", "compiled variants"],
+        [[k, TOY_PAPER[k], f2(fm["trained"][k]), f2(fm["compiled"][k])] for k in TOY_PAPER])
+    dm = {(k, s): kinds[k][f"distinguishability{s}_family_means"] for k in kinds for s in ("", "_fixed_split")}
+    out["toy-distinguishability-means"] = markdown_table(
+        ["mean off-diagonal distinguishability rate", "trained", "compiled", "trained, one split",
+         "compiled, one split"],
+        [[k, *(f2(dm[(kind, s)][k]) for s in ("", "_fixed_split") for kind in ("trained", "compiled"))]
+         for k in TOY_PAPER])
+    out["toy-congruity-trained"] = _matrix(kinds["trained"]["congruity"], names)
+    out["toy-congruity-compiled"] = _matrix(kinds["compiled"]["congruity"], names)
+    out["toy-distinguishability-trained"] = _matrix(kinds["trained"]["distinguishability"], names)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IOI
+
+
+def ioi_blocks(res: dict) -> dict[str, str]:
+    cfg = res["provenance"]["config"]
+    names = res["names"]
+    models = res["models"]
+    rows = []
+    for a in names:
+        m = models[a]
+        imp = np.asarray(m["head_importance"])
+        k = max(1, int(round(cfg["circuit_frac"] * imp.size)))
+        kept = np.sort(imp.ravel())[:k]
+        rows.append([a, f2(m["accuracy"]), f2(m["logit_diff"]), f2(m["train_loss"]), f2(m["kl_clean_corrupt"]),
+                     f"{f2(kept.min())}–{f2(kept.max())}", " ".join(f"`{c}`" for c in m["circuit"])])
+    out = {"ioi-run": "\n".join([
+        run_line(res), "",
+        f"Settings: {cfg['n_train']:,} training sentences, {cfg['steps']:,} Adam steps (lr {cfg['lr']:g}, batch "
+        f"{cfg['batch_size']}), d_model {cfg['d_model']}, {cfg['seeds']} seeds per architecture, {cfg['n_eval']} "
+        f"evaluation prompts, circuit = lowest-KL {100 * cfg['circuit_frac']:g} % of heads, {cfg['impls']} "
+        f"implementations per model, {cfg['rounds']} congruity rounds. Per model (IO-vs-S accuracy on the "
+        f"evaluation prompts, chance 0.5; KL at the last token of the counterfactual prompts before any patching, "
+        f"and of the circuit's heads when patched back alone):", "",
+        markdown_table(["model", "IO-vs-S accuracy", "mean logit diff.", "final training loss",
+                        "KL(clean ‖ counterf.)", "KL, circuit heads", "circuit"], rows)])}
+    mat, ci = np.asarray(res["congruity"]), np.asarray(res["congruity_ci95"])
+    out["ioi-congruity"] = markdown_table(
+        ["", *names], [[a, *(f"{f2(mat[i, j])} [{f2(ci[i, j, 0])}, {f2(ci[i, j, 1])}]" for j in range(len(names)))]
+                       for i, a in enumerate(names)])
+    arch = [a.rsplit(" ", 1)[0] for a in names]
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    within = {}
+    for i, j in pairs:
+        if arch[i] == arch[j]:
+            within.setdefault(arch[i], []).append(mat[i, j])
+    across = [mat[i, j] for i, j in pairs if arch[i] != arch[j]]
+    diag = np.diag(mat)
+    out["ioi-summary"] = markdown_table(
+        ["", "paper (GPT-2 / Pythia, pretrained)", "here (small LMs trained on IOI text)"],
+        [["within family", IOI_PAPER["within family"], ", ".join(f"{a} seeds {listing(v)}" for a, v in within.items())],
+         ["across families", IOI_PAPER["across families"],
+          f"mean {f2(np.mean(across))} (range {f2(min(across))}–{f2(max(across))}, {len(across)} pairs)"],
+         ["model with itself", IOI_PAPER["model with itself"], f"{f2(diag.min())}–{f2(diag.max())}"]])
+    return out
+
+
+EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {
+    "codec_images": codec_blocks, "equiv_toy": toy_blocks, "equiv_ioi": ioi_blocks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only check that every README is up to date")
+    p.add_argument("--root", default=str(HERE), help="the experiments folder")
+    args = p.parse_args(argv)
+    stale = []
+    for name, blocks in EXPERIMENTS.items():
+        folder = Path(args.root) / name
+        results = folder / RESULTS
+        if not results.exists():
+            raise SystemExit(f"{results} is missing: run the experiment's full run (see {folder / 'README.md'})")
+        rendered = blocks(json.loads(results.read_text()))
+        if not regenerate(folder / "README.md", [(*markers(k), v) for k, v in rendered.items()], check=args.check):
+            stale.append(str(folder / "README.md"))
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run python experiments/readme_tables.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
