@@ -198,8 +198,8 @@ def ioi_blocks(res: dict) -> dict[str, str]:
     return out
 
 
-EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {
-    "codec_images": codec_blocks, "equiv_toy": toy_blocks, "equiv_ioi": ioi_blocks}
+# equiv_toy's README joins once its full run's results.json is committed (toy_blocks is tested on the quick run)
+EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {"codec_images": codec_blocks, "equiv_ioi": ioi_blocks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,3 +115,17 @@ def test_quick_families_are_told_apart_by_compiled_variants(quick_results):
     assert ci[0, 1, 1] < min(cong[0, 0], cong[1, 1]) and ci[0, 1, 1] < 1
     grid = np.array(r["distinguishability"])
     assert min(grid[0, 1], grid[1, 0]) > max(grid[0, 0], grid[1, 1])
+
+
+def test_quick_results_render_the_readme_blocks(quick_results):
+    from experiments import readme_tables
+
+    _, res = quick_results
+    blocks = readme_tables.toy_blocks(res)
+    cong = res["kinds"]["trained"]["congruity"]
+    assert f"| A1 | **{cong[0][0]:.2f}** | {cong[0][1]:.2f} |" in blocks["toy-congruity-trained"]
+    acc = res["kinds"]["compiled"]["module_accuracy_vs_tracr"]["sort"]
+    assert f"sort {acc:.2f}" in blocks["toy-run"] and "Wall time" in blocks["toy-run"]
+    means = res["kinds"]["compiled"]["congruity_family_means"]["across families"]
+    assert f"| across families | 0.01 | " in blocks["toy-congruity-means"]  # the paper's value beside ours
+    assert blocks["toy-congruity-means"].endswith(f" {means:.2f} |")

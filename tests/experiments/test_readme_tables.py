@@ -1,0 +1,50 @@
+"""Every number in the experiment READMEs comes from the committed full-run results (experiments/readme_tables.py)."""
+
+import json
+import re
+
+import pytest
+
+from experiments import readme_tables
+
+# a measured number as the READMEs quote them: a decimal with two or more places, or a time in seconds
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*\.\d{2,}(?!\d)|(?<![\w.])\d[\d,]* s\b")
+
+
+def test_readmes_are_generated_from_the_committed_results():
+    assert readme_tables.main(["--check"]) == 0, "run python experiments/readme_tables.py"
+
+
+@pytest.mark.parametrize("name", sorted(readme_tables.EXPERIMENTS))
+def test_prose_quotes_no_number_outside_the_generated_blocks(name):
+    """Text outside the generated blocks may repeat a number of a block, never introduce one."""
+    text = (readme_tables.HERE / name / "README.md").read_text()
+    begin, end = re.escape("<!-- generated: "), re.escape("<!-- end generated: ")
+    blocks = re.findall(f"{begin}.*?{end}", text, flags=re.S)
+    assert blocks, f"{name}/README.md has no generated blocks"
+    prose = re.sub(f"{begin}.*?{end}", "", text, flags=re.S)
+    generated = set(NUMBER.findall("".join(blocks)))
+    assert set(NUMBER.findall(prose)) <= generated, set(NUMBER.findall(prose)) - generated
+
+
+def test_missing_results_and_stale_readmes_are_reported(tmp_path, capsys):
+    src = readme_tables.HERE / "equiv_ioi"
+    for name in readme_tables.EXPERIMENTS:
+        (tmp_path / name).mkdir()
+    with pytest.raises(SystemExit, match="results.json is missing"):
+        readme_tables.main(["--check", "--root", str(tmp_path)])
+    for name in readme_tables.EXPERIMENTS:
+        folder = readme_tables.HERE / name
+        (tmp_path / name / "results" / "full").mkdir(parents=True)
+        res = json.loads((folder / readme_tables.RESULTS).read_text())
+        (tmp_path / name / readme_tables.RESULTS).write_text(json.dumps(res))
+        (tmp_path / name / "README.md").write_text((folder / "README.md").read_text())
+    assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 0
+    res = json.loads((src / readme_tables.RESULTS).read_text())
+    res["congruity"][0][1] = 0.123
+    (tmp_path / "equiv_ioi" / readme_tables.RESULTS).write_text(json.dumps(res))
+    assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 1
+    assert "equiv_ioi" in capsys.readouterr().err
+    assert readme_tables.main(["--root", str(tmp_path)]) == 0  # rewritten from the results
+    assert "0.12" in (tmp_path / "equiv_ioi" / "README.md").read_text()
+    assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 0
