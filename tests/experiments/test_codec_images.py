@@ -21,19 +21,20 @@ TINY = {"dataset": "digits", "blocks": [1, 1], "n_train": 800, "n_analysis": 120
         "trials": 3, "images_per_class": 5, "percentages": [10, 50, 100], "picture_images": 3, "picture_filter": 1}
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One run of the shrunk --quick preset through the CLI: ``(output folder, results.json)``."""
-    path = tmp_path_factory.mktemp("codec") / "config.json"
-    path.write_text(json.dumps({"quick": TINY}))
-    out = path.parent / "out"
-    assert run.main(["--quick", "--config", str(path), "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
-
-
 @pytest.mark.slow
-def test_quick_experiment_writes_report_and_provenance(quick_run):
-    out, res = quick_run
+def test_quick_run_shows_what_it_is_meant_to(tmp_path):
+    """One run of the shrunk --quick preset through the CLI (one test, so that pytest-xdist never runs it twice):
+    its files and provenance, a network far above chance, and finding (a) at every block as a paired test."""
+    from scipy.stats import binomtest, wilcoxon
+
+    from jaxequiv.codec.analysis import layer_statistics
+    from jaxequiv.contributions import open_store
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"quick": TINY}))
+    out = tmp_path / "out"
+    assert run.main(["--quick", "--config", str(path), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
     text = (out / "report.md").read_text()
     assert "ResNet-50" in text and "(f)" in text
     for name in ("fig3_contributions_vs_activations.png", "fig5_class_selectivity.png", "fig6_interventions.png",
@@ -43,33 +44,19 @@ def test_quick_experiment_writes_report_and_provenance(quick_run):
     prov = res["provenance"]
     assert prov["config"]["epochs"] == TINY["epochs"] and prov["seeds"] == [run.CodecConfig.seed]
     assert prov["git"]["commit"] and prov["versions"]["jax"] and prov["wall_s"] >= res["timings_s"]["total"] - 1
-    # CODEC's R^2 (global mean) and the standard one (per-feature means) of every SAE, side by side
+    # CODEC's R^2 (global mean) and the standard one (per-feature means) of every SAE, side by side: CODEC's
+    # denominator is the larger, so it is never below the standard one
     for fits in res["sae_fit"].values():
         for f in fits.values():
-            assert f["r2_codec"] >= f["explained_variance"] - 1e-6 and 0 < f["n_alive"] <= 3 * 64
+            assert f["r2_codec"] >= f["explained_variance"] - 1e-6 and f["n_alive"] > 0
 
-
-@pytest.mark.slow
-def test_quick_network_is_far_above_chance(quick_run):
-    """The analysed network has learnt the digits: test accuracy far above the 10 % of chance (binomial test)."""
-    from scipy.stats import binomtest
-
-    _, res = quick_run
+    # the analysed network has learnt the digits: test accuracy far above the 10 % of chance
     n = res["images"]["test"]
     assert res["test_accuracy"] > 0.4
     assert binomtest(round(res["test_accuracy"] * n), n, 0.1, alternative="greater").pvalue < 1e-9
 
-
-@pytest.mark.slow
-def test_quick_contributions_sparser_than_activations(quick_run):
-    """Finding (a) at every block, as a paired test over the analysed images: the Hoyer sparsity of an image's
-    contributions exceeds that of its activations (one-sided Wilcoxon signed-rank)."""
-    from scipy.stats import wilcoxon
-
-    from jaxequiv.codec.analysis import layer_statistics
-    from jaxequiv.contributions import open_store
-
-    out, res = quick_run
+    # finding (a) at every block, paired over the analysed images: an image's contributions are sparser (Hoyer)
+    # than its activations (one-sided Wilcoxon signed-rank)
     st = layer_statistics(open_store(out / "store"), res["sites"])
     for site, hc, ha in zip(st.sites, st.hoyer_contrib, st.hoyer_act):
         assert np.median(hc - ha) > 0.1, site

@@ -67,40 +67,30 @@ def test_congruity_of_models_with_different_widths():
     np.testing.assert_array_equal(same.indicators, r.indicators)
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory):
-    """One --quick run through the CLI: ``(output folder, results.json)``."""
-    out = tmp_path_factory.mktemp("ioi")
-    assert ioi.main(["--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
-
-
-def test_quick_run_trains_and_scores(quick_results):
+def test_quick_run_trains_and_scores(tmp_path):
+    """One --quick run through the CLI (one test, so that pytest-xdist never runs it twice): its results and
+    provenance, and the across-family claim at quick size: an attention-only and an MLP transformer are told apart
+    (congruity's 95% bootstrap interval lies below each model's congruity with itself, whose interval reaches 1)."""
     with pytest.raises(ValueError, match="unknown architecture"):
         ioi.train_lms("cnn", np.zeros((4, 3), np.int32), np.full(4, 3), 10, ioi.QUICK)
-    out, res = quick_results
+    assert ioi.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
     k = len(ioi.ARCHS) * ioi.QUICK.seeds
     assert len(res["names"]) == k
-    mat = np.array(res["congruity"])
-    assert mat.shape == (k, k) and ((0 <= mat) & (mat <= 1)).all() and (out / "congruity.png").exists()
+    mat, ci = np.array(res["congruity"]), np.array(res["congruity_ci95"])
+    assert mat.shape == (k, k) and ((0 <= mat) & (mat <= 1)).all() and (tmp_path / "congruity.png").exists()
     for m in res["models"].values():
         assert 0 <= m["accuracy"] <= 1 and np.isfinite(m["train_loss"]) and m["circuit"] and m["kl_clean_corrupt"] > 0
     prov = res["provenance"]
     assert prov["config"]["steps"] == ioi.QUICK.steps and prov["seeds"]["run"] == ioi.QUICK.seed
     assert prov["git"]["commit"] and prov["versions"]["flax"] and prov["wall_s"] >= res["seconds"]
 
-
-def test_quick_architectures_are_not_congruent(quick_results):
-    """The across-family claim at quick size: an attention-only and an MLP transformer are told apart (congruity's
-    95% bootstrap interval lies below each model's congruity with itself, whose interval reaches 1)."""
-    _, res = quick_results
-    mat, ci = np.array(res["congruity"]), np.array(res["congruity_ci95"])
     arch = [n.rsplit(" ", 1)[0] for n in res["names"]]
-    across = [(i, j) for i in range(len(arch)) for j in range(len(arch)) if arch[i] != arch[j]]
+    across = [(i, j) for i in range(k) for j in range(k) if arch[i] != arch[j]]
     assert across
     for i, j in across:
         assert ci[i, j, 1] < min(ci[i, i, 0], ci[j, j, 0]), (res["names"][i], res["names"][j])
-    assert all(ci[i, i, 1] == 1.0 for i in range(len(arch)))
+    assert all(ci[i, i, 1] == 1.0 for i in range(k))
 
 
 @pytest.fixture(scope="module")

@@ -70,19 +70,17 @@ def test_compiled_variants_keep_tracr_residual_and_function(toy_tracr):
         assert (out == want.argmax(-1)[None, :, 1:]).all()
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory, toy_tracr):
-    """One --quick run through the CLI: ``(output folder, results.json)``."""
-    out = tmp_path_factory.mktemp("toy")
-    assert toy.main(["--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
+def test_quick_run_end_to_end(tmp_path, toy_tracr):
+    """One --quick run through the CLI (one test, so that pytest-xdist never runs it twice): its files and
+    provenance, exact compiled variants, imitators far above chance, the two families told apart by the compiled
+    variants, and the README blocks rendered from its results."""
+    from experiments import readme_tables
 
-
-def test_quick_run_end_to_end(quick_results, toy_tracr):
     with pytest.raises(ValueError, match="unknown interpretations"):
         toy.build_implementations(toy.ToyConfig(interpretations=("A9",)))
-    out, res = quick_results
-    assert (out / "congruity.png").stat().st_size > 0 and (out / "distinguishability.png").exists()
+    assert toy.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "congruity.png").stat().st_size > 0 and (tmp_path / "distinguishability.png").exists()
     k = len(toy.QUICK.interpretations)
     for kind in ("compiled", "trained"):
         r = res["kinds"][kind]
@@ -95,37 +93,27 @@ def test_quick_run_end_to_end(quick_results, toy_tracr):
     assert prov["versions"]["tracr-pypi"] and prov["git"]["commit"] and prov["wall_s"] >= res["seconds"]
     assert np.all(np.array(res["final_training_loss"]) < 10)
 
-
-def test_quick_compiled_variants_are_exact_and_imitators_learn(quick_results):
-    _, res = quick_results
     # compiled variants (rotations, layer shifts, non-circuit parts) compute exactly tracr's function
     assert all(v == 1.0 for v in res["kinds"]["compiled"]["module_accuracy_vs_tracr"].values())
     # trained imitators reproduce every module's output tokens far above chance (1 / (n + 1) per token)
     chance = 1 / (toy.QUICK.n + 1)
     assert all(v > 0.8 > 3 * chance for v in res["kinds"]["trained"]["module_accuracy_vs_tracr"].values())
 
-
-def test_quick_families_are_told_apart_by_compiled_variants(quick_results):
-    """A1 (sorting) vs A4 (counting), compiled variants: congruity across the families is significantly below 1
-    (its 95% bootstrap interval lies under each interpretation's congruity with itself), and the two are
-    distinguished more often than an interpretation from itself."""
-    _, res = quick_results
+    # A1 (sorting) vs A4 (counting), compiled variants: congruity across the families is significantly below 1
+    # (its 95% bootstrap interval lies under each interpretation's congruity with itself), and the two are
+    # distinguished more often than an interpretation from itself
     r = res["kinds"]["compiled"]
     cong, ci = np.array(r["congruity"]), np.array(r["congruity_ci95"])
     assert ci[0, 1, 1] < min(cong[0, 0], cong[1, 1]) and ci[0, 1, 1] < 1
     grid = np.array(r["distinguishability"])
     assert min(grid[0, 1], grid[1, 0]) > max(grid[0, 0], grid[1, 1])
 
-
-def test_quick_results_render_the_readme_blocks(quick_results):
-    from experiments import readme_tables
-
-    _, res = quick_results
+    # the README's blocks render from these results (the full run's are rendered by experiments/readme_tables.py)
     blocks = readme_tables.toy_blocks(res)
     cong = res["kinds"]["trained"]["congruity"]
     assert f"| A1 | **{cong[0][0]:.2f}** | {cong[0][1]:.2f} |" in blocks["toy-congruity-trained"]
     acc = res["kinds"]["compiled"]["module_accuracy_vs_tracr"]["sort"]
     assert f"sort {acc:.2f}" in blocks["toy-run"] and "Wall time" in blocks["toy-run"]
     means = res["kinds"]["compiled"]["congruity_family_means"]["across families"]
-    assert f"| across families | 0.01 | " in blocks["toy-congruity-means"]  # the paper's value beside ours
+    assert "| across families | 0.01 | " in blocks["toy-congruity-means"]  # the paper's value beside ours
     assert blocks["toy-congruity-means"].endswith(f" {means:.2f} |")
