@@ -41,7 +41,14 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def f2(v: float) -> str:
-    return f"{v:.2f}"
+    """Two decimals, without the sign of a negative zero."""
+    s = f"{v:.2f}"
+    return "0.00" if s == "-0.00" else s
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table (:func:`jaxequiv.codec.report.markdown_table`) with floats as :func:`f2`."""
+    return markdown_table(header, [[f2(v) if isinstance(v, float) else v for v in r] for r in rows])
 
 
 def listing(values: Sequence[float]) -> str:
@@ -81,10 +88,10 @@ def codec_blocks(res: dict) -> dict[str, str]:
     rows = [[s, fit["contribution"][s]["r2_codec"], fit["activation"][s]["r2_codec"],
              fit["contribution"][s]["explained_variance"], fit["activation"][s]["explained_variance"],
              f"{fit['contribution'][s]['n_alive']} / {fit['activation'][s]['n_alive']}"] for s in sites]
-    out["codec-sae"] = markdown_table(
+    out["codec-sae"] = table(
         ["block", "R² (CODEC) contrib.", "R² (CODEC) act.", "explained variance contrib.", "explained variance act.",
          "alive modes contrib. / act."], rows)
-    out["codec-findings"] = markdown_table(
+    out["codec-findings"] = table(
         ["", "finding (paper, ResNet-50)", "here", "evidence (blocks in order)"],
         [[k, CLAIMS[k], "**holds**" if f["holds"] else "**does not hold**", f["evidence"]]
          for k, f in sorted(res["findings"].items())])
@@ -94,7 +101,7 @@ def codec_blocks(res: dict) -> dict[str, str]:
              f"{res['dim_contrib'][i]} / {res['dim_act'][i]}", mc["contribution"][i], mc["activation"][i],
              ch["contribution"][i], ch["activation"][i], ab["contribution"][i], ab["activation"][i],
              pr["contribution"][i], pr["activation"][i]] for i, s in enumerate(sites)]
-    out["codec-blocks"] = markdown_table(
+    out["codec-blocks"] = table(
         ["block", "Hoyer contrib.", "Hoyer act.", "-corr(neg, pos)", "dim contrib. / act.", "modes top corr contrib.",
          "act.", "channels top corr contrib.", "act.", "ablate contrib.", "ablate act.", "preserve contrib.",
          "preserve act."], rows)
@@ -107,7 +114,7 @@ def codec_blocks(res: dict) -> dict[str, str]:
     out["codec-superclass"] = "\n".join([
         f"Concept classes {classes} at {', '.join(sc['ablate']['sites'])} together; ablate {pct[0]:g} % / preserve "
         f"{pct[1]:g} % of the concept's channels; top-1 accuracy before -> after:", "",
-        markdown_table(["class", f"ablate {pct[0]:g} %", f"preserve {pct[1]:g} %"], rows)])
+        table(["class", f"ablate {pct[0]:g} %", f"preserve {pct[1]:g} %"], rows)])
     return out
 
 
@@ -118,7 +125,7 @@ def codec_blocks(res: dict) -> dict[str, str]:
 def _matrix(m: Sequence[Sequence[float]], names: Sequence[str]) -> str:
     short = [a.split()[0] for a in names]
     rows = [[short[i], *(f"**{f2(v)}**" if i == j else f2(v) for j, v in enumerate(r))] for i, r in enumerate(m)]
-    return markdown_table(["", *short], rows)
+    return table(["", *short], rows)
 
 
 def toy_blocks(res: dict) -> dict[str, str]:
@@ -136,11 +143,11 @@ def toy_blocks(res: dict) -> dict[str, str]:
         f"inputs: compiled variants {', '.join(f'{s} {f2(a)}' for s, a in acc['compiled'].items())}; trained "
         f"imitators {', '.join(f'{s} {f2(a)}' for s, a in acc['trained'].items())}."])}
     fm = {k: kinds[k]["congruity_family_means"] for k in kinds}
-    out["toy-congruity-means"] = markdown_table(
+    out["toy-congruity-means"] = table(
         ["mean off-diagonal congruity", "paper", "trained imitators", "compiled variants"],
         [[k, TOY_PAPER[k], f2(fm["trained"][k]), f2(fm["compiled"][k])] for k in TOY_PAPER])
     dm = {(k, s): kinds[k][f"distinguishability{s}_family_means"] for k in kinds for s in ("", "_fixed_split")}
-    out["toy-distinguishability-means"] = markdown_table(
+    out["toy-distinguishability-means"] = table(
         ["mean off-diagonal distinguishability rate", "trained", "compiled", "trained, one split",
          "compiled, one split"],
         [[k, *(f2(dm[(kind, s)][k]) for s in ("", "_fixed_split") for kind in ("trained", "compiled"))]
@@ -175,10 +182,10 @@ def ioi_blocks(res: dict) -> dict[str, str]:
         f"implementations per model, {cfg['rounds']} congruity rounds. Per model (IO-vs-S accuracy on the "
         f"evaluation prompts, chance 0.5; KL at the last token of the counterfactual prompts before any patching, "
         f"and of the circuit's heads when patched back alone):", "",
-        markdown_table(["model", "IO-vs-S accuracy", "mean logit diff.", "final training loss",
+        table(["model", "IO-vs-S accuracy", "mean logit diff.", "final training loss",
                         "KL(clean ‖ counterf.)", "KL, circuit heads", "circuit"], rows)])}
     mat, ci = np.asarray(res["congruity"]), np.asarray(res["congruity_ci95"])
-    out["ioi-congruity"] = markdown_table(
+    out["ioi-congruity"] = table(
         ["", *names], [[a, *(f"{f2(mat[i, j])} [{f2(ci[i, j, 0])}, {f2(ci[i, j, 1])}]" for j in range(len(names)))]
                        for i, a in enumerate(names)])
     arch = [a.rsplit(" ", 1)[0] for a in names]
@@ -189,7 +196,7 @@ def ioi_blocks(res: dict) -> dict[str, str]:
             within.setdefault(arch[i], []).append(mat[i, j])
     across = [mat[i, j] for i, j in pairs if arch[i] != arch[j]]
     diag = np.diag(mat)
-    out["ioi-summary"] = markdown_table(
+    out["ioi-summary"] = table(
         ["", "paper (GPT-2 / Pythia, pretrained)", "here (small LMs trained on IOI text)"],
         [["within family", IOI_PAPER["within family"], ", ".join(f"{a} seeds {listing(v)}" for a, v in within.items())],
          ["across families", IOI_PAPER["across families"],
@@ -198,8 +205,8 @@ def ioi_blocks(res: dict) -> dict[str, str]:
     return out
 
 
-# equiv_toy's README joins once its full run's results.json is committed (toy_blocks is tested on the quick run)
-EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {"codec_images": codec_blocks, "equiv_ioi": ioi_blocks}
+EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {
+    "codec_images": codec_blocks, "equiv_toy": toy_blocks, "equiv_ioi": ioi_blocks}
 
 
 def main(argv: list[str] | None = None) -> int:
