@@ -53,6 +53,20 @@ def table(entry: str, cases: list[Case]) -> list[Case]:
     return cases
 
 
+def other_output(env: Any) -> str:
+    """An existing ``--out`` folder holding someone else's file (``notes.txt``); returns its path."""
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "notes.txt").write_text("mine")
+    return str(env.tmp / "out")
+
+
+def truncate(path, keep: float = 0.5, drop: int = 0):
+    """Cut the file at ``path`` to ``keep`` of its bytes, or by ``drop`` bytes from its end; returns ``path``."""
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(raw[: len(raw) - drop] if drop else raw[: int(len(raw) * keep)])
+    return path
+
+
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every file, folder and link under ``root`` (hidden ones too) with its content."""
     out = {}

@@ -22,3 +22,19 @@ def toy_tracr():
     from experiments.equiv_toy import run
 
     return run.compile_subroutines(run.QUICK)
+
+
+@pytest.fixture(scope="session")
+def mlp_store(tmp_path_factory):
+    """A contributions store (IG, 4 steps) of :class:`tests.nets.TinyMLP`'s site ``fc1`` on 96 random rows."""
+    import numpy as np
+
+    from jaxequiv import Network
+    from jaxequiv.contributions import build_store
+    from tests.nets import TinyMLP
+
+    root = tmp_path_factory.mktemp("store") / "s"
+    x = np.random.default_rng(0).normal(size=(96, 5)).astype(np.float32)
+    build_store(Network.from_module(TinyMLP(), (5,)), x, root, "fc1", method="ig", steps=4, chunk_size=48,
+                progress=False)
+    return root

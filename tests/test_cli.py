@@ -14,7 +14,7 @@ import pytest
 
 from jaxequiv import cli
 from jaxequiv.io.files import output_lock
-from tests.clicases import KINDS, MIN_CASES, TABLES, Case, check, table, unwritable
+from tests.clicases import KINDS, MIN_CASES, TABLES, Case, check, other_output, table, unwritable
 
 
 def fails(capsys, argv, contains, status=2):
@@ -184,12 +184,6 @@ def _demo_output(env):
     return str(env.tmp / "out")
 
 
-def _other_output(env):
-    (env.tmp / "out").mkdir()
-    (env.tmp / "out" / "notes.txt").write_text("mine")
-    return str(env.tmp / "out")
-
-
 def _demo(env, *extra, out=None):
     return ["demo", "--quick", "--out", out or str(env.tmp / "out"), *extra]
 
@@ -201,7 +195,7 @@ DEMO = table("demo", [
          lambda e: (e.tmp.joinpath("f").write_text("k"), _demo(e, out=str(e.tmp / "f" / "x")))[1], "is not a folder"),
     Case("empty --out", "empty", lambda e: _demo(e, out=" "), "argument --out: expected a path, got an empty string"),
     Case("unwritable", "unwritable", lambda e: _demo(e), "permission denied", patch=unwritable),
-    Case("another kind of folder", "existing output", lambda e: _demo(e, "--overwrite", out=_other_output(e)),
+    Case("another kind of folder", "existing output", lambda e: _demo(e, "--overwrite", out=other_output(e)),
          "it has no report.md, so it is not an output of this kind"),
     Case("an earlier report", "existing output", lambda e: _demo(e, out=_demo_output(e)),
          "already exists; pass --overwrite"),

@@ -205,17 +205,9 @@ def test_contributions_killed(tmp_path):
                ["x.npy"])
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from jaxequiv import Network
-    from jaxequiv.contributions import build_store
-    from tests.sae.test_cli import TinyMLP
-
-    root = tmp_path_factory.mktemp("store") / "s"
-    x = np.random.default_rng(0).normal(size=(96, 5)).astype(np.float32)
-    build_store(Network.from_module(TinyMLP(), (5,)), x, root, "fc1", method="ig", steps=4, chunk_size=48,
-                progress=False)
-    return root
+@pytest.fixture
+def store(mlp_store):
+    return mlp_store
 
 
 def _sae_which(names):

@@ -9,7 +9,7 @@ from flax import nnx
 from jaxequiv.adapters import torch as ad
 from jaxequiv.io.safetensors import read_safetensors, write_safetensors
 from jaxequiv.models.resnet import resnet18
-from tests.clicases import Case, check, disk_full, table, unwritable
+from tests.clicases import Case, check, disk_full, other_output, table, truncate, unwritable
 
 
 def _artefact(env, name="src", change=None):
@@ -44,18 +44,6 @@ def _weights(env, name="w.safetensors", **tensors):
     return str(env.tmp / name)
 
 
-def _cut(path):
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[: len(raw) - 16])
-    return path
-
-
-def _other_output(env):
-    (env.tmp / "out").mkdir()
-    (env.tmp / "out" / "notes.txt").write_text("mine")
-    return str(env.tmp / "out")
-
-
 def _convert(env, source, *extra, out=None):
     return ["convert", source, out or str(env.tmp / "out"), *extra]
 
@@ -65,7 +53,7 @@ CONVERT = table("convert", [
     Case("folder without config", "missing", lambda e: (e.tmp.joinpath("d").mkdir(), _convert(e, str(e.tmp / "d")))[1],
          "has no config.json"),
     Case("0-byte .pt", "empty", lambda e: _convert(e, _write(e, "e.pt", b""), "--arch", "resnet"), "is empty (0 bytes)"),
-    Case("truncated safetensors", "truncated", lambda e: _convert(e, _cut(_weights(e)), "--arch", "resnet"),
+    Case("truncated safetensors", "truncated", lambda e: _convert(e, truncate(_weights(e), drop=16), "--arch", "resnet"),
          "the file is truncated"),
     Case("text as .pt", "wrong type", lambda e: _convert(e, _write(e, "t.pt", b"not a checkpoint"), "--arch", "resnet"),
          "could not read"),
@@ -82,8 +70,8 @@ CONVERT = table("convert", [
          "is not a folder"),
     Case("unwritable", "unwritable", lambda e: _convert(e, _artefact(e)), "permission denied", patch=unwritable),
     Case("another kind of folder", "existing output",
-         lambda e: _convert(e, _artefact(e), "--overwrite", out=_other_output(e)), "it has no config.json"),
-    Case("no --overwrite", "existing output", lambda e: _convert(e, _artefact(e), out=_other_output(e)),
+         lambda e: _convert(e, _artefact(e), "--overwrite", out=other_output(e)), "it has no config.json"),
+    Case("no --overwrite", "existing output", lambda e: _convert(e, _artefact(e), out=other_output(e)),
          "already exists; pass --overwrite"),
     Case("config not JSON", "bad option", lambda e: _convert(e, _weights(e), "--arch", "resnet", "--config", "{w"),
          "--config is not valid JSON"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxequiv.cli import main
-from tests.clicases import Case, check, disk_full, table, unwritable
+from tests.clicases import Case, check, disk_full, other_output, table, unwritable
 
 
 def _npy(env, name="x.npy", array=None):
@@ -27,12 +27,6 @@ def _nan():
     x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype(np.float32)
     x[2, 3, 3, 0] = np.nan
     return x
-
-
-def _other_output(env):
-    (env.tmp / "out").mkdir()
-    (env.tmp / "out" / "notes.txt").write_text("mine")
-    return str(env.tmp / "out")
 
 
 def _run(env, data, *extra, out=None):
@@ -70,7 +64,7 @@ CONTRIBUTIONS = table("contributions", [
          "is not a folder"),
     Case("unwritable", "unwritable", lambda e: _run(e, _npy(e)), "permission denied", patch=unwritable),
     Case("another kind of folder", "existing output",
-         lambda e: _run(e, _npy(e), "--overwrite", out=_other_output(e)), "it has no meta.json"),
+         lambda e: _run(e, _npy(e), "--overwrite", out=other_output(e)), "it has no meta.json"),
     Case("variant listed twice", "duplicate names", lambda e: _run(e, _npy(e), "--variants", "sum,sum"),
          "argument --variants: sum listed more than once"),
     Case("unknown variant", "bad option", lambda e: _run(e, _npy(e), "--variants", "sum,nope"),

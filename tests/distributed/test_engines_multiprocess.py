@@ -121,7 +121,8 @@ def test_commands_on_two_processes_print_and_publish_once(tmp_path):
     from jaxequiv.cli import main
     from jaxequiv.contributions import build_store
     from jaxequiv.sae import load_sae
-    from tests.sae.test_cli import TRAIN, TinyMLP
+    from tests.nets import TinyMLP
+    from tests.sae.test_cli import TRAIN
 
     Xs = np.random.default_rng(7).normal(size=(5, 16, 4)).astype(np.float32)
     np.save(tmp_path / "reps.npy", Xs)

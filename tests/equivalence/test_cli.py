@@ -8,7 +8,7 @@ import pytest
 
 from jaxequiv import similarity as sim
 from jaxequiv.cli import main
-from tests.clicases import Case, check, disk_full, table, unwritable
+from tests.clicases import Case, check, disk_full, other_output, table, truncate, unwritable
 
 
 def test_equiv_pairwise_writes_matrix_json_and_heatmap(tmp_path):
@@ -76,18 +76,6 @@ def _nan(value):
     return x
 
 
-def _cut(env, path):
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[: len(raw) // 2])
-    return path
-
-
-def _other_output(env):
-    (env.tmp / "out").mkdir()
-    (env.tmp / "out" / "notes.txt").write_text("mine")
-    return str(env.tmp / "out")
-
-
 def _file(env, name="out"):
     (env.tmp / name).write_text("keep")
     return str(env.tmp / name)
@@ -107,7 +95,7 @@ PAIRWISE = table("equiv pairwise", [
          "r.npz holds no arrays"),
     Case("no samples", "empty", lambda e: _pw(e, _reps(e, a=np.zeros((0, 3)), b=np.zeros((0, 3)))),
          "needs at least 2 samples, got n=0"),
-    Case("truncated .npz", "truncated", lambda e: _pw(e, _cut(e, _reps(e))), "reps.npz is truncated or corrupt"),
+    Case("truncated .npz", "truncated", lambda e: _pw(e, truncate(_reps(e))), "reps.npz is truncated or corrupt"),
     Case("text as .npz", "wrong type", lambda e: (e.tmp.joinpath("r.npz").write_text("1,2"), _pw(e, str(e.tmp / "r.npz")))[1],
          "r.npz is not a .npz (zip) file"),
     Case("object arrays", "wrong type", lambda e: _pw(e, _reps(e, a=np.array([{}], dtype=object))),
@@ -127,9 +115,9 @@ PAIRWISE = table("equiv pairwise", [
     Case("unwritable", "unwritable", lambda e: _pw(e, _reps(e)), "permission denied; choose a location you can write",
          patch=unwritable),
     Case("another kind of folder", "existing output",
-         lambda e: ["equiv", "pairwise", _reps(e), "--out", _other_output(e), "--overwrite"],
+         lambda e: ["equiv", "pairwise", _reps(e), "--out", other_output(e), "--overwrite"],
          "it has no similarity.json, so it is not an output of this kind"),
-    Case("no --overwrite", "existing output", lambda e: ["equiv", "pairwise", _reps(e), "--out", _other_output(e)],
+    Case("no --overwrite", "existing output", lambda e: ["equiv", "pairwise", _reps(e), "--out", other_output(e)],
          "already exists; pass --overwrite"),
     Case("unknown measure", "bad option", lambda e: _pw(e, _reps(e), "--measure", "nope"),
          "argument --measure: invalid choice: 'nope'"),
@@ -166,7 +154,7 @@ CONGRUITY = table("equiv congruity", [
          "b.npz: missing arrays ['impls']"),
     Case("0-byte file", "empty", lambda e: (e.tmp.joinpath("b.npz").write_bytes(b""),
                                            _cg(e, _model(e, "a.npz"), str(e.tmp / "b.npz")))[1], "b.npz is empty"),
-    Case("truncated", "truncated", lambda e: _cg(e, _model(e, "a.npz"), _cut(e, _model(e, "b.npz"))),
+    Case("truncated", "truncated", lambda e: _cg(e, _model(e, "a.npz"), truncate(_model(e, "b.npz"))),
          "b.npz is truncated or corrupt"),
     Case("text as .npz", "wrong type", lambda e: (e.tmp.joinpath("b.npz").write_text("x"),
                                                  _cg(e, _model(e, "a.npz"), str(e.tmp / "b.npz")))[1],
@@ -190,12 +178,12 @@ CONGRUITY = table("equiv congruity", [
          lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _file(e) + "/x"],
          "is not a folder"),
     Case("no --overwrite", "existing output",
-         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _other_output(e)],
+         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", other_output(e)],
          "already exists; pass --overwrite"),
     Case("unwritable", "unwritable", lambda e: _cg(e, _model(e, "a.npz"), _model(e, "b.npz")), "permission denied",
          patch=unwritable),
     Case("another kind of folder", "existing output",
-         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", _other_output(e),
+         lambda e: ["equiv", "congruity", _model(e, "a.npz"), _model(e, "b.npz"), "--out", other_output(e),
                     "--overwrite"], "it has no congruity.json"),
     Case("one file twice", "duplicate names", lambda e: _cg(e, _model(e, "a.npz"), str(e.tmp / "a.npz")),
          "a.npz"),

@@ -4,41 +4,24 @@ import json
 import shutil
 from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from jaxequiv import Network, sae, site
+from jaxequiv import sae
 from jaxequiv.cli import main
-from jaxequiv.contributions import build_store, open_store
-from jaxequiv.contributions import global_std
+from jaxequiv.contributions import global_std, open_store
 from jaxequiv.sae import codec_sweep, evaluate, load_sae
 from jaxequiv.sae.checkpoint import read_meta
 from jaxequiv.sae.cli import sweep_names
-from tests.clicases import Case, check, disk_full, table, unwritable
+from tests.clicases import Case, check, disk_full, other_output, table, truncate, unwritable
 
 # the settings of tests/sae/test_train.py (d = 8 here too), so that these runs reuse its compiled steps
 TRAIN = ["--steps", "10", "--batch-size", "32", "--log-every", "10", "--lr", "3e-3"]
 
 
-class TinyMLP(nnx.Module):
-    def __init__(self):
-        rngs = nnx.Rngs(0)
-        self.l1 = nnx.Linear(5, 8, bias_init=nnx.initializers.normal(0.3), rngs=rngs)
-        self.l2 = nnx.Linear(8, 3, rngs=rngs)
-
-    def __call__(self, x):
-        return self.l2(site("fc1", jax.nn.relu(self.l1(x)), axes=("batch", "channel")))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store") / "s"
-    x = np.random.default_rng(0).normal(size=(96, 5)).astype(np.float32)
-    build_store(Network.from_module(TinyMLP(), (5,)), x, root, "fc1", method="ig", steps=4, chunk_size=48,
-                progress=False)
-    return root
+@pytest.fixture
+def store(mlp_store):
+    return mlp_store
 
 
 def test_sae_train_publish_and_resume(store, tmp_path, capsys, monkeypatch):
@@ -167,16 +150,7 @@ def _fill(value, row=7, col=3):
 
 
 def _cut(name):
-    def change(root):
-        raw = (root / name).read_bytes()
-        (root / name).write_bytes(raw[: len(raw) // 2])
-    return change
-
-
-def _other_output(env):
-    (env.tmp / "out").mkdir()
-    (env.tmp / "out" / "notes.txt").write_text("mine")
-    return str(env.tmp / "out")
+    return lambda root: truncate(root / name)
 
 
 def _file(env):
@@ -217,7 +191,7 @@ def _common(command):
         Case("out is a file", "path is a file", lambda e: sae(e, out=_file(e)), "is a file, but this output is a folder"),
         Case("out below a file", "path is a file", lambda e: sae(e, out=_file(e) + "/x"), "is not a folder"),
         Case("unwritable", "unwritable", lambda e: sae(e), "permission denied", patch=unwritable),
-        Case("another kind of folder", "existing output", lambda e: sae(e, "--overwrite", out=_other_output(e)),
+        Case("another kind of folder", "existing output", lambda e: sae(e, "--overwrite", out=other_output(e)),
              "it has no summary.json, so it is not an output of this kind"),
         Case("batch larger than the data", "wrong shape", lambda e: sae(e, "--batch-size", "1000"),
              "--batch-size 1000 exceeds the 96 rows of data"),
