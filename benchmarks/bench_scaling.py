@@ -24,7 +24,6 @@ Last line: ``RESULT scaling store_diff=... sweep_diff=... congruity_diff=... byt
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
@@ -79,7 +78,7 @@ def job(root: str, quick: bool) -> dict:
 
     from jaxequiv import equivalence as eq
     from jaxequiv import sae
-    from jaxequiv.contributions import build_store, contributions, open_store
+    from jaxequiv.contributions import build_store, contributions
     from jaxequiv.distributed import barrier, make_mesh
     from jaxequiv.sae.data import Scaled
     from jaxequiv.sae.train import compiled_chunks
@@ -132,13 +131,13 @@ def job(root: str, quick: bool) -> dict:
 
 
 def _machine() -> str:
-    """CPU model, cores and load: the 2-process run shares them with everything else on the machine."""
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"CPU: {model}; {os.cpu_count()} logical CPUs; load average {load}"
+    """Commit, CPU model, cores and load: the 2-process run shares the cores with everything else on the machine."""
+    from jaxequiv.io import provenance
+
+    p = provenance()
+    cpu, load = p["machine"]["cpu"], " ".join(f"{x:.2f}" for x in p["machine"]["load_avg"])
+    return (f"commit {p['git']['short']}{'+dirty' if p['git']['dirty'] else ''}; CPU: {cpu['model']}, "
+            f"{cpu['cores']} cores, vector {' '.join(cpu['vector']) or 'none'}; load average {load}")
 
 
 def _max_diff(a, b) -> float:

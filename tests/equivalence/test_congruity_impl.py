@@ -41,10 +41,10 @@ def test_get_impl_keeps_circuit_heads_clean_and_patches_whole_heads(net, tokens)
     # jit vs eager rounding only (~1e-7): circuit heads carry the clean values
     np.testing.assert_allclose(reps[:, :, :, :2], np.broadcast_to(c[:, :, :2], reps[:, :, :, :2].shape), atol=1e-5)
     patched = 0
-    for impl in reps:
+    for one in reps:
         for h in (2, 3):
-            is_clean = np.allclose(impl[:, :, h], c[:, :, h], atol=1e-5)
-            is_cf = np.allclose(impl[:, :, h], k[:, :, h], atol=1e-5)
+            is_clean = np.allclose(one[:, :, h], c[:, :, h], atol=1e-5)
+            is_cf = np.allclose(one[:, :, h], k[:, :, h], atol=1e-5)
             assert is_clean or is_cf
             patched += is_cf
     assert 0 < patched < 12  # p = 0.5 over 12 (impl, head) draws

@@ -164,7 +164,7 @@ LINEAR = [c for c in _variants() if not isinstance(c, sae.STSAE)]
 def test_jaxequiv_to_saelens(tmp_path, lens, cfg):
     """A CLI-style folder (trained on x * 3.9): SAELens reads every field as written and, on raw x, gives the
     trained codes and raw-unit reconstructions; SAELens's own re-save reads back into jaxequiv unchanged."""
-    (sae_lens, torch), SAE = lens, lens[0].SAE
+    torch, SAE = lens[1], lens[0].SAE
     from safetensors.torch import load_file
 
     params, state = _trained(cfg)
