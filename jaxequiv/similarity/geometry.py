@@ -155,14 +155,13 @@ def _avg_ranks(v):
     return (lo + hi + 1) / 2.0
 
 
-def _pearson(a, b):
-    """Pearson r; 0 when either vector has no spread beyond float rounding of its magnitude."""
-    tol = 16 * jnp.finfo(a.dtype).eps * jnp.sqrt(a.shape[0])
-    ok = (jnp.std(a) > tol * jnp.max(jnp.abs(a))) & (jnp.std(b) > tol * jnp.max(jnp.abs(b)))
-    a = a - jnp.mean(a)
-    b = b - jnp.mean(b)
-    na, nb = jnp.sqrt(jnp.sum(a * a)), jnp.sqrt(jnp.sum(b * b))
-    return jnp.where(ok, jnp.sum(a * b) / jnp.where(ok, na * nb, 1.0), 0.0)
+def _standardized(v):
+    """``v`` centred and scaled to unit norm, so that the Pearson r of two vectors is their dot product; zeros when
+    ``v`` has no spread beyond float rounding of its magnitude (r = 0 then)."""
+    tol = 16 * jnp.finfo(v.dtype).eps * jnp.sqrt(v.shape[0])
+    ok = jnp.std(v) > tol * jnp.max(jnp.abs(v))
+    c = v - jnp.mean(v)
+    return jnp.where(ok, c / jnp.where(ok, jnp.sqrt(jnp.sum(c * c)), 1.0), 0.0)
 
 
 def _rdm(X, kind):
@@ -174,13 +173,23 @@ def _rdm(X, kind):
     return jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(X, X.T, precision=_HI), 0.0))
 
 
+def _rdm_vector(X, rdm: str, compare: str):
+    """The upper triangle of X's RDM (its ranks for Spearman), standardized: ``(n (n - 1) / 2,)``."""
+    a = _rdm(X, rdm)[jnp.triu_indices(X.shape[0], 1)]
+    return _standardized(_avg_ranks(a) if compare == "spearman" else a)
+
+
 @functools.partial(jax.jit, static_argnames=("rdm", "compare"))
 def _rsa_kernel(X, Y, rdm: str, compare: str):
-    iu = jnp.triu_indices(X.shape[0], 1)
-    a, b = _rdm(X, rdm)[iu], _rdm(Y, rdm)[iu]
-    if compare == "spearman":
-        a, b = _avg_ranks(a), _avg_ranks(b)
-    return _pearson(a, b)
+    return jnp.sum(_rdm_vector(X, rdm, compare) * _rdm_vector(Y, rdm, compare))
+
+
+def _rsa_pairwise(Xs, Ys, keys, chunk: int):
+    """All pairs of (m, n, d) and (k, n, d) stacks, (m, k): each RDM is built and ranked once (not once per pair),
+    then the correlations are one matrix product of the standardized RDM vectors."""
+    vectors = lambda S: jax.lax.map(lambda X: _rdm_vector(X, "correlation", "spearman"), S)  # noqa: E731
+    A = vectors(Xs)
+    return jnp.matmul(A, (A if Ys is None else vectors(Ys)).T, precision=_HI)
 
 
 def rsa(X: ArrayLike, Y: ArrayLike, *, rdm: str = "correlation", compare: str = "spearman") -> jax.Array:
@@ -251,7 +260,7 @@ PWCCA = Measure(  # the weights sum over X's neurons: not invariant to rotating 
 )
 RSA = Measure(
     "rsa", lambda X, Y, key: _rsa_kernel(X, Y, "correlation", "spearman"), True, False, True,
-    frozenset({"isotropic_scaling", "monotonic_rdm"}), min_samples=3,
+    frozenset({"isotropic_scaling", "monotonic_rdm"}), min_samples=3, pairwise_kernel=_rsa_pairwise,
     doc="Spearman correlation of correlation-distance RDMs",
 )
 KNN = Measure(

@@ -425,7 +425,7 @@ def test_d_repr_properties():
 # pairwise, metadata, bad input
 
 
-@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_unbiased", "procrustes"])
+@pytest.mark.parametrize("name", ["linear_cka", "linear_cka_unbiased", "procrustes", "rsa"])
 def test_pairwise_equals_loop(name):
     rng = np.random.default_rng(13)
     Xs = rng.normal(size=(4, 24, 6)).astype(np.float32)
