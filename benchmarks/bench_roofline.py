@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     from jaxequiv import Network, sae
     from jaxequiv import similarity as sim
     from jaxequiv.adapters import torch as adapter
-    from jaxequiv.adapters.reference_torch import torch_resnet
+    from jaxequiv.testing.torch_reference import torch_resnet
     from jaxequiv.contributions import contributions
     from jaxequiv.contributions import targets as T
 
