@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -294,11 +295,37 @@ class SiteTable(dict):
         return self[key] if key in self else default
 
 
+# fn -> {(argument structure, shapes and dtypes): SiteTable}; an entry goes when its function does
+_LISTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LISTED_PER_FN = 16
+
+
+def _trace_key(args, kwargs):
+    """What a trace depends on besides the function: the argument structure and every leaf's shape and dtype
+    (non-array leaves by value); ``None`` when a leaf is unhashable."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    key = (treedef, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") and hasattr(x, "dtype") else x
+                          for x in leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def list_sites(fn: Callable[..., Any], *args, **kwargs) -> SiteTable:
     """Every site ``fn(*args, **kwargs)`` marks, with shape, dtype, axes and aliases, without computing anything.
 
-    Arguments may be arrays or ``jax.ShapeDtypeStruct``; the function is traced with ``jax.eval_shape``.
+    Arguments may be arrays or ``jax.ShapeDtypeStruct``; the function is traced with ``jax.eval_shape`` once per
+    function and argument shapes (later calls return a copy of the table: tracing a ResNet-18 takes 0.2 s).
     """
+    try:
+        known = _LISTED.setdefault(fn, {})
+    except TypeError:  # not weakly referenceable: trace every time
+        known = {}
+    key = _trace_key(args, kwargs)
+    if key in known:
+        return SiteTable(known[key])
     frame = _Frame((), {})
 
     def traced(*a, **k):
@@ -310,7 +337,12 @@ def list_sites(fn: Callable[..., Any], *args, **kwargs) -> SiteTable:
             stack.pop()
 
     jax.eval_shape(traced, *args, **kwargs)
-    return SiteTable(frame.seen)
+    table = SiteTable(frame.seen)
+    if key is not None:
+        if len(known) >= _LISTED_PER_FN:
+            known.pop(next(iter(known)))
+        known[key] = table
+    return SiteTable(table)
 
 
 def match(patterns: str | Iterable[str], names: Iterable[str] | Mapping[str, SiteInfo]) -> list[str]:

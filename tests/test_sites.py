@@ -176,6 +176,29 @@ def test_list_sites_without_data():
     assert heads.spatial_axes == (1,) and heads.channels == 32
 
 
+def test_list_sites_traces_once_per_function_and_shapes():
+    import gc
+
+    from jaxequiv import sites as S
+
+    traces = []
+
+    def counted(p, x):
+        traces.append(x.shape)
+        return model(p, x)
+
+    p = params()
+    first = list_sites(counted, p, X)
+    first["mutated"] = None  # a caller's copy: the cache keeps its own table
+    again = list_sites(counted, p, jnp.ones_like(X))  # other values, same shapes: no new trace
+    assert traces == [X.shape] and "mutated" not in again and again == list_sites(model, p, X)
+    wider = list_sites(counted, p, jnp.ones((6, 5)))  # other shapes: traced again, shapes follow
+    assert len(traces) == 2 and wider["hidden"].shape == (6, 7)
+    del counted
+    gc.collect()
+    assert all(getattr(f, "__name__", "") != "counted" for f in S._LISTED)  # an entry goes with its function
+
+
 def test_match_patterns():
     names = ["layer1.0", "layer1.1", "layer2.0", "fc"]
     assert match("layer1.*", names) == ["layer1.0", "layer1.1"]

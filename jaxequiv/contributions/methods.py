@@ -303,34 +303,38 @@ def _path(t: jax.Array, b: int, base, eps=None):
 
 
 def _ig_differences(net, config, target, x, args, base):
-    """``trapezoid`` / ``left`` / ``right``: differences of activations between path points ``i / S``."""
-    b = x.shape[0]
+    """``trapezoid`` / ``left`` / ``right``: differences of activations between path points ``i / S``.
+
+    The first pass takes points ``0..C`` (``C = step_chunk``), so with the default ``C = S`` the whole path is
+    one forward and one backward pass; further chunks of ``C`` points are scanned, each carrying its
+    predecessor's activations and gradients.
+    """
+    b, c = x.shape[0], config.step_chunk
     alphas = jnp.linspace(0.0, 1.0, config.steps + 1, dtype=base.dtype)
-    # Padding repeats t = 1: a repeated point adds a_i - a_{i-1} = 0 to the sum.
-    rest = _chunks(alphas[1:], config.step_chunk, 1.0)
-    _, t0, a0, g0, _ = _probe(net, config, target, x, args, _path(alphas[:1], b, base))
-    first = lambda tree: {n: v[0] for n, v in tree.items()}  # noqa: E731
 
-    def body(carry, al):
-        a_prev, g_prev, acc = carry
-        y, t, a, g, _ = _probe(net, config, target, x, args, _path(al, b, base))
-        new_acc = {}
-        for n in config.names:
-            a_all = jnp.concatenate([a_prev[n][None], a[n]])
-            g_all = jnp.concatenate([g_prev[n][None], g[n]])
-            da = a_all[1:] - a_all[:-1]
-            if config.rule == "trapezoid":
-                gm = 0.5 * (g_all[1:] + g_all[:-1])
-            elif config.rule == "left":
-                gm = g_all[:-1]
-            else:
-                gm = g_all[1:]
-            new_acc[n] = acc[n] + jnp.sum(jax.vmap(_times)(da, gm), axis=0)
-        return ({n: a[n][-1] for n in config.names}, {n: g[n][-1] for n in config.names}, new_acc), (y[-1], t[-1])
+    def segment(a_all, g_all):  # sum over consecutive points of da * (the rule's gradient): [B, ...]
+        da = a_all[1:] - a_all[:-1]
+        gm = {"trapezoid": lambda: 0.5 * (g_all[1:] + g_all[:-1]), "left": lambda: g_all[:-1],
+              "right": lambda: g_all[1:]}[config.rule]()
+        return jnp.sum(jax.vmap(_times)(da, gm), axis=0)
 
-    acc0 = {n: jnp.zeros_like(g) for n, g in first(g0).items()}
-    (a_last, _, values), (ys, ts) = jax.lax.scan(body, (first(a0), first(g0), acc0), rest)
-    return values, a_last, ys[-1], ts[-1] - t0[0]
+    y, t, a, g, _ = _probe(net, config, target, x, args, _path(alphas[:c + 1], b, base))
+    t0 = t[0]
+    values = {n: segment(a[n], g[n]) for n in config.names}
+    last = lambda tree: {n: v[-1] for n, v in tree.items()}  # noqa: E731
+    if config.steps > c:
+        def body(carry, al):
+            a_prev, g_prev, acc = carry
+            y, t, a, g, _ = _probe(net, config, target, x, args, _path(al, b, base))
+            new_acc = {n: acc[n] + segment(jnp.concatenate([a_prev[n][None], a[n]]),
+                                           jnp.concatenate([g_prev[n][None], g[n]])) for n in config.names}
+            return (last(a), last(g), new_acc), (y[-1], t[-1])
+
+        # Padding repeats t = 1: a repeated point adds a_i - a_{i-1} = 0 to the sum.
+        rest = _chunks(alphas[c + 1:], c, 1.0)
+        (a_last, _, values), (ys, ts) = jax.lax.scan(body, (last(a), last(g), values), rest)
+        return values, a_last, ys[-1], ts[-1] - t0
+    return values, last(a), y[-1], t[-1] - t0
 
 
 def _weighted_points(net, config, target, x, args, base, ts, weights, eps=None, tangent=True):
