@@ -22,11 +22,14 @@ threads pinned equal, sides timed alternately, median and spread of ``--runs``).
     converted by ``jaxequiv.adapters.torch``), batch 8 x 128 tokens: IG with 10 steps (11 path points) from
     zero embeddings to the embeddings (wte + wpe), at the 12 residual-stream sites (after each block),
     toward the logit of the next token predicted at the last position (fixed class):
-    * jaxequiv ``contributions(..., input_site="embed", target=at_position(pred, "last"))``;
+    * jaxequiv ``contributions(..., input_site="embed", target=at_position(pred, 0))`` on
+      ``network(logits="last")`` (the LM head at the last position only, as the PyTorch side);
     * the all-layer PyTorch pass (primary, target >= 1.1x): weights frozen, hooks on the 12 residual streams,
       one forward (``logits_to_keep=1``: the LM head at the last position only) and one backward per point;
     * Captum ``LayerConductance`` per layer (target >= 10x) on the same forward function, its default
-      n_steps + 1 points batched, with the riemann_trapezoid alphas.
+      n_steps + 1 points batched, with the riemann_trapezoid alphas; one IG pass per layer takes minutes, so it
+      is timed once on the first and the last layer and scaled to 12 (its backward grows linearly with depth).
+    The jaxequiv and PyTorch passes are medians of min(--runs, 3) (each call is ~30 s).
 
 Last line: ``RESULT peers saelens_topk_ratio=<x> saelens_relu_ratio=<x> rsa_ratio=<x> sim_ratio=<x>
 lm_ig_ratio=<x>`` (jaxequiv throughput / peer throughput; ``sim_ratio`` the smallest over the repsim measures,
@@ -187,7 +190,7 @@ def _residual_modules(n_layer: int) -> list[str]:
     return [f"transformer.h.{i + 1}.ln_1" for i in range(n_layer - 1)] + ["transformer.ln_f"]
 
 
-def bench_lm(s: common.Session, quick: bool, steps: int) -> dict[str, float]:
+def bench_lm(s: common.Session, quick: bool, steps: int, chunk: int | None) -> dict[str, float]:
     import jax
     import torch
     import transformers
@@ -203,7 +206,7 @@ def bench_lm(s: common.Session, quick: bool, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()
     cfg = hf.config
-    net = adapter.load(hf.state_dict(), "gpt2", cfg.to_dict()).network()
+    net = adapter.load(hf.state_dict(), "gpt2", cfg.to_dict()).network(logits="last")  # as logits_to_keep=1
     ids = np.random.default_rng(4).integers(0, cfg.vocab_size, (B, L))
     tids = torch.from_numpy(ids)
     with torch.no_grad():
@@ -211,7 +214,7 @@ def bench_lm(s: common.Session, quick: bool, steps: int) -> dict[str, float]:
         emb = hf.transformer.wte(tids) + hf.transformer.wpe(torch.arange(L))[None]
     sites = [f"h.{i}" for i in range(cfg.n_layer)]
     modules = _residual_modules(cfg.n_layer)
-    target = T.at_position(pred.numpy(), "last")
+    target = T.at_position(pred.numpy(), 0)  # the one position the network unembeds
     d, V = cfg.n_embd, cfg.vocab_size
     lin, att, head = 24 * cfg.n_layer * L * d * d, 4 * cfg.n_layer * L * L * d, 2 * d * V
     flops = (steps + 1) * B * (2 * lin + 3 * att + 2 * head)
@@ -220,8 +223,8 @@ def bench_lm(s: common.Session, quick: bool, steps: int) -> dict[str, float]:
            "gradients, LM head at the last position only)")
 
     def ours():
-        return jax.block_until_ready(contributions(net, ids, sites, method="ig", steps=steps, input_site="embed",
-                                                   target=target).values)
+        return jax.block_until_ready(contributions(net, ids, sites, method="ig", steps=steps, step_chunk=chunk,
+                                                   input_site="embed", target=target).values)
 
     # the all-layer PyTorch pass on a frozen copy
     frozen = transformers.GPT2LMHeadModel(cfg).eval()
@@ -256,19 +259,27 @@ def bench_lm(s: common.Session, quick: bool, steps: int) -> dict[str, float]:
         finally:
             handle.remove()
 
+    timed = [modules[0], modules[-1]]  # one IG pass per layer; the backward's length grows linearly with depth
+
     def captum():
         return [LayerConductance(lens_forward, hf.get_submodule(mod)).attribute(
             emb, baselines=torch.zeros_like(emb), target=pred, n_steps=steps, method="riemann_trapezoid",
-            attribute_to_layer_input=True) for mod in modules]
+            attribute_to_layer_input=True) for mod in timed]
 
-    t = s.time({"jaxequiv": ours, "torch_all_layer": all_layer, "captum_per_layer": captum}, prefix="lm_ig/")
-    fair, capt = (common.ratio(t[k], t["jaxequiv"]) for k in ("torch_all_layer", "captum_per_layer"))
+    runs = min(s.runs, 3)
+    t = s.time({"jaxequiv": ours, "torch_all_layer": all_layer}, runs=runs, prefix="lm_ig/")
+    tc = s.time({"captum_2_layers": captum}, runs=1, prefix="lm_ig/")["captum_2_layers"]
+    per_layer = tc.median / len(timed)
+    fair = common.ratio(t["torch_all_layer"], t["jaxequiv"])
+    capt = (per_layer * len(sites) / t["jaxequiv"].median,)
     mine, ref = ours(), all_layer()
     err = max(float(np.abs(np.asarray(mine[n]) - ref[n].numpy()).max() / np.abs(ref[n].numpy()).max()) for n in sites)
-    s.note("".join(f"    {k:17s} {v.fmt()} = {B / v.median:.2f} seq/s, {flops / v.median / 1e9:.0f} GFLOP/s\n"
-                   for k, v in t.items())
+    s.note(f"    median of {runs} (Captum: one run on the first and last layer, x {len(sites) / len(timed):g} for "
+           f"all {len(sites)}: {len(sites) * per_layer:.0f} s)\n"
+           + "".join(f"    {k:17s} {v.fmt()} = {B / v.median:.2f} seq/s, {flops / v.median / 1e9:.0f} GFLOP/s\n"
+                     for k, v in t.items())
            + f"    vs the all-layer PyTorch pass {common.fmt_ratio(fair)} (max relative difference {err:.1e})\n"
-           f"    vs Captum LayerConductance x{len(sites)} {common.fmt_ratio(capt)}")
+           f"    vs Captum LayerConductance x{len(sites)} {capt[0]:.1f}x")
     s.row("IG, 10 steps, 12 residual sites of a GPT-2-small-shaped LM (8 x 128 tokens), next-token logit, vs the "
           "all-layer PyTorch pass", f"{fair[0]:.2f}x", ">= 1.1x", fair[0] >= 1.1, "lm_ig_ratio")
     s.row("the same vs Captum LayerConductance per layer", f"{capt[0]:.1f}x", ">= 10x", capt[0] >= 10,
@@ -282,6 +293,8 @@ def main(argv=None) -> None:
     p = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--steps", type=int, default=2, help="SAE training steps per timed call")
     p.add_argument("--ig-steps", type=int, default=10)
+    p.add_argument("--ig-chunk", type=int, default=None,
+                   help="jaxequiv's step_chunk for (c) (path points per pass; default all: ~15 GB at 8 x 128 tokens)")
     p.add_argument("--sizes", type=int, nargs="+", default=[2, 4],
                    help="representation counts timed for (b), extrapolated to 64 (64 alone: the full size)")
     p.add_argument("--only", choices=("sae", "sim", "lm"), nargs="+", default=("sae", "sim", "lm"))
@@ -292,8 +305,8 @@ def main(argv=None) -> None:
     nan = float("nan")
     lens = bench_saelens(s, q, args.steps) if "sae" in args.only else {"topk": nan, "relu": nan}
     simr = bench_similarity(s, q, args.sizes) if "sim" in args.only else {}
-    lm = bench_lm(s, q, 2 if q else args.ig_steps) if "lm" in args.only else {"fair": nan}
-    sim_ratio = min((simr[k] for k in ("linear_cka", "cca")), default=nan)
+    lm = bench_lm(s, q, 2 if q else args.ig_steps, args.ig_chunk) if "lm" in args.only else {"fair": nan}
+    sim_ratio = min((simr[k] for k in ("linear_cka", "cca") if k in simr), default=nan)
     s.finish("peers", saelens_topk_ratio=round(lens["topk"], 2), saelens_relu_ratio=round(lens["relu"], 2),
              rsa_ratio=round(simr.get("rsa", nan), 3), sim_ratio=round(sim_ratio, 3), lm_ig_ratio=round(lm["fair"], 2))
 

@@ -49,18 +49,20 @@ class Network:
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def from_module(cls, module: nnx.Module, input_shape: Sequence[int | None], input_dtype: str = "float"):
+    def from_module(cls, module: nnx.Module, input_shape: Sequence[int | None], input_dtype: str = "float",
+                    **call_kwargs):
         """Pure view of an nnx module in its current mode (call ``module.eval()`` first for inference).
 
         All of the module's state (parameters, BatchNorm statistics, ...) becomes ``params``. ``input_dtype`` is
-        ``"int"`` for models of token ids (a transformer), ``"float"`` otherwise.
+        ``"int"`` for models of token ids (a transformer), ``"float"`` otherwise. ``call_kwargs`` are passed to
+        every call of the module (e.g. a transformer's ``logits="last"``).
         """
         if input_dtype not in ("float", "int"):
             raise ValueError(f"input_dtype must be 'float' or 'int' (token ids), got {input_dtype!r}")
         graphdef, state = nnx.split(module)
 
         def apply(params, *inputs, **kwargs):
-            return nnx.merge(graphdef, params)(*inputs, **kwargs)
+            return nnx.merge(graphdef, params)(*inputs, **call_kwargs, **kwargs)
 
         return cls(apply, state, tuple(input_shape), input_dtype)
 

@@ -265,6 +265,30 @@ def test_network_view_jit_and_deterministic():
     assert net.sites(batch=2, length=5)["logits"].shape == (2, 5, 13)
 
 
+@pytest.mark.parametrize("mask", [None, [[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]]])  # right and left padding
+def test_logits_last_unembeds_only_the_last_real_position(mask):
+    from jaxequiv.contributions import contributions
+    from jaxequiv.contributions.targets import at_position
+
+    model = _model(seed=3)
+    tokens = _tokens(seed=3)
+    args = () if mask is None else (jnp.asarray(mask),)
+    full, last = model.network(), model.network(logits="last")
+    pos = np.array([4, 4]) if mask is None else np.array([2, 4])
+    out = np.asarray(last(tokens, *args))
+    with pytest.raises(ValueError, match="logits must be"):
+        model.network(logits="first")
+    assert out.shape == (2, 1, 13) and last.sites(batch=2, length=5)["logits"].shape == (2, 1, 13)
+    np.testing.assert_allclose(out[:, 0], np.asarray(full(tokens, *args))[np.arange(2), pos], rtol=1e-5, atol=1e-6)
+    if mask is None:
+        return
+    kw = dict(sites="h.*", method="ig", steps=4, input_site="embed", args=args)
+    want = contributions(full, tokens, target=at_position(3, pos), **kw).values
+    got = contributions(last, tokens, target=at_position(3, 0), **kw).values
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-4, atol=1e-6)
+
+
 def test_config_round_trip_and_errors():
     cfg = TransformerConfig(**SMALL, naming="neox", positional="rotary")
     assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
