@@ -14,6 +14,9 @@ Every benchmark does the same things through one :class:`Session`:
   compile time, or the persistent-cache load), then ``--runs`` timed rounds; reports the median, min/max and
   quartiles, the 1-minute load average before and after each side, and the share of the pinned cores the
   process actually got (CPU time / wall time / threads: far below 1 means other jobs took the cores);
+* records whether it runs at real-time priority (``chrt -f 10 python benchmarks/...``: on a machine shared
+  with other jobs this gives the benchmark the cores, as a quiet machine would; the load-average warning is
+  then not printed, and the per-side CPU share shows what the process got);
 * turns on JAX's persistent compilation cache (``$JAXEQUIV_BENCH_CACHE``, default
   ``~/.cache/jaxequiv/bench-xla``), so a second process loads its executables instead of recompiling, and
   counts cache hits and misses;
@@ -205,12 +208,17 @@ class Session:
         if os.environ.get("XLA_FLAGS"):
             print(f"  XLA_FLAGS={os.environ['XLA_FLAGS']}")
         self.machine["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        self.machine["realtime"] = os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
+        if self.machine["realtime"]:
+            print("  real-time scheduling (chrt -f): this process preempts every ordinary one, so the load average "
+                  "counts jobs that get at most the kernel's 5% non-real-time share; see cpu % per side")
         self._warn_load(0.5 * os.cpu_count())  # before this run adds its own threads
 
     def _warn_load(self, limit: float) -> None:
-        """Warn when the 1-minute load average exceeds ``limit`` (other jobs share the cores)."""
+        """Warn when the 1-minute load average exceeds ``limit`` (other jobs share the cores) and this process
+        does not run at real-time priority."""
         load = os.getloadavg()[0]
-        if load > limit:
+        if load > limit and not self.machine["realtime"]:
             print(f"  WARNING: load average {load:.1f} on {os.cpu_count()} cores: other jobs share the CPU. PyTorch's "
                   "OpenMP threads spin-wait at every barrier and lose far more than XLA's pool under contention "
                   "(bench_threads.py), so ratios measured now overstate jaxequiv; rerun on a quiet machine.")
