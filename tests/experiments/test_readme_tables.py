@@ -48,3 +48,16 @@ def test_missing_results_and_stale_readmes_are_reported(tmp_path, capsys):
     assert readme_tables.main(["--root", str(tmp_path)]) == 0  # rewritten from the results
     assert "0.12" in (tmp_path / "equiv_ioi" / "README.md").read_text()
     assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_retina_findings_follow_the_results():
+    """The retina verdicts are computed from the numbers: moving them flips the verdicts."""
+    res = json.loads((readme_tables.HERE / "codec_retina" / readme_tables.RESULTS).read_text())
+    cl = res["clustering"]
+    primary, act = cl[res["primary"]], cl[res["primary"].replace("contribution", "activation")]
+    primary.update(ari_mean=0.9, ari_min=0.9, ari_max=0.9, p_max=0.5)
+    act.update(ari_mean=0.1, ari_min=0.1, ari_max=0.1)
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in readme_tables.retina_blocks(res)["retina-findings"].splitlines()}
+    assert "does not hold" in rows["the clusters of contribution-mode usage match the cell types above chance"]
+    assert "**holds**" in rows["contribution modes recover the types better than activation modes of the same layer"]
+    assert "0.90 vs 0.10" in rows["contribution modes recover the types better than activation modes of the same layer"]
