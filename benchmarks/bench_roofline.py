@@ -88,9 +88,9 @@ def main(argv=None) -> None:
         torch.manual_seed(0)
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()
         cfg = hf.config
-        lm = adapter.load(hf.state_dict(), "gpt2", cfg.to_dict()).network()
+        lm = adapter.load(hf.state_dict(), "gpt2", cfg.to_dict()).network(logits="last")  # the head at the last token
         ids = rng.integers(0, cfg.vocab_size, (B, L))
-        target = T.at_position(T.given_class(rng.integers(0, cfg.vocab_size, B)), "last")
+        target = T.at_position(T.given_class(rng.integers(0, cfg.vocab_size, B)), 0)
         sites = [f"h.{i}" for i in range(cfg.n_layer)]
         d, V = cfg.n_embd, cfg.vocab_size
         lin, att, head = 24 * cfg.n_layer * L * d * d, 4 * cfg.n_layer * L * L * d, 2 * d * V

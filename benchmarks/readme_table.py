@@ -28,7 +28,8 @@ def _run_label(doc: dict) -> str:
     loads = [t["load_before"] for t in doc.get("timings", {}).values()] + [doc.get("load_end", float("nan"))]
     vec = "AVX-512" if "avx512f" in cpu.get("vector", []) else "AVX2" if "avx2" in cpu.get("vector", []) else "no AVX2"
     return (f"`bench_{doc['benchmark']}.py`, {doc['date'][:10]}, commit {doc['commit']}, {cpu.get('model', '?')} "
-            f"({vec}), {m.get('threads', '?')} threads per side, load {min(loads):.1f}-{max(loads):.1f}")
+            f"({vec}), {m.get('threads', '?')} threads per side, load {min(loads):.1f}-{max(loads):.1f}"
+            + (" (run at real-time priority: the load's other jobs got <= 5% of the cores)" if m.get("realtime") else ""))
 
 
 def table(results_dir: Path) -> str:

@@ -362,8 +362,15 @@ def test_rsa_matches_scipy():
 
     from jaxequiv.similarity.geometry import _avg_ranks
 
+    from jaxequiv.similarity.geometry import _avg_ranks_xla
+
     v = np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0], np.float32)
     np.testing.assert_allclose(np.asarray(_avg_ranks(jnp.asarray(v))), rankdata(v))
+    # the XLA path (other platforms) gives the same ranks, under jit and vmap too
+    w = np.random.default_rng(0).integers(0, 50, (3, 400)).astype(np.float32)  # many ties
+    got = jax.jit(jax.vmap(_avg_ranks_xla))(jnp.asarray(w))
+    np.testing.assert_array_equal(np.asarray(got), np.stack([rankdata(r) for r in w]))
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(_avg_ranks))(jnp.asarray(w))), np.asarray(got))
 
 
 def test_knn_alignment_matches_numpy_loop():
