@@ -118,6 +118,140 @@ def codec_blocks(res: dict) -> dict[str, str]:
     return out
 
 
+def ci(m: Sequence[float | None]) -> str:
+    """``mean [lo, hi]`` of a (mean, lo, hi) triple; the interval left out when it is undefined (None)."""
+    if m[0] is None:
+        return "—"
+    return f2(m[0]) if m[1] is None else f"{f2(m[0])} [{f2(m[1])}, {f2(m[2])}]"
+
+
+def deep_pair(d: dict[str, Sequence[float]], fmt: Callable[[float], str] = f2) -> str:
+    """``contribution / activation`` means over the two deepest blocks of ``{"contribution": [...], ...}``."""
+    return f"{fmt(sum(d['contribution'][-2:]) / 2)} / {fmt(sum(d['activation'][-2:]) / 2)}"
+
+
+def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
+    """The sensitivity sweep (``sensitivity.py``): (a)-(d) per width, (e) per budget and theta, the grid, (f), the
+    PCA / NMF baselines and the tests of the explanations."""
+    cfg = res["provenance"]["config"]
+    ws = res["widths"]
+    deep = "the two deepest blocks"
+    nets = "; ".join(f"width {w['network']['width']}: {w['network']['parameters']:,} parameters, "
+                     f"{100 * w['network']['test_accuracy']:.2f} % test accuracy" for w in ws)
+    net = ws[0]["network"]["config"]
+    steps = {e["epochs"]: e["steps"] for e in ws[0]["summary"]["fit"]}
+    resumed = res["resumed_widths"]
+    # a run that resumed from widths measured earlier: its wall time is the sum of every width's stage times
+    line = run_line({**res, "provenance": {**res["provenance"], "wall_s": res["timings_s"]["total"]}})
+    out = {"codec-sens-run": "\n".join([
+        line + (f" Widths {resumed} were measured by an earlier process of the same sweep (its stage times are "
+                "included)." if resumed else ""), "",
+        f"Networks: the `{cfg['base']}` preset of `config.json` with {json.dumps(cfg['network'])} "
+        f"({ws[0]['network']['dataset']}, {net['n_train']:,} training images, {net['epochs']} epochs, "
+        f"{ws[0]['network']['n_analysed']:,} analysed test images); {nets}. SAE grid: expansion "
+        f"{cfg['expansions']} x theta {cfg['thetas']} x lambda_D {cfg['l1s']} x seeds {cfg['seeds']} on "
+        f"contributions and on activations (one `train_many` job per block and budget) at widths "
+        f"{cfg['grid_widths']}; the paper's slice (expansion {cfg['slice_expansion']}, lambda_D {cfg['slice_l1']:g}, "
+        f"every theta and seed) at the others. Budgets: "
+        f"{', '.join(f'{e:g} epochs ({steps[e]} steps)' for e in cfg['budgets'])} of batch {cfg['sae_batch']}, Adam "
+        f"lr {cfg['sae_lr']:g}. Finding (f): the slice SAEs with theta {cfg['intervention_thetas']} at the largest "
+        f"budget, {cfg['trials']} trials x percentages {cfg['percentages']}, {cfg['images_per_class']} images per "
+        f"class, the same trials for every SAE. PCA / NMF: as many components as those SAEs have alive modes "
+        f"(median over seeds). Intervals: 95 % t intervals over the {len(cfg['seeds'])} SAE seeds (each seed's value "
+        f"averaged over the other pooled settings); for (a)-(d) and the raw channels, bootstrap over the images."])}
+    rows = []
+    for w in ws:
+        r = w["representation"]
+        sure = sum(lo > 0 for lo, _ in r["hoyer_gap_ci"])
+        b = min(range(len(r["hoyer_gap"])), key=lambda i: r["hoyer_gap"][i])
+        rows.append([w["network"]["width"], f"{sure}/{len(r['hoyer_gap'])}",
+                     ci([r["hoyer_gap"][b], *r["hoyer_gap_ci"][b]]) + f" ({w['network']['sites'][b]})",
+                     ci([r["spearman_hoyer"], *r["spearman_hoyer_ci"]]),
+                     ci([r["spearman_decorrelation"], *r["spearman_decorrelation_ci"]]),
+                     " ".join(f"{c}/{a}" for c, a in zip(r["dim_contrib"], r["dim_act"])),
+                     f"{sum(x >= 0.95 for x in r['dim_contrib_higher_frac'])}/{len(r['dim_contrib'])}"])
+    out["codec-sens-ad"] = table(
+        ["width", "(a) blocks with contrib. sparser (CI > 0)", "(a) smallest Hoyer gap contrib. - act. [CI]",
+         "(b) Spearman(depth, Hoyer contrib.) [CI]", "(c) Spearman(depth, -corr(neg, pos)) [CI]",
+         "(d) dim contrib./act. per block", "(d) blocks with dim contrib. > act. in >= 95 % of resamples"], rows)
+    rows = []
+    for w in ws:
+        s = w["summary"]
+        nb = len(w["network"]["sites"])
+        for e, fit in zip(s["e"], s["fit"]):
+            rows.append([w["network"]["width"], f"{e['epochs']:g} ({fit['steps']})", e["theta"], deep_pair(fit["r2"]),
+                         deep_pair(fit["alive"]), f"{sum(g[0] is not None and g[0] > 0 for g in e['gap'])}/{nb}",
+                         ci(e["deep_gap"]), ci(e["gap"][-1]), f"{e['holds']}/{e['n']}"])
+    out["codec-sens-e"] = table(
+        ["width", "SAE epochs (steps)", "theta", f"R² (CODEC) contrib. / act., {deep}",
+         f"alive modes contrib. / act., {deep}", "blocks with contrib. modes more selective (seed mean)",
+         f"(e) gap contrib. - act., mean of {deep} [CI]", "(e) gap at the last block [CI]",
+         "(e) holds (seeds)"], rows)
+    rows = []
+    for w in ws:
+        for g in w["summary"]["grid"]:
+            rows.append([w["network"]["width"], f"{g['epochs']:g}", g["expansion"], g["theta"],
+                         f"{f2(g['alive']['contribution'])} / {f2(g['alive']['activation'])}",
+                         f"{f2(g['r2']['contribution'])} / {f2(g['r2']['activation'])}", ci(g["deep_gap"]),
+                         f"{g['holds']}/{g['n']}"])
+    out["codec-sens-grid"] = table(
+        ["width", "SAE epochs", "expansion", "theta", f"alive modes contrib. / act., {deep}",
+         f"R² (CODEC) contrib. / act., {deep}", "(e) gap, deep blocks [CI]", "(e) holds (seeds x lambda_D)"], rows)
+    parts = []
+    for w in ws:
+        s = w["summary"]
+        base = s["baselines"]
+        for f in s["f"]:
+            rows = [[site, ci(f["contrib"][i]), ci(f["act"][i]),
+                     *(f"{f2(b['ablate']['contribution'][i])} / {f2(b['ablate']['activation'][i])}"
+                       for b in base.values())] for i, site in enumerate(w["network"]["sites"])]
+            verdicts = ", ".join(f"{m.upper()} {'holds' if b['f_holds'] else 'does not hold'}"
+                                 for m, b in base.items())
+            parts += [f"Width {w['network']['width']}, theta {f['theta']}, {f['epochs']:g} SAE epochs: (f) holds for "
+                      f"{f['holds']}/{f['n']} SAE seeds; {verdicts}.", "",
+                      table(["block", "ablate SAE contrib. [CI]", "ablate SAE act. [CI]",
+                             *(f"ablate {m.upper()} contrib. / act." for m in base)], rows), ""]
+    out["codec-sens-f"] = "\n".join(parts[:-1])
+    rows = []
+    for w in ws:
+        s = w["summary"]
+        top = cfg["budgets"][-1]
+        e = next(e for e in s["e"] if e["epochs"] == top and e["theta"] == cfg["intervention_thetas"][0])
+        f = s["f"][0]
+        fit = s["fit"][s["e"].index(e)]
+        rows.append([w["network"]["width"], f"STSAE (theta {e['theta']}, {e['epochs']:g} epochs)",
+                     deep_pair(fit["alive"]), deep_pair(fit["r2"]), ci(e["deep_gap"]), f"{e['holds']}/{e['n']} seeds",
+                     f"{f['holds']}/{f['n']} seeds"])
+        for m, b in s["baselines"].items():
+            rows.append([w["network"]["width"], m.upper(), deep_pair(b["k"], "{:g}".format), deep_pair(b["r2"]),
+                         f2(b["deep_gap"]), "holds" if b["e_holds"] else "does not hold",
+                         "holds" if b["f_holds"] else "does not hold"])
+    out["codec-sens-baselines"] = table(
+        ["width", "modes", f"modes contrib. / act., {deep}", f"R² (CODEC) contrib. / act., {deep}",
+         f"(e) gap, {deep}", "(e)", "(f)"], rows)
+    rows = []
+    for w in ws:
+        x = w["summary"]["explanations"]
+        u, m, c = x["undertrained"], x["more_modes"], x["class_coded"]
+        rows += [
+            [w["network"]["width"], "undertrained SAEs",
+             f"deep (e) gap {ci(u['gap_lo'])} at {u['budgets'][0]:g} epochs -> {ci(u['gap_hi'])} at "
+             f"{u['budgets'][1]:g} (change {ci(u['delta'])}) while the contribution SAEs' R² rose by "
+             f"{f2(u['r2_gain_deep'])}", f"**{u['verdict']}**"],
+            [w["network"]["width"], "more modes per class",
+             f"deep (e) gap over the {m['pairs']} pairs where the contribution SAE has no more alive modes than the "
+             f"activation SAE: {ci(m['gap_fewer_or_equal'])} (mean alive modes contrib. "
+             f"{f2(m['alive_deep']['contribution'])}, act. {f2(m['alive_deep']['activation'])})",
+             f"**{m['verdict']}**"],
+            [w["network"]["width"], "deep activations already class-coded",
+             "raw channels, contrib. - act. top corr at the deep blocks "
+             + ", ".join(ci([g, *gc]) for g, gc in zip(c["channel_gap"], c["channel_gap_ci"]))
+             + "; PCA / NMF deep (e) gap " + " / ".join(f2(v) for v in c["baseline_deep_gap"].values())
+             + f"; activation dimensionality {c['dim_act_deep']} of at most 9", f"**{c['verdict']}**"]]
+    out["codec-sens-explanations"] = table(["width", "explanation", "evidence", "verdict"], rows)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Toy permutation detection
 

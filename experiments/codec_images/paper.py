@@ -16,7 +16,7 @@ from jaxequiv.codec import CodecAnalysis
 from jaxequiv.codec.interventions import KINDS, auc_summary
 from jaxequiv.codec.report import markdown_table
 
-__all__ = ["PAPER", "CLAIMS", "paper_layer", "findings", "sections", "annotate"]
+__all__ = ["PAPER", "CLAIMS", "paper_layer", "e_holds", "f_holds", "middle_blocks", "findings", "sections", "annotate"]
 
 # ResNet-50 values read off the paper's figures (codec.md §6; about +-0.03), indexed by layer L0..L15.
 PAPER = {
@@ -73,6 +73,28 @@ def _spearman(v: Sequence[float]) -> float:
     return float(np.corrcoef(np.arange(v.size), r)[0, 1])
 
 
+def e_holds(contrib: Sequence[float], act: Sequence[float]) -> bool:
+    """Finding (e) from the per-block median top class correlations of contribution and activation modes:
+    contribution modes the more selective at most blocks and at the last."""
+    wins = sum(c > a for c, a in zip(contrib, act))
+    return bool(wins > len(contrib) / 2 and contrib[-1] > act[-1])
+
+
+def middle_blocks(positions: Sequence[int], n: int) -> list[int]:
+    """Indices into ``positions`` (block positions out of ``n``) of the middle half of the network (all if none)."""
+    return [j for j, i in enumerate(positions) if n / 4 <= i < 3 * n / 4] or list(range(len(positions)))
+
+
+def f_holds(contrib: Sequence[float], act: Sequence[float], positions: Sequence[int] | None = None,
+            n: int | None = None) -> bool:
+    """Finding (f) from per-block ablation summaries (AUC_target - AUC_off) / AUC_off of contribution and activation
+    modes at blocks ``positions`` (default all ``n`` = len(contrib)): the target hurt more at every block, and
+    contribution modes the stronger handle at most middle blocks."""
+    positions = list(range(len(contrib))) if positions is None else list(positions)
+    middle = middle_blocks(positions, len(contrib) if n is None else n)
+    return bool(all(c < 0 for c in contrib) and sum(contrib[j] < act[j] for j in middle) > len(middle) / 2)
+
+
 def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
     """The paper's findings (a)-(f) on this network: ``{letter: {"claim", "holds", "evidence"}}``."""
     st = res.stats
@@ -100,8 +122,7 @@ def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
         mc = [float(sel["contribution"][s].modes.median_top_corr) for s in st.sites]
         ma = [float(sel["activation"][s].modes.median_top_corr) for s in st.sites]
         wins = sum(c > a for c, a in zip(mc, ma))
-        out["e"] = dict(claim=CLAIMS["e"],
-                        holds=wins > n / 2 and mc[-1] > ma[-1],
+        out["e"] = dict(claim=CLAIMS["e"], holds=e_holds(mc, ma),
                         evidence=f"median top class correlation of modes, contributions [{fmt(mc)}] vs activations "
                                  f"[{fmt(ma)}]: {wins}/{n} blocks (incl. the last: {mc[-1] > ma[-1]})")
     inter = res.interventions
@@ -110,12 +131,11 @@ def findings(res: CodecAnalysis) -> dict[str, dict[str, Any]]:
         ab_c = [float(auc_summary(inter["contribution"][s])[0, 0]) for s in sites]
         ab_a = [float(auc_summary(inter["activation"][s])[0, 0]) for s in sites]
         idx = [st.sites.index(s) for s in sites]
-        middle = [j for j, i in enumerate(idx) if n / 4 <= i < 3 * n / 4] or list(range(len(sites)))
+        middle = middle_blocks(idx, n)
         hurt = sum(v < 0 for v in ab_c)
         better = sum(ab_c[j] < ab_a[j] for j in middle)
         out["f"] = dict(
-            claim=CLAIMS["f"],
-            holds=hurt == len(sites) and better > len(middle) / 2,
+            claim=CLAIMS["f"], holds=f_holds(ab_c, ab_a, idx, n),
             evidence=f"(AUC_target - AUC_off)/AUC_off of top-1 ablation at {sites}: contributions [{fmt(ab_c)}] vs "
                      f"activations [{fmt(ab_a)}]; target hurt more at {hurt}/{len(sites)}; contribution mode "
                      f"stronger than activation mode at {better}/{len(middle)} middle blocks")

@@ -13,8 +13,9 @@ from jaxequiv.codec.interventions import InterventionResult, Superclass, mode_in
 from jaxequiv.codec.modes import SOURCES, ModeFit, fit_modes
 from jaxequiv.codec.pictures import ModePictures, mode_pictures
 from jaxequiv.codec.report import write_report
-from jaxequiv.codec.workflow import AnalysisSettings, CodecAnalysis, Stages, analyze
+from jaxequiv.codec.workflow import AnalysisSettings, CodecAnalysis, Stages, analyze, codec_store
 
 __all__ = ["layer_statistics", "LayerStats", "fit_modes", "ModeFit", "SOURCES", "mode_selectivity",
            "ModeSelectivity", "mode_interventions", "InterventionResult", "superclass_interventions", "Superclass",
-           "mode_pictures", "ModePictures", "write_report", "analyze", "AnalysisSettings", "CodecAnalysis", "Stages"]
+           "mode_pictures", "ModePictures", "write_report", "codec_store", "analyze", "AnalysisSettings",
+           "CodecAnalysis", "Stages"]

@@ -42,7 +42,7 @@ from jaxequiv.codec.modes import SOURCES, ModeFit, fit_modes
 from jaxequiv.codec.pictures import ModePictures, mode_pictures
 from jaxequiv.network import Network
 
-__all__ = ["AnalysisSettings", "CodecAnalysis", "Stages", "analyze"]
+__all__ = ["AnalysisSettings", "CodecAnalysis", "Stages", "codec_store", "analyze"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +150,18 @@ class Stages:
         self.log(f"{self.prefix} {name}: {self.timings[name]:.1f} s")
 
 
+def codec_store(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.PathLike,
+                settings: AnalysisSettings = AnalysisSettings(), *, overwrite: bool = False, progress: bool = False):
+    """The first step of :func:`analyze`: CODEC's contributions store of ``net`` on ``x`` (N, ...) with labels ``y``
+    (N,): integrated gradients (``settings.ig_steps``) to the top-1 logit, reduced to the "positive", "negative" and
+    "sum" variants, beside the activations (:func:`jaxequiv.contributions.build_store`)."""
+    from jaxequiv.contributions.driver import build_store
+
+    return build_store(net, x, store_dir, sites, labels=y, method="ig", target="top1", steps=settings.ig_steps,
+                       chunk_size=settings.chunk_size, overwrite=overwrite, progress=progress,
+                       variants=("positive", "negative", "sum"))
+
+
 def analyze(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.PathLike,
             settings: AnalysisSettings = AnalysisSettings(), *, class_names: Sequence[str] | None = None,
             overwrite: bool = False, progress: bool = False, stages: Stages | None = None) -> CodecAnalysis:
@@ -165,7 +177,6 @@ def analyze(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.
       overwrite: replace a finished store at ``store_dir``.
       progress: progress bars inside the long steps. stages: announces and times the steps (default: printed).
     """
-    from jaxequiv.contributions.driver import build_store
     from jaxequiv.sae import TrainSettings, make
 
     s = settings
@@ -173,9 +184,7 @@ def analyze(net: Network, x, y, sites: str | Sequence[str], store_dir: str | os.
     stages = Stages() if stages is None else stages
     n_classes = None if class_names is None else len(class_names)
     with stages("contributions (IG)"):
-        store = build_store(net, x, store_dir, sites, labels=y, method="ig", target="top1", steps=s.ig_steps,
-                            chunk_size=s.chunk_size, overwrite=overwrite, progress=progress,
-                            variants=("positive", "negative", "sum"))
+        store = codec_store(net, x, y, sites, store_dir, s, overwrite=overwrite, progress=progress)
     sites = store.sites
     pictured = s.picture_site if s.picture_site is not None else sites[len(sites) // 2]
     if pictured not in sites:

@@ -33,6 +33,16 @@ def analysed(tmp_path_factory):
     return net, x, y, open_store(root), res, lines
 
 
+def test_codec_store_is_analyzes_first_step(analysed, tmp_path):
+    net, x, y, store, _, _ = analysed
+    alone = codec.codec_store(net, x, y, "layer*", tmp_path / "alone", SETTINGS)
+    assert alone.sites == store.sites and set(alone.variants) == set(store.variants) >= {"positive", "sum"}
+    np.testing.assert_array_equal(alone.labels, y)
+    for site in store.sites:
+        for v in store.variants:
+            np.testing.assert_array_equal(np.asarray(alone.array(site, v)), np.asarray(store.array(site, v)))
+
+
 def test_analyze_equals_its_steps(analysed):
     net, x, y, store, res, lines = analysed
     s = SETTINGS

@@ -125,3 +125,128 @@ def test_paper_sections_and_figure_markers():
     paper.annotate(figs, res)
     assert len(figs["statistics"].axes[0].get_lines()) > lines["statistics"][0]
     assert len(figs["interventions"].axes[2].get_lines()) > lines["interventions"][2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sensitivity sweep (sensitivity.py)
+
+SWEEP = {"base": "quick", "network": {"blocks": [1, 1], "n_train": 300, "n_analysis": 100, "epochs": 3,
+                                      "ig_steps": 2, "chunk_size": 100},
+         "widths": [4], "grid_widths": [4], "expansions": [1, 2], "thetas": [0.5], "l1s": [0.0001],
+         "seeds": [0, 1, 2], "budgets": [1, 20], "sae_batch": 32, "chunk_steps": 5, "intervention_thetas": [0.5],
+         "trials": 2, "images_per_class": 3, "percentages": [50, 100], "bootstrap": 20}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sensitivity_sweep_shows_what_it_is_meant_to(tmp_path):
+    """The shrunk sweep through the CLI: its records, figures and provenance; more SAE training fits better (a sign
+    test over paired SAEs); a PCA with as many components reconstructs at least as well as an SAE (an affine rank-k
+    fit is optimal, so this must hold exactly); the README renderer accepts the results."""
+    from scipy.stats import binomtest
+
+    from experiments import readme_tables
+    from experiments.codec_images import sensitivity
+
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"tiny": SWEEP}))
+    out = tmp_path / "out"
+    assert sensitivity.main(["--preset", "tiny", "--settings", str(path), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["provenance"]["config"]["budgets"] == SWEEP["budgets"] and res["provenance"]["git"]["commit"]
+    stages = {k: v for k, v in res["timings_s"].items() if k != "total"}
+    assert res["resumed_widths"] == [] and res["timings_s"]["total"] == pytest.approx(sum(stages.values()), abs=0.5)
+    for name in res["figures"]:
+        assert (out / name).stat().st_size > 1000
+    (w,) = res["widths"]
+    sites = w["network"]["sites"]
+    assert sites == ["layer1.0", "layer2.0"] and w["network"]["test_accuracy"] > 0.2
+    rec = w["records"]
+    assert len(rec) == 2 * 2 * len(SWEEP["seeds"]) * len(sites) * len(SWEEP["budgets"])  # grid x sources x ...
+    key = lambda r: (r["site"], r["source"], r["expansion"], r["seed"])  # noqa: E731
+    lo = {key(r): r["r2_codec"] for r in rec if r["epochs"] == 1}
+    hi = {key(r): r["r2_codec"] for r in rec if r["epochs"] == 20}
+    better = sum(hi[k] > lo[k] for k in lo)
+    assert binomtest(better, len(lo), 0.5, alternative="greater").pvalue < 1e-3, (better, len(lo))
+    for b in w["baselines"]:
+        if b["method"] != "pca":
+            continue
+        for r in rec:
+            if (r["site"], r["source"], r["epochs"]) == (b["site"], b["source"], 20) and r["n_alive"] <= b["k"]:
+                assert b["r2_codec"] >= r["r2_codec"] - 1e-4, (b, r)
+    verdicts = {v["verdict"] for v in w["summary"]["explanations"].values()}
+    assert verdicts <= {"supported", "refuted", "not decided"}
+    blocks = readme_tables.codec_sensitivity_blocks(res)
+    assert {"codec-sens-run", "codec-sens-e", "codec-sens-f", "codec-sens-explanations"} <= set(blocks)
+    assert "layer2.0" in blocks["codec-sens-f"] and "PCA" in blocks["codec-sens-baselines"]
+
+
+def test_sensitivity_presets_and_network_overrides(tmp_path):
+    from experiments.codec_images import sensitivity
+
+    settings = os.path.join(os.path.dirname(run.__file__), "sensitivity.json")
+    for preset in ("quick", "full", "paper"):
+        cfg = sensitivity.SensitivityConfig.from_json(settings, preset)
+        assert set(cfg.grid_widths) <= set(cfg.widths) and len(cfg.budgets) >= 2
+    paper_cfg = sensitivity.SensitivityConfig.from_json(settings, "paper")
+    assert paper_cfg.budgets[-1] == 300 and 64 in paper_cfg.widths
+    assert len(sensitivity.SensitivityConfig().axes(8)["thetas"]) * 27 == 81  # CODEC's grid per source
+    assert sensitivity.SensitivityConfig().axes(16)["expansions"] == (3,)  # the slice elsewhere
+    net = sensitivity.SensitivityConfig(base="quick", network={"blocks": [1, 1], "epochs": 2}).network_config(16)
+    assert (net.blocks, net.epochs, net.width, net.dataset) == ((1, 1), 2, 16, "digits")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"a": {"budgets": [1, 2], "widht": 3}, "b": {"thetas": [0.5],
+                                                                            "intervention_thetas": [0.7]},
+                               "c": {"network": {"widht": 3}}}))
+    with pytest.raises(ValueError, match="widht"):
+        sensitivity.SensitivityConfig.from_json(str(bad), "a")
+    with pytest.raises(ValueError, match="intervention_thetas"):
+        sensitivity.SensitivityConfig.from_json(str(bad), "b")
+    with pytest.raises(ValueError, match="widht"):
+        sensitivity.SensitivityConfig.from_json(str(bad), "c").network_config(8)
+
+
+def test_baseline_modes_against_numpy():
+    from experiments.codec_images.sensitivity import baseline_modes
+
+    rng = np.random.default_rng(0)
+    x = (rng.gamma(2.0, size=(200, 3)) @ rng.gamma(2.0, size=(3, 6))).astype(np.float32)  # rank 3, non-negative
+    pca, r2 = baseline_modes("pca", x, 3)
+    assert pca.codes.shape == (200, 3) and pca.atoms.shape == (3, 6) and pca.alive.all()
+    assert r2 > 1 - 1e-5 and (pca.atoms.sum(axis=1) > 0).all()
+    centred = x - x.mean(0)
+    s = np.linalg.svd(centred.astype(np.float64), compute_uv=False)
+    two, r2_two = baseline_modes("pca", x, 2)
+    sse = np.sum(s[2:] ** 2)  # Eckart-Young: the best rank-2 affine fit leaves the trailing singular values
+    assert r2_two == pytest.approx(1 - sse / np.sum((x - x.mean()) ** 2), rel=1e-4)
+    # PCA codes are the centred data projected on the (sign-fixed) atoms
+    np.testing.assert_allclose(two.codes, centred @ two.atoms.T, rtol=1e-3, atol=1e-3)
+    nmf, r2_nmf = baseline_modes("nmf", x, 3)
+    assert (nmf.codes >= 0).all() and (nmf.atoms >= 0).all() and r2_nmf > 0.99
+    with pytest.raises(ValueError, match="non-negative"):
+        baseline_modes("nmf", x - 1, 2)
+    with pytest.raises(ValueError, match="pca' or 'nmf"):
+        baseline_modes("ica", x, 2)
+
+
+def test_interval_helpers():
+    from scipy.stats import t
+
+    from experiments.codec_images.sensitivity import bootstrap_ci, t_ci
+
+    v = [0.1, 0.4, 0.25, float("nan")]
+    m, lo, hi = t_ci(v)
+    ref = t.interval(0.95, 2, loc=np.mean(v[:3]), scale=np.std(v[:3], ddof=1) / np.sqrt(3))
+    assert m == pytest.approx(0.25) and (lo, hi) == pytest.approx(ref)
+    assert np.isnan(t_ci([0.3])[1]) and t_ci([0.3])[0] == 0.3 and np.isnan(t_ci([])[0])
+    x = np.random.default_rng(1).normal(2.0, 1.0, 400)
+    lo, hi = bootstrap_ci(lambda i: x[i].mean(), x.size, 200, 0)
+    assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.3)
+
+
+def test_finding_rules():
+    assert paper.e_holds([0.5, 0.5, 0.2], [0.3, 0.3, 0.1]) and not paper.e_holds([0.5, 0.5, 0.1], [0.3, 0.3, 0.2])
+    assert paper.middle_blocks(range(8), 8) == [2, 3, 4, 5] and paper.middle_blocks([0], 8) == [0]
+    assert paper.f_holds([-0.3, -0.5, -0.5, -0.2], [-0.1, -0.2, -0.4, -0.9])  # middle blocks 1, 2: both
+    assert not paper.f_holds([-0.3, -0.5, -0.5, -0.2], [-0.1, -0.2, -0.6, -0.9])  # one of two
+    assert not paper.f_holds([-0.3, -0.5, -0.5, 0.1], [-0.9] * 4)
