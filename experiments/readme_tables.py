@@ -118,16 +118,23 @@ def codec_blocks(res: dict) -> dict[str, str]:
     return out
 
 
+def f2n(v: float | None) -> str:
+    """:func:`f2`, or a dash for a value that was NaN (None in the JSON)."""
+    return "—" if v is None else f2(v)
+
+
 def ci(m: Sequence[float | None]) -> str:
     """``mean [lo, hi]`` of a (mean, lo, hi) triple; the interval left out when it is undefined (None)."""
     if m[0] is None:
         return "—"
-    return f2(m[0]) if m[1] is None else f"{f2(m[0])} [{f2(m[1])}, {f2(m[2])}]"
+    return f2n(m[0]) if m[1] is None else f"{f2n(m[0])} [{f2n(m[1])}, {f2n(m[2])}]"
 
 
-def deep_pair(d: dict[str, Sequence[float]], fmt: Callable[[float], str] = f2) -> str:
-    """``contribution / activation`` means over the two deepest blocks of ``{"contribution": [...], ...}``."""
-    return f"{fmt(sum(d['contribution'][-2:]) / 2)} / {fmt(sum(d['activation'][-2:]) / 2)}"
+def deep_pair(d: dict[str, Sequence[float | None]], fmt: Callable[[float], str] = f2) -> str:
+    """``contribution / activation`` means over the two deepest blocks of ``{"contribution": [...], ...}`` (a dash
+    where a value is missing)."""
+    mean = lambda v: None if None in v[-2:] else sum(v[-2:]) / 2  # noqa: E731
+    return " / ".join("—" if m is None else fmt(m) for m in (mean(d["contribution"]), mean(d["activation"])))
 
 
 def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
@@ -191,8 +198,8 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
     for w in ws:
         for g in w["summary"]["grid"]:
             rows.append([w["network"]["width"], f"{g['epochs']:g}", g["expansion"], g["theta"],
-                         f"{f2(g['alive']['contribution'])} / {f2(g['alive']['activation'])}",
-                         f"{f2(g['r2']['contribution'])} / {f2(g['r2']['activation'])}", ci(g["deep_gap"]),
+                         f"{f2n(g['alive']['contribution'])} / {f2n(g['alive']['activation'])}",
+                         f"{f2n(g['r2']['contribution'])} / {f2n(g['r2']['activation'])}", ci(g["deep_gap"]),
                          f"{g['holds']}/{g['n']}"])
     out["codec-sens-grid"] = table(
         ["width", "SAE epochs", "expansion", "theta", f"alive modes contrib. / act., {deep}",
@@ -203,7 +210,7 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
         base = s["baselines"]
         for f in s["f"]:
             rows = [[site, ci(f["contrib"][i]), ci(f["act"][i]),
-                     *(f"{f2(b['ablate']['contribution'][i])} / {f2(b['ablate']['activation'][i])}"
+                     *(f"{f2n(b['ablate']['contribution'][i])} / {f2n(b['ablate']['activation'][i])}"
                        for b in base.values())] for i, site in enumerate(w["network"]["sites"])]
             verdicts = ", ".join(f"{m.upper()} {'holds' if b['f_holds'] else 'does not hold'}"
                                  for m, b in base.items())
@@ -224,7 +231,7 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
                      f"{f['holds']}/{f['n']} seeds"])
         for m, b in s["baselines"].items():
             rows.append([w["network"]["width"], m.upper(), deep_pair(b["k"], "{:g}".format), deep_pair(b["r2"]),
-                         f2(b["deep_gap"]), "holds" if b["e_holds"] else "does not hold",
+                         f2n(b["deep_gap"]), "holds" if b["e_holds"] else "does not hold",
                          "holds" if b["f_holds"] else "does not hold"])
     out["codec-sens-baselines"] = table(
         ["width", "modes", f"modes contrib. / act., {deep}", f"R² (CODEC) contrib. / act., {deep}",
@@ -237,16 +244,16 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
             [w["network"]["width"], "undertrained SAEs",
              f"deep (e) gap {ci(u['gap_lo'])} at {u['budgets'][0]:g} epochs -> {ci(u['gap_hi'])} at "
              f"{u['budgets'][1]:g} (change {ci(u['delta'])}) while the contribution SAEs' R² rose by "
-             f"{f2(u['r2_gain_deep'])}", f"**{u['verdict']}**"],
+             f"{f2n(u['r2_gain_deep'])}", f"**{u['verdict']}**"],
             [w["network"]["width"], "more modes per class",
              f"deep (e) gap over the {m['pairs']} pairs where the contribution SAE has no more alive modes than the "
              f"activation SAE: {ci(m['gap_fewer_or_equal'])} (mean alive modes contrib. "
-             f"{f2(m['alive_deep']['contribution'])}, act. {f2(m['alive_deep']['activation'])})",
+             f"{f2n(m['alive_deep']['contribution'])}, act. {f2n(m['alive_deep']['activation'])})",
              f"**{m['verdict']}**"],
             [w["network"]["width"], "deep activations already class-coded",
              "raw channels, contrib. - act. top corr at the deep blocks "
              + ", ".join(ci([g, *gc]) for g, gc in zip(c["channel_gap"], c["channel_gap_ci"]))
-             + "; PCA / NMF deep (e) gap " + " / ".join(f2(v) for v in c["baseline_deep_gap"].values())
+             + "; PCA / NMF deep (e) gap " + " / ".join(f2n(v) for v in c["baseline_deep_gap"].values())
              + f"; activation dimensionality {c['dim_act_deep']} of at most 9", f"**{c['verdict']}**"]]
     out["codec-sens-explanations"] = table(["width", "explanation", "evidence", "verdict"], rows)
     return out

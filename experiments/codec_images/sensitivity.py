@@ -38,6 +38,7 @@ from jaxequiv.io.config import from_dict  # noqa: E402
 
 SOURCES = ("contribution", "activation")
 DEEP = 2  # the deepest blocks, where (e) reverses in the committed run
+NO_MISS = "no deep-block miss here"  # the verdict where the SAEs' deep-block (e) gap is never negative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,9 @@ class SensitivityConfig:
             raise ValueError(f"intervention_thetas {cfg.intervention_thetas} must be among thetas {cfg.thetas}")
         if not set(cfg.grid_widths) <= set(cfg.widths):
             raise ValueError(f"grid_widths {cfg.grid_widths} must be among widths {cfg.widths}")
+        if cfg.grid_widths and (cfg.slice_expansion not in cfg.expansions or cfg.slice_l1 not in cfg.l1s):
+            raise ValueError(f"the slice (expansion {cfg.slice_expansion}, l1 {cfg.slice_l1}) must be in the grid "
+                             f"(expansions {cfg.expansions}, l1s {cfg.l1s}); set slice_expansion / slice_l1")
         return cfg
 
     def network_config(self, width: int, config_path: str = os.path.join(HERE, "config.json")) -> CodecConfig:
@@ -432,6 +436,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     more_modes: pairs of a contribution SAE and an activation SAE (same seed and budget, any settings) in which the
     contribution SAE has no more alive modes; if the explanation holds, contribution modes win there.
     class_coded: the raw channels (no decomposition) and PCA / NMF modes already show the reversal.
+    Where the SAEs' deep-block gap is not negative at any budget there is no miss to explain (:data:`NO_MISS`).
     """
     sites = w["network"]["sites"]
     rec = w["records"]
@@ -452,6 +457,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     d = t_ci(delta)
     r2_gain = float(np.nanmean([np.mean([f_hi[k]["contribution"][i] - f_lo[k]["contribution"][i] for i in deep])
                              for k in both if k in f_hi and k in f_lo]))
+    miss = any(np.isfinite(g[0]) and g[0] < 0 for g in (gap_lo, gap_hi))
     if gap_hi[1] > 0:
         verdict = "supported"
     elif gap_lo[0] < 0 and d[2] < -gap_lo[0] / 2:
@@ -459,13 +465,13 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     else:
         verdict = "not decided"
     undertrained = dict(budgets=[lo_b, hi_b], gap_lo=gap_lo, gap_hi=gap_hi, delta=d, r2_gain_deep=r2_gain,
-                        verdict=verdict)
+                        verdict=verdict if miss else NO_MISS)
     # more modes per class: contribution SAEs with no more alive modes than the activation SAE they are paired with
     by = {}
     for r in rec:
         if r["epochs"] == hi_b and sites.index(r["site"]) in deep and np.isfinite(r["top_corr"]):
             by.setdefault((r["seed"], r["site"], r["source"]), []).append(r)
-    per_seed, n_pairs, n_all = [], 0, []
+    per_seed, n_pairs = [], 0
     for sd in sorted({k[0] for k in by}):
         diffs = []
         for site in (sites[i] for i in deep):
@@ -481,7 +487,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     mm = "supported" if fewer[1] > 0 else "refuted" if fewer[2] < 0 else "not decided"
     more_modes = dict(gap_fewer_or_equal=fewer, pairs=n_pairs,
                       alive_deep={src: float(np.mean(v)) if v else float("nan") for src, v in all_alive.items()},
-                      verdict=mm if n_pairs else "not decided")
+                      verdict=(mm if n_pairs else "not decided") if miss else NO_MISS)
     # deep activations already class-coded: the reversal without any SAE
     ch = w["channels"]
     ch_gap = [ch["contribution"][i] - ch["activation"][i] for i in deep]
@@ -495,7 +501,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
         cc = "not decided"
     dims = w["representation"]["dim_act"]
     class_coded = dict(channel_gap=ch_gap, channel_gap_ci=ch_ci, baseline_deep_gap=base_gaps,
-                       dim_act_deep=[dims[i] for i in deep], verdict=cc)
+                       dim_act_deep=[dims[i] for i in deep], verdict=cc if miss else NO_MISS)
     return {"undertrained": undertrained, "more_modes": more_modes, "class_coded": class_coded}
 
 

@@ -130,9 +130,10 @@ def test_paper_sections_and_figure_markers():
 # ---------------------------------------------------------------------------------------------------------
 # The sensitivity sweep (sensitivity.py)
 
-SWEEP = {"base": "quick", "network": {"blocks": [1, 1], "n_train": 300, "n_analysis": 100, "epochs": 3,
+SWEEP = {"base": "quick", "network": {"blocks": [1, 1], "n_train": 600, "n_analysis": 100, "epochs": 10,
                                       "ig_steps": 2, "chunk_size": 100},
-         "widths": [4], "grid_widths": [4], "expansions": [1, 2], "thetas": [0.5], "l1s": [0.0001],
+         "widths": [4], "grid_widths": [4], "expansions": [1, 2], "slice_expansion": 2, "thetas": [0.5],
+         "l1s": [0.0001],
          "seeds": [0, 1, 2], "budgets": [1, 20], "sae_batch": 32, "chunk_steps": 5, "intervention_thetas": [0.5],
          "trials": 2, "images_per_class": 3, "percentages": [50, 100], "bootstrap": 20}
 
@@ -174,8 +175,10 @@ def test_sensitivity_sweep_shows_what_it_is_meant_to(tmp_path):
         for r in rec:
             if (r["site"], r["source"], r["epochs"]) == (b["site"], b["source"], 20) and r["n_alive"] <= b["k"]:
                 assert b["r2_codec"] >= r["r2_codec"] - 1e-4, (b, r)
+    assert sum("ablate" in r for r in rec) == 2 * len(SWEEP["seeds"]) * len(sites)  # the slice at the top budget
+    assert all(e["n"] == len(SWEEP["seeds"]) for e in w["summary"]["e"])
     verdicts = {v["verdict"] for v in w["summary"]["explanations"].values()}
-    assert verdicts <= {"supported", "refuted", "not decided"}
+    assert verdicts <= {"supported", "refuted", "not decided", sensitivity.NO_MISS}
     blocks = readme_tables.codec_sensitivity_blocks(res)
     assert {"codec-sens-run", "codec-sens-e", "codec-sens-f", "codec-sens-explanations"} <= set(blocks)
     assert "layer2.0" in blocks["codec-sens-f"] and "PCA" in blocks["codec-sens-baselines"]
@@ -197,13 +200,15 @@ def test_sensitivity_presets_and_network_overrides(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"a": {"budgets": [1, 2], "widht": 3}, "b": {"thetas": [0.5],
                                                                             "intervention_thetas": [0.7]},
-                               "c": {"network": {"widht": 3}}}))
+                               "c": {"network": {"widht": 3}}, "d": {"expansions": [1, 2]}}))
     with pytest.raises(ValueError, match="widht"):
         sensitivity.SensitivityConfig.from_json(str(bad), "a")
     with pytest.raises(ValueError, match="intervention_thetas"):
         sensitivity.SensitivityConfig.from_json(str(bad), "b")
     with pytest.raises(ValueError, match="widht"):
         sensitivity.SensitivityConfig.from_json(str(bad), "c").network_config(8)
+    with pytest.raises(ValueError, match="slice"):
+        sensitivity.SensitivityConfig.from_json(str(bad), "d")
 
 
 def test_baseline_modes_against_numpy():
