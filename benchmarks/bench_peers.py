@@ -299,8 +299,9 @@ def main(argv=None) -> None:
     p = common.add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--steps", type=int, default=2, help="SAE training steps per timed call")
     p.add_argument("--ig-steps", type=int, default=10)
-    p.add_argument("--ig-chunk", type=int, default=None,
-                   help="jaxequiv's step_chunk for (c) (path points per pass; default all: ~15 GB at 8 x 128 tokens)")
+    p.add_argument("--ig-chunk", type=int, default=5,
+                   help="jaxequiv's step_chunk for (c): path points per pass (all 10 at once peak at ~15 GB at 8 x 128 "
+                        "tokens, which with the rest of this process outgrows a 24 GB machine; 5: ~9 GB)")
     p.add_argument("--sizes", type=int, nargs="+", default=[2, 4],
                    help="representation counts timed for (b), extrapolated to 64 (64 alone: the full size)")
     p.add_argument("--only", choices=("sae", "sim", "lm"), nargs="+", default=("sae", "sim", "lm"))
