@@ -27,6 +27,7 @@ from jaxequiv.codec.report import markdown_table  # noqa: E402
 from jaxequiv.io.generated import regenerate  # noqa: E402
 
 RESULTS = "results/full/results.json"
+SENSITIVITY = "results/sensitivity/results.json"  # experiments/codec_images/sensitivity.py
 
 # values the papers report, quoted beside ours (equivalence paper, Fig. 2)
 TOY_PAPER = {"within sorting": "0.43", "within counting": "—", "across families": "0.01"}
@@ -34,9 +35,9 @@ IOI_PAPER = {"within family": "Pythia 0.73, GPT-2 0.92", "across families": "0.1
              "model with itself": '"not always ≈ 1"'}
 
 
-def markers(name: str) -> tuple[str, str]:
-    """The begin / end marker lines of the generated block ``name``."""
-    return (f"<!-- generated: {name} (experiments/readme_tables.py from {RESULTS}; do not edit) -->",
+def markers(name: str, results: str = RESULTS) -> tuple[str, str]:
+    """The begin / end marker lines of the generated block ``name`` (rendered from ``results``)."""
+    return (f"<!-- generated: {name} (experiments/readme_tables.py from {results}; do not edit) -->",
             f"<!-- end generated: {name} -->")
 
 
@@ -246,8 +247,9 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
              f"{u['budgets'][1]:g} (change {ci(u['delta'])}) while the contribution SAEs' R² rose by "
              f"{f2n(u['r2_gain_deep'])}", f"**{u['verdict']}**"],
             [w["network"]["width"], "more modes per class",
-             f"deep (e) gap over the {m['pairs']} pairs where the contribution SAE has no more alive modes than the "
-             f"activation SAE: {ci(m['gap_fewer_or_equal'])} (mean alive modes contrib. "
+             f"deep (e) gap over the {m['pairs']} pairs (same seed, {u['budgets'][1]:g} epochs, both SAEs with R² "
+             f">= {f2n(m['min_r2'])}) where the contribution SAE has no more alive modes than the activation SAE: "
+             f"{ci(m['gap_fewer_or_equal'])} (mean alive modes contrib. "
              f"{f2n(m['alive_deep']['contribution'])}, act. {f2n(m['alive_deep']['activation'])})",
              f"**{m['verdict']}**"],
             [w["network"]["width"], "deep activations already class-coded",
@@ -413,8 +415,10 @@ def retina_blocks(res: dict) -> dict[str, str]:
     return out
 
 
-EXPERIMENTS: dict[str, Callable[[dict], dict[str, str]]] = {
-    "codec_images": codec_blocks, "equiv_toy": toy_blocks, "equiv_ioi": ioi_blocks, "codec_retina": retina_blocks}
+# experiment folder -> {results file in it: the renderer of the README blocks made from it}
+EXPERIMENTS: dict[str, dict[str, Callable[[dict], dict[str, str]]]] = {
+    "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks}, "equiv_toy": {RESULTS: toy_blocks},
+    "equiv_ioi": {RESULTS: ioi_blocks}, "codec_retina": {RESULTS: retina_blocks}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(HERE), help="the experiments folder")
     args = p.parse_args(argv)
     stale = []
-    for name, blocks in EXPERIMENTS.items():
+    for name, renderers in EXPERIMENTS.items():
         folder = Path(args.root) / name
-        results = folder / RESULTS
-        if not results.exists():
-            raise SystemExit(f"{results} is missing: run the experiment's full run (see {folder / 'README.md'})")
-        rendered = blocks(json.loads(results.read_text()))
-        if not regenerate(folder / "README.md", [(*markers(k), v) for k, v in rendered.items()], check=args.check):
+        pieces = []
+        for rel, blocks in renderers.items():
+            results = folder / rel
+            if not results.exists():
+                raise SystemExit(f"{results} is missing: run the experiment's full run (see {folder / 'README.md'})")
+            pieces += [(*markers(k, rel), v) for k, v in blocks(json.loads(results.read_text())).items()]
+        if not regenerate(folder / "README.md", pieces, check=args.check):
             stale.append(str(folder / "README.md"))
     if args.check and stale:
         print(f"out of date: {', '.join(stale)}; run python experiments/readme_tables.py", file=sys.stderr)

@@ -39,6 +39,7 @@ from jaxequiv.io.config import from_dict  # noqa: E402
 SOURCES = ("contribution", "activation")
 DEEP = 2  # the deepest blocks, where (e) reverses in the committed run
 NO_MISS = "no deep-block miss here"  # the verdict where the SAEs' deep-block (e) gap is never negative
+MIN_R2 = 0.5  # SAEs fitting worse (CODEC R^2) are left out of the mode-count comparison
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,9 +433,11 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     """The README's three explanations of the (e) miss at the deep blocks, each tested on this width's data.
 
     undertrained: more SAE training should move the deep-block (e) gap (contribution - activation top correlation)
-    up; refuted when, with 95 % confidence, the largest budget closes less than half the gap the smallest leaves.
-    more_modes: pairs of a contribution SAE and an activation SAE (same seed and budget, any settings) in which the
-    contribution SAE has no more alive modes; if the explanation holds, contribution modes win there.
+    up; refuted when, with 95 % confidence, it moves down, or the largest budget closes less than half the gap the
+    smallest leaves.
+    more_modes: pairs of a contribution SAE and an activation SAE (same seed, the largest budget, any settings, both
+    fitting with CODEC R^2 >= :data:`MIN_R2`) in which the contribution SAE has no more alive modes; if the
+    explanation holds, contribution modes win there.
     class_coded: the raw channels (no decomposition) and PCA / NMF modes already show the reversal.
     Where the SAEs' deep-block gap is not negative at any budget there is no miss to explain (:data:`NO_MISS`).
     """
@@ -460,7 +463,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     miss = any(np.isfinite(g[0]) and g[0] < 0 for g in (gap_lo, gap_hi))
     if gap_hi[1] > 0:
         verdict = "supported"
-    elif gap_lo[0] < 0 and d[2] < -gap_lo[0] / 2:
+    elif d[2] < 0 or (gap_lo[0] < 0 and d[2] < -gap_lo[0] / 2):
         verdict = "refuted"
     else:
         verdict = "not decided"
@@ -469,7 +472,8 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     # more modes per class: contribution SAEs with no more alive modes than the activation SAE they are paired with
     by = {}
     for r in rec:
-        if r["epochs"] == hi_b and sites.index(r["site"]) in deep and np.isfinite(r["top_corr"]):
+        if (r["epochs"] == hi_b and sites.index(r["site"]) in deep and np.isfinite(r["top_corr"])
+                and r["r2_codec"] >= MIN_R2):
             by.setdefault((r["seed"], r["site"], r["source"]), []).append(r)
     per_seed, n_pairs = [], 0
     for sd in sorted({k[0] for k in by}):
@@ -485,7 +489,7 @@ def explanations(cfg: SensitivityConfig, w: dict[str, Any], s: dict[str, Any], d
     fewer = t_ci(per_seed)
     all_alive = {src: [r["n_alive"] for k, v in by.items() if k[2] == src for r in v] for src in SOURCES}
     mm = "supported" if fewer[1] > 0 else "refuted" if fewer[2] < 0 else "not decided"
-    more_modes = dict(gap_fewer_or_equal=fewer, pairs=n_pairs,
+    more_modes = dict(gap_fewer_or_equal=fewer, pairs=n_pairs, min_r2=MIN_R2,
                       alive_deep={src: float(np.mean(v)) if v else float("nan") for src, v in all_alive.items()},
                       verdict=(mm if n_pairs else "not decided") if miss else NO_MISS)
     # deep activations already class-coded: the reversal without any SAE

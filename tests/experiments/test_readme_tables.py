@@ -33,11 +33,11 @@ def test_missing_results_and_stale_readmes_are_reported(tmp_path, capsys):
         (tmp_path / name).mkdir()
     with pytest.raises(SystemExit, match="results.json is missing"):
         readme_tables.main(["--check", "--root", str(tmp_path)])
-    for name in readme_tables.EXPERIMENTS:
+    for name, renderers in readme_tables.EXPERIMENTS.items():
         folder = readme_tables.HERE / name
-        (tmp_path / name / "results" / "full").mkdir(parents=True)
-        res = json.loads((folder / readme_tables.RESULTS).read_text())
-        (tmp_path / name / readme_tables.RESULTS).write_text(json.dumps(res))
+        for rel in renderers:  # every results file the README is made from
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_text((folder / rel).read_text())
         (tmp_path / name / "README.md").write_text((folder / "README.md").read_text())
     assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 0
     res = json.loads((src / readme_tables.RESULTS).read_text())
@@ -48,6 +48,18 @@ def test_missing_results_and_stale_readmes_are_reported(tmp_path, capsys):
     assert readme_tables.main(["--root", str(tmp_path)]) == 0  # rewritten from the results
     assert "0.12" in (tmp_path / "equiv_ioi" / "README.md").read_text()
     assert readme_tables.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_codec_sensitivity_verdicts_follow_the_results():
+    """The explanations' verdicts shown in the README are the ones in the committed sensitivity results."""
+    res = json.loads((readme_tables.HERE / "codec_images" / readme_tables.SENSITIVITY).read_text())
+    text = readme_tables.codec_sensitivity_blocks(res)["codec-sens-explanations"]
+    for w in res["widths"]:
+        for v in w["summary"]["explanations"].values():
+            assert f"**{v['verdict']}**" in text
+    w = res["widths"][0]
+    w["summary"]["explanations"]["more_modes"]["verdict"] = "refuted (edited)"
+    assert "**refuted (edited)**" in readme_tables.codec_sensitivity_blocks(res)["codec-sens-explanations"]
 
 
 def test_retina_findings_follow_the_results():
