@@ -24,7 +24,7 @@ from jaxequiv.io.figures import save_figure, subplots
 from jaxequiv.io.files import write_json
 
 __all__ = ["ToyConfig", "QUICK", "compile_subroutines", "build_implementations", "sample_implementations",
-           "equal_width", "score", "family_means", "run_experiment", "main"]
+           "sample_paths", "equal_width", "score", "family_means", "run_experiment", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,11 +203,16 @@ def sample_implementations(reprs_by_module: list[np.ndarray], count: int, rng: n
     Returns:
       ``[count, N, sum(D_module)]``.
     """
-    sizes = [r.shape[0] for r in reprs_by_module]
+    paths = sample_paths([r.shape[0] for r in reprs_by_module], count, rng)
+    return np.stack([np.concatenate([r[k] for r, k in zip(reprs_by_module, path)], -1) for path in paths])
+
+
+def sample_paths(sizes: list[int], count: int, rng: np.random.Generator) -> np.ndarray:
+    """``[count, len(sizes)]`` implementation indices, one per module of a chain whose module ``i`` has
+    ``sizes[i]`` implementations: distinct paths while ``count <= prod(sizes)``."""
     total = int(np.prod(sizes))
     flat = rng.choice(total, size=count, replace=count > total)
-    paths = np.stack(np.unravel_index(flat, sizes), 1)
-    return np.stack([np.concatenate([r[k] for r, k in zip(reprs_by_module, path)], -1) for path in paths])
+    return np.stack(np.unravel_index(flat, sizes), 1)
 
 
 def equal_width(sets: list[np.ndarray]) -> np.ndarray:

@@ -117,3 +117,41 @@ def test_quick_run_end_to_end(tmp_path, toy_tracr):
     means = res["kinds"]["compiled"]["congruity_family_means"]["across families"]
     assert "| across families | 0.01 | " in blocks["toy-congruity-means"]  # the paper's value beside ours
     assert blocks["toy-congruity-means"].endswith(f" {means:.2f} |")
+
+
+def test_grid_power_is_the_binomial_tail_the_z_test_passes():
+    from scipy import stats
+
+    from experiments.equiv_toy import sensitivity as sens
+
+    w = np.array([0.5, 0.7, 0.85, 1.0])
+    # T = 10: p - 1.96 sqrt(p (1 - p) / 10) > 0.5 holds from 8 successes on; T = 20: from 15 on
+    np.testing.assert_allclose(sens.grid_power(w, 10), stats.binom.sf(7, 10, w), atol=1e-12)
+    np.testing.assert_allclose(sens.grid_power(w, 20), stats.binom.sf(14, 20, w), atol=1e-12)
+    assert sens.shared_blocks([b"a", b"b", b"a"], [b"a", b"c", b"a"]) == 2
+    assert sens.shared_blocks([b"a"], [b"b"]) == 0
+
+
+@pytest.mark.timeout(600)
+def test_sensitivity_quick_explains_both_statistics(tmp_path, toy_tracr):
+    """--quick sensitivity (A1 sorting vs A4 counting, n = 3, N = 60): both statistics are functions of exact
+    win probabilities over the sampled implementations: congruity = 1 - |w_ab + w_ba - 1| and the grid's rate =
+    the Binomial power of the z-test at w_grid, each within 3 standard errors of its sampling (rounds / straps)."""
+    from experiments.equiv_toy import sensitivity as sens
+
+    assert sens.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "sensitivity.png").stat().st_size > 0
+    assert res["provenance"]["config"]["toy"]["n"] == 3 and res["ns_run"] == [3]
+    s = res["parts"][0]["settings"]["60"]
+    cfg = sens.QUICK.toy
+    cong, want = np.array(s["congruity"]), np.array(s["congruity_expected"])
+    # s/n averages 2 indicators per round: sd <= sqrt(0.5 / rounds)
+    assert np.abs(cong - want).max() <= 3 * np.sqrt(0.5 / cfg.rounds)
+    grid, power = np.array(s["distinguishability"]), np.array(s["grid_expected"])
+    assert np.abs(grid - power).max() <= 3 * np.sqrt(0.25 / cfg.straps)  # a rate over straps Bernoulli rounds
+    # across the families both statistics see the difference at this N: A1's implementations are closer to
+    # each other / to A1's tracr chain than A4's (win probabilities well above 1/2)
+    assert min(s["grid_win"][0][1], s["congruity_win"][0][1], s["congruity_win"][1][0]) > 0.75
+    ci = s["congruity_family_ci95"]["across families"]
+    assert ci[1] < 0.5
