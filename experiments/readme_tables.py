@@ -298,7 +298,100 @@ def toy_blocks(res: dict) -> dict[str, str]:
     out["toy-congruity-trained"] = _matrix(kinds["trained"]["congruity"], names)
     out["toy-congruity-compiled"] = _matrix(kinds["compiled"]["congruity"], names)
     out["toy-distinguishability-trained"] = _matrix(kinds["trained"]["distinguishability"], names)
+    if TOY_SENSITIVITY.exists():
+        out.update(toy_sensitivity_blocks(json.loads(TOY_SENSITIVITY.read_text())))
     return out
+
+
+TOY_SENSITIVITY = HERE / "equiv_toy" / "results" / "sensitivity" / "results.json"
+
+
+def _mean_ci(s: dict, k: str) -> str:
+    lo, hi = s["congruity_family_ci95"][k]
+    return f"{f2(s['congruity_family_means'][k])} [{f2(lo)}, {f2(hi)}]"
+
+
+def toy_sensitivity_blocks(sens: dict) -> dict[str, str]:
+    """The toy's sensitivity sweep and the grid-vs-congruity decomposition (``equiv_toy/sensitivity.py``)."""
+    cfg, parts = sens["config"], {p["n"]: p for p in sens["parts"]}
+    n0, N0, T = cfg["toy"]["n"], str(cfg["toy"]["n_data"]), cfg["toy"]["trials"]
+    p, m = sens["provenance"], sens["provenance"]["machine"]
+    keys = ("within sorting", "within counting", "across families")
+    out = {"toy-sensitivity-run": (
+        f"Run: commit `{p['git']['short']}`{' (with uncommitted changes)' if p['git']['dirty'] else ''}, "
+        f"{p['started'][:10]}, `experiments/equiv_toy/sensitivity.py`, {m['cpu']['model']} ({m['cpu']['cores']} "
+        f"cores, shared; load average {'/'.join(f'{x:.1f}' for x in m['load_avg'])}). n run: "
+        f"{', '.join(map(str, sens['ns_run']))} of {', '.join(map(str, cfg['ns']))}; N: "
+        f"{', '.join(map(str, cfg['sizes']))} (at n = {n0}). Wall time per n: "
+        f"{', '.join(f'{k} {v:.0f} s' for k, v in sens['timings_s'].items())}. {cfg['toy']['impls']} implementations "
+        f"per interpretation, congruity {cfg['toy']['rounds']} rounds, grid {cfg['toy']['straps']} rounds × {T} "
+        f"trials, {cfg['n_boot']} bootstrap resamples, one ridge split per setting.")}
+    rows = []
+    for n, part in sorted(parts.items()):
+        s = part["settings"][N0]
+        acc = min(part["module_accuracy_vs_tracr"].values())
+        rows.append([n, *(_mean_ci(s, k) for k in keys),
+                     *(f2(s["distinguishability_family_means"][k]) for k in keys), f2(acc)])
+    head = ["congruity within sorting [95% CI]", "within counting", "across families", "grid: within sorting",
+            "within counting", "across"]
+    out["toy-sensitivity-n"] = table([f"n (N = {N0})", *head, "worst module accuracy"], rows)
+    rows = [[N, *(_mean_ci(s, k) for k in keys),
+             *(f2(s["distinguishability_family_means"][k]) if "distinguishability" in s else "—" for k in keys)]
+            for N, s in sorted(parts[n0]["settings"].items(), key=lambda kv: int(kv[0]))]
+    out["toy-sensitivity-N"] = table([f"N (n = {n0})", *head], rows)
+    s = parts[n0]["settings"][N0]
+    fm = lambda name: [f2(s[f"{name}_family_means"][k]) for k in keys]  # noqa: E731
+    out["toy-grid-why"] = table(
+        [f"n = {n0}, N = {N0}, trained imitators", *keys],
+        [["grid rate, measured", *fm("distinguishability")],
+         [f"grid rate expected from w_grid (Binomial power, T = {T})", *fm("grid_expected")],
+         ["w_grid = P(R²(X→X') > R²(X→Y)) per trial", *fm("grid_win")],
+         ["w_grid over within-pairs sharing no module block", *fm("grid_win_no_shared_blocks")],
+         ["graded grid score 1 − \\|w_ab + w_ba − 1\\|", *fm("grid_graded")],
+         ["w_congruity = P(R²(base→own) > R²(base→other))", *fm("congruity_win")],
+         ["congruity expected 1 − \\|w_ab + w_ba − 1\\|", *fm("congruity_expected")],
+         ["congruity, measured", *fm("congruity")]])
+    by = s["r2_within_by_shared_blocks"]
+    out["toy-grid-why-r2"] = table(
+        ["ridge R² between implementations", "mean", "pairs"],
+        [*([f"same interpretation, {k} shared module block(s)", f2(v[0]), v[1]] for k, v in by.items()),
+         ["same interpretation, all", f2(s["r2_within"]), "—"],
+         *([f"different interpretations, {k}", f2(v), "—"] for k, v in s["r2_across"].items())])
+    out["toy-grid-explanation"] = _toy_grid_explanation(s, T, cfg["toy"]["impls"])
+    return out
+
+
+def _toy_grid_explanation(s: dict, T: int, impls: int) -> str:
+    """The grid-vs-congruity explanation, its numbers and verdicts computed from one setting's results."""
+    keys = ("within sorting", "within counting", "across families")
+    fam = lambda name: {k: s[f"{name}_family_means"][k] for k in keys}  # noqa: E731
+    wg, wc, g, gx, gg, c = (fam(x) for x in ("grid_win", "congruity_win", "distinguishability", "grid_expected",
+                                             "grid_graded", "congruity"))
+    w0 = fam("grid_win_no_shared_blocks")
+    gap = lambda d: min(d["within sorting"], d["within counting"]) - d["across families"]  # noqa: E731
+    listed = lambda d: ", ".join(f"{f2(d[k])} {k}" for k in keys)  # noqa: E731
+    k_star = next(k for k in range(T + 1) if k / T - 1.96 * np.sqrt(k / T * (1 - k / T) / T) > 0.5)
+    shared = np.mean(list(s["shared_blocks_within"].values()))
+    return "\n".join([
+        f"1. *Both statistics see the same kind of event, with different anchors.* Per trial, the grid's win "
+        f"probability w_grid is {listed(wg)}; congruity's w (its tracr chain as anchor) is {listed(wc)}. The "
+        f"across-minus-within gap (lowest within-family mean minus the across mean) is {f2(-gap(wg))} for "
+        f"w_grid and {f2(-gap(wc))} for congruity's w.",
+        f"2. *The grid thresholds w.* With T = {T} trials a round is flagged only with at least {k_star} wins, so "
+        f"its rate is P(Binomial(T, w) ≥ {k_star}), a step function of w: the expected rates {listed(gx)} match "
+        f"the measured {listed(g)}. Where w_grid is on the flat parts of that step the grid cannot show a graded "
+        f"family difference even if w had one; a graded score on the grid's own comparison, 1 − \\|w_ab + w_ba − "
+        f"1\\|, gives {listed(gg)} (congruity: {listed(c)}).",
+        f"3. *The grid's anchor is an implementation.* Two of the {impls} implementations of one interpretation share "
+        f"on average {f2(shared)} module blocks exactly (the same imitator of the same module on the same "
+        f"inputs; see the R² table above); over the within-pairs that share none, w_grid is {listed(w0)}.",
+        f"4. *Verdict.* The grid separates the families by {f2(gap(g))} (within minus across rate), congruity by "
+        f"{f2(gap(c))}. " + (
+            "The grid's per-trial comparison itself is not graded by family (its across-minus-within gap is "
+            "small or negative), so the anchor, not the threshold, is why the grid does not separate the "
+            "families here." if -gap(wg) < 0.05 else
+            "The grid's per-trial comparison is graded by family, so the threshold of the z-test (its power at "
+            f"T = {T}) hides the difference.")])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -52,13 +52,14 @@ class SensitivityConfig:
     toy: toy.ToyConfig = toy.ToyConfig()
     ns: tuple[int, ...] = (5, 6, 7, 8, 9)
     sizes: tuple[int, ...] = (100, 300, 1000)  # N < 100: a 10% ridge test split of < 10 inputs (degenerate R²)
+    build_size: int = 1000  # task inputs of every build; each N scores a random subset of them
     grid_max_size: int = 300  # the A*M x A*M implementation score matrix only up to this N (cost ~ N^2)
     n_boot: int = 1000
 
 
 QUICK = SensitivityConfig(
     toy=dataclasses.replace(toy.QUICK, n_data=60, impls=8, rounds=40, straps=100), ns=(3,), sizes=(60,),
-    grid_max_size=60, n_boot=200)
+    build_size=60, grid_max_size=60, n_boot=200)
 
 
 def grid_power(win: np.ndarray, trials: int, z: float = 1.96) -> np.ndarray:
@@ -195,19 +196,19 @@ def analyse(reprs: dict, paths: dict, bases: dict, names, families, cfg: toy.Toy
 
 
 def run_n(cfg: SensitivityConfig, n: int, log=print, built: dict | None = None) -> dict:
-    """Build the trained imitators at sequence length ``n`` (task inputs: the largest N; or take ``built``, the
+    """Build the trained imitators at sequence length ``n`` (``build_size`` task inputs; or take ``built``, the
     output of :func:`experiments.equiv_toy.run.build_implementations` for these settings) and analyse every N of
     the sweep at this n (only the default N away from the default n)."""
     from experiments.equiv_toy.programs import FAMILIES
 
     t0 = time.time()
-    tcfg = dataclasses.replace(cfg.toy, n=n, n_data=max(cfg.sizes))
+    tcfg = dataclasses.replace(cfg.toy, n=n, n_data=cfg.build_size)
     built = built or toy.build_implementations(tcfg, log=log)
     names = built["names"]
     rng = np.random.default_rng(tcfg.seed + 1)
     paths = {a: toy.sample_paths([r.shape[0] for r in built["reprs"]["trained"][a]], tcfg.impls, rng) for a in names}
     sizes = cfg.sizes if n == cfg.toy.n else (cfg.toy.n_data,)
-    out = {"n": n, "names": list(names), "timings_s": dict(built["timings_s"]),
+    out = {"n": n, "config": dataclasses.asdict(cfg), "names": list(names), "timings_s": dict(built["timings_s"]),
            "module_accuracy_vs_tracr": {s: float(np.mean(v)) for s, v in built["accuracy"]["trained"].items()},
            "settings": {}}
     for N in sizes:
@@ -281,10 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
     parser.add_argument("--ns", type=int, nargs="+", default=None, help="sequence lengths to run (default: all)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="N to score at the default n "
+                        "(default: all; each a subset of the same build_size task inputs)")
     parser.add_argument("--merge", action="store_true", help="only merge the part files into results.json")
     parser.add_argument("--out", default=None, help="output folder (default: results/sensitivity[_quick] here)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else SensitivityConfig()
+    if args.sizes:
+        if max(args.sizes) > cfg.build_size:
+            raise SystemExit(f"--sizes must be at most build_size = {cfg.build_size}, got {args.sizes}")
+        cfg = dataclasses.replace(cfg, sizes=tuple(args.sizes))
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", "sensitivity_quick" if args.quick else "sensitivity")
     os.makedirs(out, exist_ok=True)
