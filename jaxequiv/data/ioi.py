@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["NAMES", "PLACES", "OBJECTS", "TEMPLATES", "IOIData", "ioi_prompts", "WordVocab"]
+__all__ = ["NAMES", "PLACES", "OBJECTS", "TEMPLATES", "IOIData", "ioi_prompts", "TASKS", "task_corpus", "WordVocab"]
 
 # One-word names, places and objects (each is one token in GPT-2's vocabulary when preceded by a space).
 NAMES = (
@@ -134,6 +134,54 @@ def ioi_prompts(
     return IOIData(**fields)
 
 
+NUMBERS = ("one", "two", "three", "four", "five", "six")
+
+# The tasks of :func:`task_corpus` besides IOI; each sentence ends with its answer word.
+TASKS = {
+    "ioi": "an IOI sentence (:func:`ioi_prompts`), e.g. 'Then, Mary and John went to the park. John gave a ring to Mary'",
+    "induction": "a list of 3-5 names repeated: 'Names Mary Tom Kate again Mary Tom Kate'",
+    "counting": "1-6 copies of an object and their number: 'Count apple apple apple makes three'",
+    "facts": "a fixed (fact_seed) home of each name: 'Mary lives at the park'",
+}
+_TASK_WORDS = ("Names", "again", "Count", "makes", "lives", "at", "the", *NUMBERS)
+
+
+def _task_sentence(task: str, rng: np.random.Generator, homes: dict[str, str]) -> str:
+    if task == "induction":
+        names = " ".join(rng.choice(NAMES, size=int(rng.integers(3, 6)), replace=False))
+        return f"Names {names} again {names}"
+    if task == "counting":
+        k = int(rng.integers(1, len(NUMBERS) + 1))
+        return f"Count {' '.join([str(rng.choice(OBJECTS))] * k)} makes {NUMBERS[k - 1]}"
+    name = str(rng.choice(NAMES))
+    return f"{name} lives at the {homes[name]}"
+
+
+def task_corpus(n: int, mix: dict[str, float], seed: int = 0, fact_seed: int = 0,
+                templates: Sequence[str] = TEMPLATES) -> list[str]:
+    """``n`` training sentences drawn from the tasks of :data:`TASKS` with probabilities ``mix`` (normalised), so
+    that IOI is one task among several; deterministic for ``(seed, fact_seed)``.
+
+    ``fact_seed`` fixes the "facts" task's home of each name (two corpora with different fact seeds teach
+    different facts about the same names); ``templates`` are the IOI sentences' templates. Every sentence ends
+    with its answer word.
+    """
+    unknown = sorted(set(mix) - set(TASKS))
+    if unknown or not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"task_corpus: mix must map tasks of {sorted(TASKS)} to non-negative weights with a "
+                         f"positive sum, got {mix!r}")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"task_corpus: n must be a positive integer, got {n!r}")
+    tasks = list(mix)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(tasks), size=n, p=np.array([mix[t] for t in tasks], float) / sum(mix.values()))
+    homes = dict(zip(NAMES, np.random.default_rng(fact_seed).choice(PLACES, size=len(NAMES)).tolist()))
+    ioi = iter(ioi_prompts(int((picks == tasks.index("ioi")).sum()) or 1, seed=seed + 1,
+                           templates=templates).sentences()) \
+        if "ioi" in tasks else iter(())
+    return [next(ioi) if tasks[t] == "ioi" else _task_sentence(tasks[t], rng, homes) for t in picks]
+
+
 _WORD = re.compile(r"[A-Za-z]+|[.,]")
 
 
@@ -159,6 +207,11 @@ class WordVocab:
         """Every word any prompt built from the built-in names, places, objects and ``templates`` can contain."""
         stripped = [re.sub(r"\[[A-Z]+\]", " ", t) for t in templates]
         return cls.from_texts([*stripped, *NAMES, *PLACES, *OBJECTS])
+
+    @classmethod
+    def for_tasks(cls, templates: Sequence[str] = TEMPLATES) -> WordVocab:
+        """:meth:`for_ioi` plus every word of the other tasks of :func:`task_corpus`."""
+        return cls.from_texts([*cls.for_ioi(templates).words[1:], *_TASK_WORDS])
 
     def __len__(self) -> int:
         return len(self.words)

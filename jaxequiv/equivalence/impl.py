@@ -120,39 +120,75 @@ def _check_inputs(network, inputs, label):
     return jnp.asarray(inputs)
 
 
+SOURCES = ("counterfactual", "mean", "resample")
+
+
+def _source_acts(acts, info: _sites.SiteInfo, source: str, lengths):
+    """A patched site's source values from its activations ``acts`` (batch first): as they are
+    (``"counterfactual"``, ``"resample"``) or their mean over the batch (``"mean"``: per token over the examples
+    whose token is real when ``lengths`` is given), broadcast back to the batch."""
+    if source != "mean":
+        return acts
+    w = jnp.ones(acts.shape[:1], acts.dtype)
+    if lengths is not None and "token" in info.axes:
+        t = info.axes.index("token")
+        real = jnp.arange(acts.shape[t])[None] < lengths[:, None]  # (batch, token)
+        w = real.reshape(real.shape[:1] + (1,) * (t - 1) + real.shape[1:] + (1,) * (acts.ndim - t - 1))
+        w = w.astype(acts.dtype)
+    w = jnp.broadcast_to(w.reshape(w.shape + (1,) * (acts.ndim - w.ndim)), acts.shape)
+    mean = jnp.sum(acts * w, 0) / jnp.maximum(jnp.sum(w, 0), 1)
+    return jnp.broadcast_to(mean, acts.shape)
+
+
+def _resample_rows(key, n: int, batch: int, lengths):
+    """``(n, batch)`` source rows for resample ablation: per implementation, each example takes another example
+    drawn uniformly (of the same length when ``lengths`` is given; itself when it has no such partner)."""
+    ok = ~jnp.eye(batch, dtype=bool)
+    if lengths is not None:
+        ok &= lengths[:, None] == lengths[None]
+    u = jax.random.uniform(key, (n, batch, batch))
+    pick = jnp.argmax(jnp.where(ok, u, -1.0), axis=-1)
+    return jnp.where(ok.any(-1), pick, jnp.arange(batch))
+
+
 @functools.partial(jax.jit, static_argnames=("apply", "infos", "read_sites", "units", "pool", "stacked", "chunk",
-                                             "mesh"))
-def _implementations(params, flags, clean, counterfactual, lengths, extra_args, *, apply, infos, read_sites, units,
-                     pool, stacked, chunk, mesh=None):
+                                             "source", "mesh"))
+def _implementations(params, flags, rows, clean, counterfactual, lengths, extra_args, *, apply, infos, read_sites,
+                     units, pool, stacked, chunk, source="counterfactual", mesh=None):
     """Representations (n, batch, D) of the implementations flagged by ``flags`` (n, U) (see :func:`get_impl`).
 
-    Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)`` of the read and patched sites), ``read_sites``,
-    ``units``, ``pool``, ``stacked`` (params carry a leading member axis), ``chunk`` and ``mesh``: the
-    implementations (``flags``, and a stack's ``params``) split over its devices (placed by ``split_items``, the
-    rest replicated).
+    ``rows`` (n, batch): the example whose source activation each example takes, per implementation (the identity
+    except for resample ablation). Static: ``apply``, ``infos`` (``((site, SiteInfo), ...)`` of the read and
+    patched sites), ``read_sites``, ``units``, ``pool``, ``stacked`` (params carry a leading member axis),
+    ``chunk``, ``source`` and ``mesh``: the implementations (``flags``, ``rows``, and a stack's ``params``) split
+    over its devices (placed by ``split_items``, the rest replicated).
     """
     infos = dict(infos)
     patch_sites = list(dict.fromkeys(u[0] for u in units))
 
     def some(items, params, clean, counterfactual, lengths, extra_args):  # the implementations ``items``
-        def counterfactual_acts(p):
-            return _sites.run(apply, p, counterfactual, *extra_args, capture=patch_sites)[1] if units else {}
+        def source_acts(p):
+            if not units:
+                return {}
+            inputs = counterfactual if source == "counterfactual" else clean
+            acts = _sites.run(apply, p, inputs, *extra_args, capture=patch_sites)[1]
+            return {s: _source_acts(acts[s], infos[s], source, lengths) for s in patch_sites}
 
-        def represent(p, cf, flag):
+        def represent(p, src, flag, row):
             edits = {}
             if units:
                 masks = _site_masks(units, flag, infos)
-                edits = {s: _sites.Replace(cf[s], where=masks[s]) for s in patch_sites}
+                edits = {s: _sites.Replace(src[s][row], where=masks[s]) for s in patch_sites}
             _, cap = _sites.run(apply, p, clean, *extra_args, capture=list(read_sites), edits=edits)
             return jnp.concatenate([_pool(cap[s], infos[s], pool, lengths) for s in read_sites], axis=1)
 
-        if not stacked:  # counterfactual activations once, shared by every implementation
-            cf = counterfactual_acts(params)
-            return jax.lax.map(lambda f: represent(params, cf, f), items, batch_size=min(chunk, items.shape[0]))
-        return jax.lax.map(lambda pf: represent(pf[0], counterfactual_acts(pf[0]), pf[1]), items,
+        if not stacked:  # source activations once, shared by every implementation
+            src = source_acts(params)
+            return jax.lax.map(lambda fr: represent(params, src, *fr), items, batch_size=min(chunk, items[0].shape[0]))
+        return jax.lax.map(lambda pfr: represent(pfr[0], source_acts(pfr[0]), pfr[1], pfr[2]), items,
                            batch_size=min(chunk, items[1].shape[0]))
 
-    items = (params, flags) if stacked else flags
+    items = (params, flags, rows) if stacked else (flags, rows)
     context = (None if stacked else params, clean, counterfactual, lengths, extra_args)
     return some(items, *context) if mesh is None else map_items(some, mesh, items, *context)
 
@@ -168,6 +204,7 @@ def get_impl(
     circuit: Sequence[str] = (),
     candidates: Sequence[str] | None = None,
     p: float = 0.5,
+    source: str = "counterfactual",
     pool: str = "last",
     lengths: ArrayLike | None = None,
     extra_args: tuple = (),
@@ -177,11 +214,12 @@ def get_impl(
     """Representations of ``n`` implementations of a model's interpretation (GetImpl + GetReprs).
 
     Implementation k patches each non-circuit unit (site, or head of a head site) among ``candidates``
-    independently with probability ``p``, replacing it with its activation on ``counterfactual`` inputs
-    (``Replace(value, where=mask)`` through :mod:`jaxequiv.sites`); circuit units are never replaced. All
+    independently with probability ``p``, replacing it with its activation on ``counterfactual`` inputs, or with
+    its mean or resampled activation on the ``clean`` inputs (``source``), through ``Replace(value, where=mask)``
+    (:mod:`jaxequiv.sites`); circuit units are never replaced. All
     implementations run in one vmapped forward pass (``chunk`` at a time). For a stacked network
     (:meth:`Network.stack`, e.g. seed ensembles) each stacked member is one implementation (``n`` defaults
-    to the stack size); with ``counterfactual=None`` nothing is patched.
+    to the stack size); with ``source="counterfactual"`` and ``counterfactual=None`` nothing is patched.
 
     Args:
       network: the model as a :class:`~jaxequiv.Network` (``apply(params, inputs, *extra_args)``).
@@ -192,6 +230,11 @@ def get_impl(
       circuit: units that must stay intact, e.g. ``["h.1.attn.z[0,3]", "h.2.attn.z"]``.
       candidates: sites whose units may be patched (default: see :func:`units_of`).
       p: probability that a non-circuit unit is patched.
+      source: what a patched unit takes: ``"counterfactual"`` (its activation on the same example of
+        ``counterfactual``), ``"mean"`` (mean ablation: its mean activation over the clean batch, per token over
+        the examples whose token is real given ``lengths``) or ``"resample"`` (resample ablation: its activation
+        on another clean example, drawn uniformly per implementation and example, among examples of the same
+        length given ``lengths``). ``"mean"`` and ``"resample"`` take no ``counterfactual``.
       pool: ``"last"`` (last token, or last real token given ``lengths``), ``"mean"`` (over real tokens) or
         ``"none"``.
       lengths: (batch,) number of real tokens per example (right padding).
@@ -220,11 +263,17 @@ def get_impl(
     infos = _sites.list_sites(member.apply, member.params, clean, *extra_args)
     read_sites = _sites.match(read, infos)
 
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source != "counterfactual" and counterfactual is not None:
+        raise ValueError(f"source={source!r} patches from the clean inputs: pass counterfactual=None")
     units: list = []
-    if counterfactual is not None:
-        counterfactual = _check_inputs(network, counterfactual, "counterfactual")
-        if counterfactual.shape != clean.shape:
-            raise ValueError(f"counterfactual shape {counterfactual.shape} differs from clean {clean.shape}")
+    rows = jnp.broadcast_to(jnp.arange(clean.shape[0]), (n, clean.shape[0]))
+    if counterfactual is not None or source != "counterfactual":
+        if counterfactual is not None:
+            counterfactual = _check_inputs(network, counterfactual, "counterfactual")
+            if counterfactual.shape != clean.shape:
+                raise ValueError(f"counterfactual shape {counterfactual.shape} differs from clean {clean.shape}")
         keep = parse_units(circuit, infos)
         units = [u for u in units_of(infos, candidates) if u not in keep]
         if not units:
@@ -232,20 +281,22 @@ def get_impl(
         if key is None:
             raise ValueError("patching draws random masks: pass key=jax.random.key(seed)")
         flags = jax.random.bernoulli(as_key(key), p, (n, len(units)))
+        if source == "resample":
+            rows = _resample_rows(jax.random.fold_in(as_key(key), 1), n, clean.shape[0], lengths)
     else:
         flags = jnp.zeros((n, 0), bool)
     used = dict.fromkeys([*read_sites, *(u[0] for u in units)])
     static = dict(apply=member.apply, infos=tuple((s, infos[s]) for s in used), read_sites=tuple(read_sites),
-                  units=tuple(units), pool=pool, stacked=stacked is not None, chunk=int(chunk))
+                  units=tuple(units), pool=pool, stacked=stacked is not None, chunk=int(chunk), source=source)
     context = (clean, counterfactual, lengths, tuple(extra_args))
     if mesh is None:
-        return _implementations(network.params, flags, *context, **static)
+        return _implementations(network.params, flags, rows, *context, **static)
     if stacked:
-        (params, flags), count = split_items((network.params, flags), mesh)
+        (params, flags, rows), count = split_items((network.params, flags, rows), mesh)
     else:
-        (flags, count), params = split_items(flags, mesh), replicate(network.params, mesh)
-    return jnp.asarray(gather_items(_implementations(params, flags, *replicate(context, mesh), **static, mesh=mesh),
-                                    count))
+        ((flags, rows), count), params = split_items((flags, rows), mesh), replicate(network.params, mesh)
+    return jnp.asarray(gather_items(
+        _implementations(params, flags, rows, *replicate(context, mesh), **static, mesh=mesh), count))
 
 
 def _final(logits, positions):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxequiv.data.ioi import NAMES, TEMPLATES, WordVocab, ioi_prompts
+from jaxequiv.data.ioi import NAMES, NUMBERS, PLACES, TEMPLATES, WordVocab, ioi_prompts, task_corpus
 
 
 def test_deterministic_for_seed_and_differs_across_seeds():
@@ -66,3 +66,37 @@ def test_bad_input():
         vocab.encode(["Mary gave a book to John"], length=3)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         vocab.ids(["Zed"])
+
+
+def test_task_corpus_mixes_tasks_deterministically():
+    mix = {"ioi": 2, "induction": 1, "counting": 1, "facts": 1}
+    text = task_corpus(400, mix, seed=1, fact_seed=0)
+    assert text == task_corpus(400, mix, seed=1, fact_seed=0) and len(text) == 400
+    vocab = WordVocab.for_tasks()
+    ids, lengths = vocab.encode(text)  # every word is in the vocabulary
+    kinds = {"induction": 0, "counting": 0, "facts": 0, "ioi": 0}
+    homes = {}
+    for line in text:
+        w = vocab.tokenize(line)
+        if w[0] == "Names":  # the list, "again", the same list
+            k = w.index("again")
+            assert w[1:k] == w[k + 1:] and 3 <= k - 1 <= 5
+            kinds["induction"] += 1
+        elif w[0] == "Count":
+            assert w[-2] == "makes" and NUMBERS.index(w[-1]) + 1 == len(w) - 3 and len(set(w[1:-2])) == 1
+            kinds["counting"] += 1
+        elif w[1] == "lives":
+            assert w[-1] in PLACES and homes.setdefault(w[0], w[-1]) == w[-1]  # one fixed home per name
+            kinds["facts"] += 1
+        else:
+            assert w[-1] in NAMES
+            kinds["ioi"] += 1
+    assert kinds["ioi"] > max(kinds["induction"], kinds["counting"], kinds["facts"]) > 40
+    other = task_corpus(400, {"facts": 1}, seed=1, fact_seed=1)
+    assert {w.split()[0]: w.split()[-1] for w in other} != homes  # another fact seed, other facts
+    only = task_corpus(50, {"ioi": 1}, templates=TEMPLATES[:1])
+    assert all(line.startswith("Then,") for line in only)
+    with pytest.raises(ValueError, match="mix must map tasks"):
+        task_corpus(5, {"poetry": 1})
+    with pytest.raises(ValueError, match="positive integer"):
+        task_corpus(0, {"ioi": 1})

@@ -201,8 +201,8 @@ def test_get_impl_and_patching_importance_on_a_mesh_equal_one_device():
         np.testing.assert_allclose(got[site], want[site], rtol=0, atol=1e-6, err_msg=site)
     infos = list_sites(net.apply, net.params, clean)
     units = tuple(eq.units_of(infos, None))
-    flags, _ = split_items(np.ones((5, len(units)), bool), m)
+    (flags, rows), _ = split_items((np.ones((5, len(units)), bool), np.tile(np.arange(4), (5, 1))), m)
     _no_collectives(impl._implementations.lower(
-        replicate(net.params, m), flags, *replicate((clean, cf, None, ()), m), apply=net.apply,
+        replicate(net.params, m), flags, rows, *replicate((clean, cf, None, ()), m), apply=net.apply,
         infos=tuple(infos.items()), read_sites=("h.0",), units=units, pool="last", stacked=False, chunk=16,
         mesh=m).compile(), m)

@@ -66,6 +66,42 @@ def test_get_impl_matches_manual_patch_and_pools(net, tokens):
     np.testing.assert_allclose(np.asarray(mean[0]), want, rtol=1e-5, atol=1e-6)
 
 
+def test_get_impl_mean_and_resample_ablation_match_a_manual_patch(net, tokens):
+    clean, _ = tokens
+    lengths = np.array([8, 5, 3, 8, 6, 2])
+    _, c = run(net.apply, net.params, clean, capture="h.0.attn.z")
+    c = np.asarray(c["h.0.attn.z"], np.float64)  # (batch, token, head, channel)
+
+    def patched(value):  # h.1 at the last real token with every h.0 head replaced by ``value``
+        _, ref = run(net.apply, net.params, clean, capture="h.1",
+                     edits={"h.0.attn.z": Replace(jnp.asarray(value, jnp.float32))})
+        return np.asarray(ref["h.1"])[np.arange(6), lengths - 1]
+
+    # mean ablation: per token, the mean over the examples whose token is real (float64 loop)
+    mean = np.zeros_like(c)
+    for t in range(c.shape[1]):
+        real = [i for i in range(6) if t < lengths[i]]
+        mean[:, t] = c[real, t].mean(0) if real else 0.0
+    got = eq.get_impl(net, clean, source="mean", read="h.1", key=0, n=1, circuit=["h.1.attn.z"], p=1.0,
+                      lengths=lengths)
+    np.testing.assert_allclose(np.asarray(got[0]), patched(mean), rtol=1e-5, atol=1e-5)
+    # resample ablation: example i takes the activation of another example of its length (0 <-> 3 here; the
+    # others have none and stay clean)
+    got = np.asarray(eq.get_impl(net, clean, source="resample", read="h.1", key=0, n=3, circuit=["h.1.attn.z"],
+                                 p=1.0, lengths=lengths))
+    swap = patched(c[[3, 1, 2, 0, 4, 5]])
+    for one in got:
+        np.testing.assert_allclose(one, swap, rtol=1e-5, atol=1e-5)
+    free = np.asarray(eq.get_impl(net, clean, source="resample", read="h.1", key=0, n=8, circuit=["h.1.attn.z"],
+                                  p=1.0))  # without lengths: any other example
+    clean_rep = np.asarray(eq.get_impl(net, clean, read="h.1", n=1))[0]
+    assert not np.allclose(free, clean_rep[None], atol=1e-4)
+    with pytest.raises(ValueError, match="source must be one of"):
+        eq.get_impl(net, clean, source="zero", read="h.1", key=0, n=1)
+    with pytest.raises(ValueError, match="counterfactual=None"):
+        eq.get_impl(net, clean, clean, source="mean", read="h.1", key=0, n=1)
+
+
 def test_get_impl_and_patching_importance_compile_once_per_network(net, tokens):
     clean, cf = tokens
     eq.get_impl(net, clean, cf, read="h.1", key=0, n=2)
