@@ -35,8 +35,26 @@ class SafetensorsError(CorruptFileError):
     """A file is not a valid (complete) safetensors file."""
 
 
+# XLA:CPU shares host memory aligned to this many bytes (jax.device_put without a copy) and copies the rest
+_XLA_ALIGN = 64
+
+
+def _aligned_read(f, offset: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` of the open file ``f`` from ``offset`` into a fresh read-only buffer aligned for XLA."""
+    buf = np.empty(nbytes + _XLA_ALIGN, np.uint8)
+    start = -buf.ctypes.data % _XLA_ALIGN
+    out = buf[start:start + nbytes]
+    f.seek(offset)
+    if f.readinto(memoryview(out)) != nbytes:
+        raise SafetensorsError(f"{f.name}: short read at byte {offset}; the file changed while it was read")
+    out.flags.writeable = False
+    return out
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``(tensors, metadata)`` of a safetensors file; tensors are read-only memory maps of the file.
+    """``(tensors, metadata)`` of a safetensors file; tensors are read-only: memory maps of the file where their
+    bytes lie 64-byte aligned (JAX then shares them without a copy), else read into fresh aligned buffers (a
+    map there would be copied by JAX and leave the mapped pages resident too: twice the file in memory).
 
     Raises:
       SafetensorsError: the header is malformed or the file is shorter than its header promises (truncated).
@@ -60,20 +78,24 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     data_size = size - 8 - n
     data = np.memmap(path, np.uint8, "r", offset=8 + n, shape=(data_size,)) if data_size else np.zeros(0, np.uint8)
     tensors = {}
-    for name, info in header.items():
-        dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
-        if dtype is None:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info!r}; known: {sorted(_DTYPES)}")
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-        if end - begin != int(np.prod(shape)) * dtype.itemsize or begin < 0:
-            raise SafetensorsError(f"{path}: tensor {name!r} of shape {shape} {info['dtype']} has bad offsets")
-        if end > data_size:
-            raise SafetensorsError(
-                f"{path}: tensor {name!r} ends at byte {end} of the data but the file holds {data_size}; "
-                "the file is truncated"
-            )
-        tensors[name] = data[begin:end].view(dtype).reshape(shape)
+    with open(path, "rb") as f:  # for the tensors a map would not serve
+        for name, info in header.items():
+            dtype = _DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
+            if dtype is None:
+                raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info!r}; known: "
+                                       f"{sorted(_DTYPES)}")
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+            if end - begin != int(np.prod(shape)) * dtype.itemsize or begin < 0:
+                raise SafetensorsError(f"{path}: tensor {name!r} of shape {shape} {info['dtype']} has bad offsets")
+            if end > data_size:
+                raise SafetensorsError(
+                    f"{path}: tensor {name!r} ends at byte {end} of the data but the file holds {data_size}; "
+                    "the file is truncated"
+                )
+            aligned = (8 + n + begin) % _XLA_ALIGN == 0
+            raw = data[begin:end] if aligned else _aligned_read(f, 8 + n + begin, end - begin)
+            tensors[name] = raw.view(dtype).reshape(shape)
     return tensors, dict(metadata)
 
 
