@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):  # run as a script: make ``experiments.codec_images`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from jaxequiv.io.config import from_dict  # noqa: E402
+from jaxequiv.io.config import from_preset  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +58,7 @@ class CodecConfig:
     @classmethod
     def from_json(cls, path: str, preset: str) -> CodecConfig:
         """The ``preset`` ("quick" or "full") entry of a JSON config file."""
-        with open(path) as f:
-            raw = json.load(f)
-        if preset not in raw:
-            raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
-        return from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
+        return from_preset(cls, path, preset)
 
     def demo(self, dataset: str):
         """This run as a :class:`jaxequiv.demo.DemoConfig` on ``dataset`` (the name :func:`load_dataset` used)."""

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``experiments.codec_image
 
 from experiments.codec_images.paper import e_holds, f_holds  # noqa: E402
 from experiments.codec_images.run import CodecConfig, load_dataset  # noqa: E402
-from jaxequiv.io.config import from_dict  # noqa: E402
+from jaxequiv.io.config import from_dict, from_preset  # noqa: E402
 
 SOURCES = ("contribution", "activation")
 DEEP = 2  # the deepest blocks, where (e) reverses in the committed run
@@ -69,11 +69,7 @@ class SensitivityConfig:
 
     @classmethod
     def from_json(cls, path: str, preset: str) -> SensitivityConfig:
-        with open(path) as f:
-            raw = json.load(f)
-        if preset not in raw:
-            raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
-        cfg = from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
+        cfg = from_preset(cls, path, preset)
         if not set(cfg.intervention_thetas) <= set(cfg.thetas):
             raise ValueError(f"intervention_thetas {cfg.intervention_thetas} must be among thetas {cfg.thetas}")
         if not set(cfg.grid_widths) <= set(cfg.widths):

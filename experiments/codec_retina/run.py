@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make ``experiments.codec_retin
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxequiv.io.config import from_dict  # noqa: E402
+from jaxequiv.io.config import from_preset  # noqa: E402
 
 SITES = ("conv1", "conv2")
 SOURCES = {"contribution": "concat", "activation": "activations"}  # CODEC source -> store variant
@@ -64,11 +63,7 @@ class RetinaConfig:
     @classmethod
     def from_json(cls, path: str, preset: str) -> RetinaConfig:
         """The ``preset`` ("quick" or "full") entry of a JSON config file."""
-        with open(path) as f:
-            raw = json.load(f)
-        if preset not in raw:
-            raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
-        return from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
+        return from_preset(cls, path, preset)
 
 
 @dataclasses.dataclass

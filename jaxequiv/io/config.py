@@ -9,10 +9,11 @@ field is annotated with a dataclass). :class:`DictConfig` adds both as methods.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["to_dict", "from_dict", "DictConfig"]
+__all__ = ["to_dict", "from_dict", "from_preset", "DictConfig"]
 
 T = TypeVar("T")
 
@@ -77,6 +78,19 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str | None = None) -
         values[k] = (from_dict(nested, v, where=f"{where or cls.__name__}.{k}") if nested and isinstance(v, dict)
                      else _tuples(v))
     return cls(**values)
+
+
+def from_preset(cls: type[T], path: str, preset: str) -> T:
+    """Dataclass ``cls`` from the ``preset`` entry (e.g. ``"quick"``, ``"full"``) of the JSON file ``path``.
+
+    Raises:
+      ValueError: the file has no such preset, or the entry does not fit ``cls`` (see :func:`from_dict`).
+    """
+    with open(path) as f:
+        raw = json.load(f)
+    if preset not in raw:
+        raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
+    return from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
 
 
 class DictConfig:

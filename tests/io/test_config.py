@@ -62,3 +62,22 @@ def test_the_package_configs_use_it():
     assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
     sae = STSAE(d_in=3, d_sae=6, theta=jnp.float32(0.5), l1=0)
     assert sae.config_dict() == to_dict(sae) and sae.config_dict()["l1"] == 0.0 and sae.config_dict()["theta"] == 0.5
+
+
+def test_from_preset_reads_one_entry_and_names_the_presets(tmp_path):
+    from jaxequiv.io import from_preset
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        steps: int = 1
+        sizes: tuple[int, ...] = ()
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"quick": {"steps": 2, "sizes": [1, 2]}, "full": {"steps": 9}}))
+    assert from_preset(Settings, str(path), "quick") == Settings(2, (1, 2))
+    assert from_preset(Settings, str(path), "full") == Settings(9)
+    with pytest.raises(ValueError, match=r"no preset 'paper'; it has \['full', 'quick'\]"):
+        from_preset(Settings, str(path), "paper")
+    path.write_text(json.dumps({"quick": {"step": 2}}))
+    with pytest.raises(ValueError, match=r"unknown Settings field\(s\) \['step'\]"):
+        from_preset(Settings, str(path), "quick")
