@@ -327,7 +327,8 @@ def toy_sensitivity_blocks(sens: dict) -> dict[str, str]:
         f"{', '.join(map(str, cfg['sizes']))} (at n = {n0}). Wall time per stage: "
         f"{'; '.join(f'n = {n}: {stages(part)}' for n, part in sorted(parts.items()))}. "
         f"{cfg['toy']['impls']} implementations per interpretation, congruity {cfg['toy']['rounds']} rounds, "
-        f"grid {cfg['toy']['straps']} rounds × {T} trials, {cfg['n_boot']} bootstrap resamples, one ridge split per setting.")}
+        f"grid {cfg['toy']['straps']} rounds × {T} trials, {cfg['n_boot']} bootstrap resamples, one ridge split "
+        f"per setting.")}
     rows = []
     for n, part in sorted(parts.items()):
         s = part["settings"][N0]
