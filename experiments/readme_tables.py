@@ -27,7 +27,7 @@ from jaxequiv.codec.report import markdown_table  # noqa: E402
 from jaxequiv.io.generated import regenerate  # noqa: E402
 
 RESULTS = "results/full/results.json"
-SENSITIVITY = "results/sensitivity/results.json"  # experiments/codec_images/sensitivity.py
+SENSITIVITY = "results/sensitivity/results.json"  # the experiments' sensitivity.py
 
 # values the papers report, quoted beside ours (equivalence paper, Fig. 2)
 TOY_PAPER = {"within sorting": "0.43", "within counting": "—", "across families": "0.01"}
@@ -298,12 +298,7 @@ def toy_blocks(res: dict) -> dict[str, str]:
     out["toy-congruity-trained"] = _matrix(kinds["trained"]["congruity"], names)
     out["toy-congruity-compiled"] = _matrix(kinds["compiled"]["congruity"], names)
     out["toy-distinguishability-trained"] = _matrix(kinds["trained"]["distinguishability"], names)
-    if TOY_SENSITIVITY.exists():
-        out.update(toy_sensitivity_blocks(json.loads(TOY_SENSITIVITY.read_text())))
     return out
-
-
-TOY_SENSITIVITY = HERE / "equiv_toy" / "results" / "sensitivity" / "results.json"
 
 
 def _mean_ci(s: dict, k: str) -> str:
@@ -516,7 +511,7 @@ def retina_blocks(res: dict) -> dict[str, str]:
 
 # experiment folder -> {results file in it: the renderer of the README blocks made from it}
 EXPERIMENTS: dict[str, dict[str, Callable[[dict], dict[str, str]]]] = {
-    "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks}, "equiv_toy": {RESULTS: toy_blocks},
+    "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks}, "equiv_toy": {RESULTS: toy_blocks, SENSITIVITY: toy_sensitivity_blocks},
     "equiv_ioi": {RESULTS: ioi_blocks}, "codec_retina": {RESULTS: retina_blocks}}
 
 
