@@ -357,6 +357,11 @@ class Block(nnx.Module):
         return site(prefix, x, TOKEN_AXES)
 
 
+def _check_logits(logits: str) -> None:
+    if logits not in ("all", "last"):
+        raise ValueError(f"logits must be 'all' (every position) or 'last' (the last real one), got {logits!r}")
+
+
 class Transformer(nnx.Module):
     """Decoder-only transformer: ``model(tokens [B,T] int, attention_mask [B,T] | None) -> logits [B,T,V_out]``.
 
@@ -379,8 +384,7 @@ class Transformer(nnx.Module):
         """``logits="last"`` unembeds only the last real position (from ``attention_mask``, else ``T - 1``):
         ``[B, 1, V_out]``, as Hugging Face's ``logits_to_keep=1`` (a GPT-2 head at all 128 positions of a batch
         is ~0.8 TFLOP per 100 sequences and 26 MB of logits per sequence)."""
-        if logits not in ("all", "last"):
-            raise ValueError(f"logits must be 'all' (every position) or 'last' (the last real one), got {logits!r}")
+        _check_logits(logits)
         cfg, n = self.cfg, self.cfg.names
         tokens = jnp.asarray(tokens)
         attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
@@ -410,9 +414,8 @@ class Transformer(nnx.Module):
         ``at_position(target, 0)``)."""
         from jaxequiv.network import Network
 
-        if logits not in ("all", "last"):
-            raise ValueError(f"logits must be 'all' (every position) or 'last' (the last real one), got {logits!r}")
-        return Network.from_module(self, (None,), input_dtype="int", **({} if logits == "all" else {"logits": logits}))
+        _check_logits(logits)
+        return Network.from_module(self, (None,), input_dtype="int", logits=logits)
 
 
 
