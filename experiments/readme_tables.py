@@ -399,46 +399,71 @@ def _toy_grid_explanation(s: dict, T: int, impls: int) -> str:
 # IOI
 
 
+def _mean_ci(m: dict) -> str:
+    return f"{f2(m['mean'])} [{f2(m['ci95'][0])}, {f2(m['ci95'][1])}]"
+
+
 def ioi_blocks(res: dict) -> dict[str, str]:
     cfg = res["provenance"]["config"]
     names = res["names"]
     models = res["models"]
+    tasks = list(dict.fromkeys(t for m in models.values() for t in m["task_accuracy"]))
     rows = []
     for a in names:
         m = models[a]
         imp = np.asarray(m["head_importance"])
         k = max(1, int(round(cfg["circuit_frac"] * imp.size)))
         kept = np.sort(imp.ravel())[:k]
-        rows.append([a, f2(m["accuracy"]), f2(m["logit_diff"]), f2(m["train_loss"]), f2(m["kl_clean_corrupt"]),
-                     f"{f2(kept.min())}–{f2(kept.max())}", " ".join(f"`{c}`" for c in m["circuit"])])
+        rows.append([a, f2(m["accuracy"]), f2(m["logit_diff"]),
+                     *(f2(m["task_accuracy"][t]) if t in m["task_accuracy"] else "—" for t in tasks),
+                     f2(m["train_loss"]), f2(m["kl_clean_corrupt"]), f"{f2(kept.min())}–{f2(kept.max())}",
+                     " ".join(f"`{c}`" for c in m["circuit"])])
+    fams = res["families"]
     out = {"ioi-run": "\n".join([
         run_line(res), "",
-        f"Settings: {cfg['n_train']:,} training sentences, {cfg['steps']:,} Adam steps (lr {cfg['lr']:g}, batch "
-        f"{cfg['batch_size']}), d_model {cfg['d_model']}, {cfg['seeds']} seeds per architecture, {cfg['n_eval']} "
-        f"evaluation prompts, circuit = lowest-KL {100 * cfg['circuit_frac']:g} % of heads, {cfg['impls']} "
-        f"implementations per model, {cfg['rounds']} congruity rounds. Per model (IO-vs-S accuracy on the "
-        f"evaluation prompts, chance 0.5; KL at the last token of the counterfactual prompts before any patching, "
-        f"and of the circuit's heads when patched back alone):", "",
-        table(["model", "IO-vs-S accuracy", "mean logit diff.", "final training loss",
-                        "KL(clean ‖ counterf.)", "KL, circuit heads", "circuit"], rows)])}
-    mat, ci = np.asarray(res["congruity"]), np.asarray(res["congruity_ci95"])
-    out["ioi-congruity"] = table(
-        ["", *names], [[a, *(f"{f2(mat[i, j])} [{f2(ci[i, j, 0])}, {f2(ci[i, j, 1])}]" for j in range(len(names)))]
-                       for i, a in enumerate(names)])
-    arch = [a.rsplit(" ", 1)[0] for a in names]
-    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    within = {}
-    for i, j in pairs:
-        if arch[i] == arch[j]:
-            within.setdefault(arch[i], []).append(mat[i, j])
-    across = [mat[i, j] for i, j in pairs if arch[i] != arch[j]]
-    diag = np.diag(mat)
+        "Families: " + "; ".join(f"`{f}` = {', '.join(f'{k}={v}' for k, v in spec['arch'].items())}, trained on "
+                                 f"{', '.join(f'{t} {w:g}' for t, w in spec['mix'].items())} (fact seed "
+                                 f"{spec['fact_seed']})" for f, spec in fams.items()) + ". "
+        f"Sizes (layers L, d_model): {', '.join(f'{n}L{d}' for n, d in cfg['sizes'])}, {cfg['n_head']} heads, "
+        f"{cfg['seeds']} seeds each; {cfg['n_train']:,} training sentences per family corpus, {cfg['steps']:,} Adam "
+        f"steps (lr {cfg['lr']:g}, batch {cfg['batch_size']}); {cfg['n_eval']} evaluation prompts; circuit = "
+        f"lowest-KL {100 * cfg['circuit_frac']:g} % of heads; GetImpl patches each other head with probability "
+        f"{cfg['p']:g} from the {cfg['source']} prompts, {cfg['impls']} implementations per model; "
+        f"{cfg['rounds']} congruity rounds ({cfg['sweep_rounds']} per sensitivity setting). Per model (IO-vs-S "
+        "accuracy on the evaluation prompts, chance 0.5; top-1 accuracy of the answer word on 100 held-out "
+        "sentences per task of the model's corpus; KL at the last token of the counterfactual prompts before any "
+        "patching, and of the circuit's heads when patched back alone):", "",
+        table(["model", "IO-vs-S acc.", "logit diff.", *(f"{t} acc." for t in tasks), "final loss",
+               "KL(clean ‖ counterf.)", "KL, circuit heads", "circuit"], rows)])}
+    simil = res["similarity"]
+    out["ioi-similarity"] = table(
+        ["base models' last-token residual streams", "within families", "across", "difference",
+         "permutation p (distinct relabellings)", "95% prompt-bootstrap CI of the difference"],
+        [[m, f2(v["within"]), f2(v["across"]), f2(v["difference"]), f"{v['p_permutation']:.3f} ({v['relabellings']})",
+          f"[{f2(v['difference_ci95'][0])}, {f2(v['difference_ci95'][1])}]" if "difference_ci95" in v else "—"]
+         for m, v in simil.items()])
+    mat = np.asarray(res["congruity"])
+    short = [a.replace(" ", "/") for a in names]
+    out["ioi-congruity"] = table(["", *short], [[short[i], *(f"**{f2(v)}**" if i == j else f2(v)
+                                                             for j, v in enumerate(r))] for i, r in enumerate(mat)])
+    fm = res["congruity_family_means"]
+    groups = [g for g in fm if g.startswith("within")]
     out["ioi-summary"] = table(
-        ["", "paper (GPT-2 / Pythia, pretrained)", "here (small LMs trained on IOI text)"],
-        [["within family", IOI_PAPER["within family"], ", ".join(f"{a} seeds {listing(v)}" for a, v in within.items())],
-         ["across families", IOI_PAPER["across families"],
-          f"mean {f2(np.mean(across))} (range {f2(min(across))}–{f2(max(across))}, {len(across)} pairs)"],
-         ["model with itself", IOI_PAPER["model with itself"], f"{f2(diag.min())}–{f2(diag.max())}"]])
+        ["mean congruity [95% CI over rounds]", "paper (GPT-2 / Pythia, pretrained)", "here (two trained families)"],
+        [*([g, IOI_PAPER["within family"] if k == 0 else "", _mean_ci(fm[g])] for k, g in enumerate(groups)),
+         ["across families", IOI_PAPER["across families"], _mean_ci(fm["across"])],
+         ["model with itself", IOI_PAPER["model with itself"], f"{f2(fm['self']['min'])}–{f2(fm['self']['max'])}"]])
+    rows = []
+    for e in res["sensitivity"]:
+        st, sim = e["setting"], e["impl_similarity"]
+        rows.append([f"{e['factor']}" + ("" if e["value"] is None else f" = {e['value']}"),
+                     f"p {st['p']:g}, circuit {100 * st['circuit_frac']:g} %, {st['source']}, {st['measure']}",
+                     e["rounds"], *(_mean_ci(e["family_means"][g]) for g in [*groups, "across"]),
+                     f2(e["family_means"]["self"]["mean"]), f2(e["impl_distance"]),
+                     f"{f2(sim['own'])} / {f2(sim['within'])} / {f2(sim['across'])}"])
+    out["ioi-sensitivity"] = table(
+        ["setting", "GetImpl, measure", "rounds", *groups, "across", "self", "impl. distance",
+         "measure: own / within / across impl."], rows)
     return out
 
 

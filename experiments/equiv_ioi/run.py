@@ -1,30 +1,37 @@
-"""IOI (paper §3.2): per-head patching circuits, GetImpl by counterfactual patching, congruity between models.
+"""IOI (paper §3.2): model families, their representational similarity, per-head patching circuits, GetImpl,
+congruity within and across families, and its sensitivity to GetImpl's settings and to the measure.
 
-    python -m experiments.equiv_ioi.run [--quick] [--out DIR]          # small LMs trained here on IOI text
+    python -m experiments.equiv_ioi.run [--quick] [--out DIR]          # two families of small LMs trained here
     python -m experiments.equiv_ioi.run --checkpoint DIR [DIR ...]     # Hugging Face GPT-2 / Pythia folders
 
-Offline there are no GPT-2 / Pythia weights, so the default run trains small GPT-style models on IOI-template text
-(two architectures x two seeds; the seeds of one architecture train together with
-:func:`experiments.stacked.fit_stacked`). With ``--checkpoint`` the folders are converted by
-:mod:`jaxequiv.adapters.torch` and the prompts tokenised with each folder's ``tokenizer.json``; only prompts that
-every tokenizer splits into position-aligned clean / counterfactual pairs with single-token names are kept, so
-all models see the same stimuli. Every step goes through :mod:`jaxequiv.equivalence`:
+Offline there are no GPT-2 / Pythia weights, so the default run trains two *families* of small GPT-style
+language models on a synthetic corpus in which IOI is one task among several (:func:`jaxequiv.data.ioi.task_corpus`):
+each family is one architecture at several sizes and seeds, trained on its own task mix (:data:`FAMILIES`), as
+GPT-2 (learned positions, sequential blocks, WebText) and Pythia (rotary, parallel blocks, the Pile) differ. The
+seeds of one size train together with :func:`experiments.stacked.fit_stacked`. With ``--checkpoint`` the folders
+are converted by :mod:`jaxequiv.adapters.torch`, tokenised with each folder's ``tokenizer.json`` (only prompts
+that every tokenizer splits into position-aligned clean / counterfactual pairs with single-token names are
+kept) and grouped into families by the folder name's first part (``gpt2-medium`` -> ``gpt2``).
 
+* similarity: linear CKA and ridge R^2 between the models' last-token residual streams, within vs across
+  families (exact permutation test over family labels, prompt-bootstrap interval of the difference).
 * circuit: :func:`~jaxequiv.equivalence.patching_importance`: importance of head (l, h) = mean over prompts of
   KL(softmax(clean) || softmax(patched)) at the last prompt token, "patched" = the counterfactual prompt with that
   head's ``z`` taken from the clean run (all positions); the circuit = the ``circuit_frac`` heads with the
   lowest KL (those that alone restore the clean output).
 * GetImpl: :func:`~jaxequiv.equivalence.get_impl`: each implementation patches every non-circuit head with
-  probability 1/2 with its activation on the counterfactual prompts (``impls`` implementations per model).
+  probability ``p`` with its activation on the counterfactual prompts (or mean / resample ablation, ``source``).
 * representation: residual stream (``embed`` and after every block) at the last *real* prompt token.
-* :func:`~jaxequiv.equivalence.congruity` (Algorithm 1, ridge score; the comparator is a fresh implementation of
-  the other model, ties count 1/2) with a bootstrap interval.
+* :func:`~jaxequiv.equivalence.congruity_matrix` (Algorithm 1, ridge score; the comparator is a fresh
+  implementation of the other model, ties count 1/2), family means with a bootstrap interval over rounds, and a
+  one-factor-at-a-time sweep of ``p``, ``circuit_frac``, ``source`` and the measure.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -32,42 +39,74 @@ import time
 
 import numpy as np
 
-__all__ = ["IOIConfig", "QUICK", "ARCHS", "train_lms", "head_sites", "check_vocab", "head_importance", "circuit_units",
-           "implementation_reprs", "congruity_matrix", "clean_corrupt_kl", "io_accuracy", "Tokenizer", "tokenize_task",
-           "analyse",
-           "run_experiment", "main"]
+__all__ = ["IOIConfig", "QUICK", "FAMILIES", "model_specs", "train_lms", "head_sites", "check_vocab",
+           "head_importance", "circuit_units", "implementation_reprs", "similarity_matrices", "family_contrast",
+           "cka_bootstrap", "impl_similarity", "family_means", "clean_corrupt_kl", "io_accuracy", "task_accuracy", "Tokenizer",
+           "tokenize_task", "analyse", "run_experiment", "main"]
 
-ARCHS = {
-    "attn-only-2L": dict(n_layer=2, n_head=4, attn_only=True),
-    "mlp-4L": dict(n_layer=4, n_head=4),
+# Two families, differing as GPT-2 and Pythia do: architecture (positions, block layout) and training corpus
+# (task mix, different facts about the same names, and overlapping but different IOI templates, indices into
+# jaxequiv.data.ioi.TEMPLATES; the evaluation prompts use all ten).
+FAMILIES = {
+    "gpt": dict(arch=dict(positional="learned"),
+                mix={"ioi": 0.4, "induction": 0.3, "counting": 0.3}, fact_seed=0, templates=[0, 1, 2, 3, 4, 5, 8]),
+    "neox": dict(arch=dict(naming="neox", positional="rotary", parallel_residual=True),
+                 mix={"ioi": 0.4, "facts": 0.3, "induction": 0.3}, fact_seed=1, templates=[3, 4, 5, 6, 7, 8, 9]),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class IOIConfig:
-    n_train: int = 6000  # training sentences (models trained here)
+    n_train: int = 4000  # training sentences per family corpus
     n_eval: int = 200  # IOI prompts of the analysis (the paper's 200)
-    steps: int = 1500
-    batch_size: int = 64
-    d_model: int = 64
-    seeds: int = 2
-    answer_weight: float = 1.0  # extra weight of the answer token in the training loss
+    steps: int = 800
+    batch_size: int = 48
+    sizes: tuple = ((2, 32), (3, 40))  # (layers, d_model) of each family member ("small", "medium")
+    n_ctx: int = 24  # context of the models (training sentences and prompts are at most 20 words)
+    n_head: int = 4
+    seeds: int = 2  # per size
+    answer_weight: float = 1.0  # extra weight of the answer (last) token in the training loss
     circuit_frac: float = 0.25  # fraction of heads kept as the circuit (lowest denoising KL)
+    p: float = 0.5  # GetImpl's patch probability of a non-circuit head
+    source: str = "counterfactual"  # GetImpl's patch source
     impls: int = 10  # implementations per model (the paper's 10)
-    rounds: int = 100  # congruity rounds
+    rounds: int = 100  # congruity rounds (default setting)
+    sweep_rounds: int = 30  # congruity rounds of each sensitivity setting
+    sweep_p: tuple = (0.1, 0.3, 0.7, 0.9)
+    sweep_circuit_frac: tuple = (0.1, 0.5)
+    sweep_source: tuple = ("mean", "resample")
+    sweep_measure: tuple = ("linear_cka", "procrustes", "cca")
+    ridge_splits: int = 5  # random 90/10 splits averaged in the similarity matrix
+    n_boot: int = 1000
     lr: float = 3e-3
     seed: int = 0
 
 
-QUICK = IOIConfig(n_train=200, n_eval=40, steps=20, batch_size=32, d_model=16, seeds=1, impls=3, rounds=8)
+QUICK = IOIConfig(n_train=600, n_eval=60, steps=150, batch_size=32, sizes=((1, 16),), seeds=2, impls=4, rounds=10,
+                  sweep_rounds=6, sweep_p=(), sweep_circuit_frac=(), sweep_source=("mean",),
+                  sweep_measure=("linear_cka",), ridge_splits=2, n_boot=200)
 
 
-def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, cfg: IOIConfig):
-    """``cfg.seeds`` next-token language models of architecture ``arch``, trained together by
+def model_specs(cfg: IOIConfig) -> list[tuple[str, str, dict]]:
+    """``(family, size label, TransformerConfig keywords)`` of every trained size (each trained with
+    ``cfg.seeds`` seeds)."""
+    return [(fam, f"{n_layer}L{d}", dict(n_layer=n_layer, d_model=d, n_head=cfg.n_head, **spec["arch"]))
+            for fam, spec in FAMILIES.items() for n_layer, d in cfg.sizes]
+
+
+def _init_seed(cfg: IOIConfig, spec_index: int) -> int:
+    """First initialisation seed of the ``spec_index``-th trained size: every model has its own, so that no two
+    models (e.g. the same size in both families) start from the same embedding."""
+    return cfg.seed * 1000 + 100 * spec_index
+
+
+def train_lms(spec: dict, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, cfg: IOIConfig, init: int = 0):
+    """``cfg.seeds`` next-token language models with :class:`~jaxequiv.models.transformer.TransformerConfig`
+    keywords ``spec`` and initialisation seeds ``init, init + 1, ...``, trained together by
     :func:`experiments.stacked.fit_stacked` (vmapped over seeds).
 
     The loss is the mean next-token cross-entropy over real tokens plus ``cfg.answer_weight`` times the
-    cross-entropy of the last token (the IO name), so small models learn the task within a CPU budget.
+    cross-entropy of the last token (each task's answer), so small models learn the tasks within a CPU budget.
 
     Args:
       ids: ``[N, T]`` right-padded token ids of whole sentences; lengths ``[N]``.
@@ -83,10 +122,13 @@ def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, 
     from jaxequiv.network import Network
     from experiments.stacked import fit_stacked
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {list(ARCHS)}")
-    tcfg = TransformerConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_ctx=ids.shape[1], **ARCHS[arch])
-    net = Network.stack([Network.from_module(Transformer(tcfg, nnx.Rngs(cfg.seed * 100 + s)), (None,), "int")
+    if ids.shape[1] > cfg.n_ctx:
+        raise ValueError(f"train_lms: sentences of {ids.shape[1]} tokens exceed cfg.n_ctx={cfg.n_ctx}; raise n_ctx")
+    try:
+        tcfg = TransformerConfig(vocab_size=vocab_size, n_ctx=cfg.n_ctx, **spec)
+    except TypeError as e:
+        raise ValueError(f"train_lms: {spec!r} is not a set of TransformerConfig keywords ({e})") from None
+    net = Network.stack([Network.from_module(Transformer(tcfg, nnx.Rngs(init + s)), (None,), "int")
                          for s in range(cfg.seeds)])
 
     def loss_fn(p, x, n):
@@ -94,7 +136,7 @@ def train_lms(arch: str, ids: np.ndarray, lengths: np.ndarray, vocab_size: int, 
         ll = jnp.take_along_axis(jax.nn.log_softmax(logits), x[:, 1:, None], -1)[..., 0]  # [B, T-1]
         pos = jnp.arange(x.shape[1] - 1)[None]
         valid = pos < (n[:, None] - 1)
-        answer = pos == (n[:, None] - 2)  # predicts the last real token (the IO name)
+        answer = pos == (n[:, None] - 2)  # predicts the last real token (the answer)
         return -(ll * valid).sum() / valid.sum() - cfg.answer_weight * (ll * answer).sum() / answer.sum()
 
     params, losses = fit_stacked(net.params, loss_fn, (ids, lengths), steps=cfg.steps, batch_size=cfg.batch_size,
@@ -143,36 +185,125 @@ def circuit_units(kl: np.ndarray, frac: float, z_names: list[str]) -> list[str]:
     return [f"{z}[{','.join(map(str, np.flatnonzero(row)))}]" for z, row in zip(z_names, top) if row.any()]
 
 
-def implementation_reprs(net, clean, corrupt, lengths, circuit: list[str], count: int, seed: int):
+def implementation_reprs(net, clean, corrupt, lengths, circuit: list[str], count: int, seed: int, p: float = 0.5,
+                         source: str = "counterfactual"):
     """The model's representation ``[N, D]`` and ``count`` GetImpl implementations ``[count, N, D]``
-    (:func:`jaxequiv.equivalence.get_impl`): each patches every head outside ``circuit`` with probability 1/2 with
-    its activation on the counterfactual prompts; representation = residual stream (``embed`` and every block)
-    at the last real prompt token."""
+    (:func:`jaxequiv.equivalence.get_impl`): each patches every head outside ``circuit`` with probability ``p``
+    with its activation on the counterfactual prompts (``source="counterfactual"``) or its mean / resampled
+    activation on the clean prompts (``"mean"``, ``"resample"``); representation = residual stream (``embed``
+    and every block) at the last real prompt token."""
     from jaxequiv import equivalence as eq
 
     z_names, resid = head_sites(net)
     base = eq.get_impl(net, clean, read=resid, n=1, lengths=lengths)[0]
-    impls = eq.get_impl(net, clean, corrupt, read=resid, key=seed, n=count, circuit=circuit, candidates=z_names,
-                        lengths=lengths)
+    impls = eq.get_impl(net, clean, corrupt if source == "counterfactual" else None, read=resid, key=seed, n=count,
+                        circuit=circuit, candidates=z_names, p=p, source=source, lengths=lengths)
     return np.asarray(base), np.asarray(impls)
 
 
-def congruity_matrix(models: dict, rounds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """CONGRUITY (:func:`jaxequiv.equivalence.congruity`, ridge score) of every pair of ``{name: (base, impls)}``;
-    returns the symmetric ``[A, A]`` scores and their 95% bootstrap intervals ``[A, A, 2]``."""
-    import jax
+def similarity_matrices(bases: list[np.ndarray], splits: int, seed: int) -> dict[str, np.ndarray]:
+    """``{"linear_cka", "ridge"}`` ``[k, k]`` similarity of the models' representations ``bases`` (``[N, D_i]``):
+    linear CKA, and the ridge R^2 (:func:`jaxequiv.similarity.ridge_score`) averaged over ``splits`` random
+    90/10 splits and over both directions (ridge is asymmetric: X predicts Y). The diagonal is 1 by definition."""
+    from jaxequiv import similarity as sim
 
-    from jaxequiv import equivalence as eq
+    k = len(bases)
+    out = {m: np.eye(k) for m in ("linear_cka", "ridge")}
+    for i, j in itertools.combinations(range(k), 2):
+        out["linear_cka"][i, j] = out["linear_cka"][j, i] = float(sim.linear_cka(bases[i], bases[j]))
+        r2 = [float(sim.ridge_score(x, y, key=seed * 1000 + s)) for s in range(splits)
+              for x, y in ((bases[i], bases[j]), (bases[j], bases[i]))]
+        out["ridge"][i, j] = out["ridge"][j, i] = float(np.mean(r2))
+    return out
+
+
+def _pairs(families: list[str]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Off-diagonal model pairs ``i < j`` within one family and across families."""
+    pairs = list(itertools.combinations(range(len(families)), 2))
+    return ([(i, j) for i, j in pairs if families[i] == families[j]],
+            [(i, j) for i, j in pairs if families[i] != families[j]])
+
+
+def family_contrast(mat: np.ndarray, families: list[str]) -> dict:
+    """Mean off-diagonal similarity within families and across, their difference, and its exact permutation
+    p-value: the share of all distinct re-labellings of the models (family sizes kept) whose difference is at
+    least the observed one (the observed labelling included)."""
+    mat = np.asarray(mat)
+
+    def stat(labels):
+        within, across = _pairs(list(labels))
+        return np.mean([mat[p] for p in within]) - np.mean([mat[p] for p in across]), within, across
+
+    diff, within, across = stat(families)
+    if not within or not across:
+        raise ValueError(f"family_contrast needs pairs within and across families, got families {families}")
+    perms = set(itertools.permutations(families))
+    null = np.array([stat(q)[0] for q in perms])
+    return {"within": float(np.mean([mat[p] for p in within])), "across": float(np.mean([mat[p] for p in across])),
+            "difference": float(diff), "p_permutation": float(np.mean(null >= diff - 1e-12)),
+            "relabellings": len(perms)}
+
+
+def cka_bootstrap(bases: list[np.ndarray], families: list[str], n_boot: int, seed: int) -> dict:
+    """95% interval of (mean within-family - mean across-family) linear CKA over bootstrap resamples of the
+    prompts (rows), all models resampled alike."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxequiv import similarity as sim
+
+    within, across = _pairs(families)
+    idx = jax.random.randint(jax.random.key(seed), (n_boot, bases[0].shape[0]), 0, bases[0].shape[0])
+    kernel = jax.vmap(lambda x, y: sim.LINEAR_CKA.kernel(x, y, None))
+    cka = {p: np.asarray(kernel(jnp.asarray(bases[p[0]])[idx], jnp.asarray(bases[p[1]])[idx]))
+           for p in within + across}
+    diff = np.mean([cka[p] for p in within], 0) - np.mean([cka[p] for p in across], 0)
+    lo, hi = np.quantile(diff, [0.025, 0.975])
+    return {"difference_ci95": [float(lo), float(hi)], "n_boot": n_boot}
+
+
+def impl_similarity(models: dict, families: list[str], measure, seed: int) -> dict[str, float]:
+    """What congruity's rounds compare, averaged: the measure between a model and its *own* implementations, and
+    between a model and the implementations of another model of its family (``"within"``) or of the other
+    family (``"across"``). ``models``: ``{name: (base [N, D], impls [M, N, D])}``; distances are reported as
+    they are (``measure.higher_is_similar`` False)."""
+    import jax.numpy as jnp
 
     names = list(models)
-    keys = jax.random.split(jax.random.key(seed), len(names) ** 2)
-    mat, ci = np.zeros((len(names),) * 2), np.zeros((len(names),) * 2 + (2,))
+    key = measure.key_for(seed)
+    rows = []
     for i, a in enumerate(names):
-        for j, b in enumerate(names[i:], i):  # Algorithm 1 is symmetric in the two models: score i <= j, mirror
-            r = eq.congruity(*models[a], *models[b], key=keys[i * len(names) + j], n_rounds=rounds)
-            mat[i, j] = mat[j, i] = r.score
-            ci[i, j] = ci[j, i] = (r.ci_low, r.ci_high)
-    return mat, ci
+        s = np.asarray(measure.many_kernel(jnp.asarray(models[a][0]), tuple(jnp.asarray(models[b][1]) for b in names),
+                                           key))
+        rows.append([v.mean() for v in np.split(s, np.cumsum([len(models[b][1]) for b in names])[:-1])])
+    rows = np.asarray(rows)
+    within, across = _pairs(families)
+    both = lambda pairs: float(np.mean([rows[p] for i, j in pairs for p in ((i, j), (j, i))]))  # noqa: E731
+    return {"own": float(np.mean(np.diag(rows))), "within": both(within) if within else None,
+            "across": both(across) if across else None}
+
+
+def family_means(cm, families: list[str], n_boot: int, seed: int) -> dict:
+    """Mean off-diagonal congruity within each family and across families, each with a 95% bootstrap interval
+    over the congruity rounds (resampled jointly for all pairs) of :class:`~jaxequiv.equivalence.CongruityMatrix`
+    ``cm``; and the mean congruity of each model with itself."""
+    ind = np.asarray(cm.indicators)  # (k, k, rounds, 2)
+    boot = np.random.default_rng(seed).integers(0, ind.shape[2], (n_boot, ind.shape[2]))
+    within, across = _pairs(families)
+    groups = {f"within {f}": [p for p in within if families[p[0]] == f] for f in dict.fromkeys(families)}
+    groups["across"] = across
+    out = {}
+    for name, pairs in groups.items():
+        if not pairs:
+            continue
+        per_round = np.stack([ind[i, j].sum(1) for i, j in pairs])  # (pairs, rounds)
+        boots = (1 - np.abs(per_round[:, boot].mean(-1) - 1)).mean(0)
+        lo, hi = np.quantile(boots, [0.025, 0.975])
+        out[name] = {"mean": float(np.mean([cm.score[p] for p in pairs])), "ci95": [float(lo), float(hi)],
+                     "pairs": len(pairs)}
+    out["self"] = {"mean": float(np.mean(np.diag(cm.score))), "min": float(np.min(np.diag(cm.score))),
+                   "max": float(np.max(np.diag(cm.score)))}
+    return out
 
 
 def clean_corrupt_kl(net, clean, corrupt, last) -> float:
@@ -197,6 +328,23 @@ def io_accuracy(net, clean, last, io_ids, s_ids) -> tuple[float, float]:
     return float((diff > 0).mean()), float(diff.mean())
 
 
+def task_accuracy(net, vocab, mix: dict, n: int, seed: int, fact_seed: int) -> dict[str, float]:
+    """Per task of ``mix``, the fraction of ``n`` held-out sentences (:func:`jaxequiv.data.ioi.task_corpus`) whose
+    last word is the model's top prediction after the preceding words."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxequiv.data.ioi import task_corpus
+
+    out = {}
+    for task in mix:
+        ids, lengths = vocab.encode(task_corpus(n, {task: 1.0}, seed=seed, fact_seed=fact_seed))
+        logits = np.asarray(jax.jit(net.apply)(net.params, jnp.asarray(ids)))
+        rows = np.arange(n)
+        out[task] = float((logits[rows, lengths - 2].argmax(-1) == ids[rows, lengths - 1]).mean())
+    return out
+
+
 class Tokenizer:
     """Tokenises IOI prompts for one model: the checkpoint's ``tokenizer.json`` (Hugging Face ``tokenizers``) when
     the folder has one, else the built-in word-level :class:`~jaxequiv.data.ioi.WordVocab`."""
@@ -212,8 +360,8 @@ class Tokenizer:
             self.hf = HFTokenizer.from_file(path)
             self.source = path
         else:
-            self.vocab = WordVocab.for_ioi()
-            self.source = "built-in word-level IOI vocabulary"
+            self.vocab = WordVocab.for_tasks()
+            self.source = "built-in word-level vocabulary of the task corpus"
 
     def encode(self, text: str) -> list[int]:
         if self.hf is None:
@@ -264,9 +412,11 @@ def tokenize_task(data, tokenizers: list[Tokenizer]):
     return keep, out
 
 
-def analyse(name: str, net, task: dict, cfg: IOIConfig, seed: int, log=print):
-    """Circuit, implementations and IO accuracy of one model on tokenised ``task``; returns
-    ``(base, impls, summary)``."""
+def analyse(name: str, net, task: dict, cfg: IOIConfig, log=print):
+    """IO accuracy, KL scales and per-head importance of one model on tokenised ``task``; returns
+    ``(base representation [N, D], head importance [L, H], summary)``."""
+    from jaxequiv import equivalence as eq
+
     infos = net.sites(1, tokens=2)
     if "logits" in infos:
         for key in ("clean", "corrupt"):
@@ -277,25 +427,37 @@ def analyse(name: str, net, task: dict, cfg: IOIConfig, seed: int, log=print):
     imp = head_importance(net, task["clean"], task["corrupt"], last)
     z_names, _ = head_sites(net)
     circuit = circuit_units(imp, cfg.circuit_frac, z_names)
-    base, impls = implementation_reprs(net, task["clean"], task["corrupt"], task["lengths"], circuit, cfg.impls, seed)
+    base = np.asarray(eq.get_impl(net, task["clean"], read=head_sites(net)[1], n=1, lengths=task["lengths"])[0])
     log(f"{name}: IO-vs-S accuracy {acc:.2f}, logit diff {diff:.2f}, circuit {circuit}")
-    return base, impls, {"accuracy": acc, "logit_diff": diff, "kl_clean_corrupt": kl,
-                         "head_importance": imp.tolist(), "circuit": circuit, "repr_dim": int(base.shape[-1])}
+    return base, imp, {"accuracy": acc, "logit_diff": diff, "kl_clean_corrupt": kl, "head_importance": imp.tolist(),
+                       "circuit": circuit, "repr_dim": int(base.shape[-1])}
+
+
+def _settings(cfg: IOIConfig) -> list[tuple[str, object, dict]]:
+    """The default GetImpl / measure setting and the one-factor-at-a-time sweep around it:
+    ``(factor, value, {p, circuit_frac, source, measure})``."""
+    default = dict(p=cfg.p, circuit_frac=cfg.circuit_frac, source=cfg.source, measure="ridge")
+    out = [("default", None, default)]
+    for factor, values in (("p", cfg.sweep_p), ("circuit_frac", cfg.sweep_circuit_frac),
+                           ("source", cfg.sweep_source), ("measure", cfg.sweep_measure)):
+        out += [(factor, v, {**default, factor: v}) for v in values if v != default[factor]]
+    return out
 
 
 def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None = None, log=print) -> dict:
-    """Train (or load) the models, find circuits, sample implementations, score congruity; write
-    ``results.json`` and ``congruity.png`` into ``out_dir``.
+    """Train (or load) the models, compare their representations, find circuits, sample implementations, score
+    congruity and its sensitivity; write ``results.json``, ``congruity.png``, ``similarity.png`` and
+    ``sensitivity.png`` into ``out_dir``.
 
     Args:
       checkpoints: Hugging Face GPT-2 / Pythia (GPT-NeoX) folders (or any folder :func:`jaxequiv.adapters.torch.load`
         reads) to compare instead of training models here.
     """
-    from experiments.equiv_toy.run import _heatmaps
-
+    from jaxequiv import equivalence as eq
+    from jaxequiv import similarity as sim
+    from jaxequiv.data.ioi import TEMPLATES, ioi_prompts, task_corpus
     from jaxequiv.io.files import write_json
     from jaxequiv.io.provenance import provenance
-    from jaxequiv.data.ioi import ioi_prompts
 
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -306,48 +468,132 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
 
     os.makedirs(out_dir, exist_ok=True)
     ev = ioi_prompts(cfg.n_eval, seed=cfg.seed + 2)
-    models, results = {}, {"config": dataclasses.asdict(cfg), "models": {}}
+    nets, tasks, families, bases, imps = {}, {}, [], [], []
+    results = {"config": dataclasses.asdict(cfg), "models": {}}
     if checkpoints:
         from jaxequiv.adapters.torch import load_network
 
         toks = [Tokenizer(c) for c in checkpoints]
-        keep, tasks = tokenize_task(ev, toks)
+        keep, toks_tasks = tokenize_task(ev, toks)
         results["prompts_kept"] = len(keep)
-        for k, (folder, tok, task) in enumerate(zip(checkpoints, toks, tasks)):
+        for folder, tok, task in zip(checkpoints, toks, toks_tasks):
             name = os.path.basename(os.path.normpath(folder))
-            net = load_network(folder)
-            base, impls, summary = analyse(name, net, task, cfg, cfg.seed + k, log)
-            models[name] = (base, impls)
-            results["models"][name] = {"checkpoint": os.path.abspath(folder), "tokenizer": tok.source, **summary}
+            t = time.time()
+            nets[name], tasks[name] = load_network(folder), task
+            base, imp, summary = analyse(name, nets[name], task, cfg, log)
+            lap("circuits", t)
+            families.append(name.split("-")[0])
+            bases.append(base)
+            imps.append(imp)
+            results["models"][name] = {"family": families[-1], "checkpoint": os.path.abspath(folder),
+                                       "tokenizer": tok.source, **summary}
     else:
         tok = Tokenizer()
         vocab = tok.vocab
-        train = ioi_prompts(cfg.n_train, seed=cfg.seed + 1)
-        ids, lengths = vocab.encode(train.sentences())
         _, (task,) = tokenize_task(ev, [tok])
-        for arch in ARCHS:
+        results["families"] = FAMILIES
+        for m, (fam, size, spec) in enumerate(model_specs(cfg)):
+            mix, fact_seed = FAMILIES[fam]["mix"], FAMILIES[fam]["fact_seed"]
+            ids, lengths = vocab.encode(task_corpus(cfg.n_train, mix, seed=cfg.seed + 1, fact_seed=fact_seed,
+                                                    templates=[TEMPLATES[t] for t in FAMILIES[fam]["templates"]]))
             t = time.time()
-            stack, loss = train_lms(arch, ids, lengths, len(vocab), cfg)
-            t = lap(f"training {arch}", t)
+            stack, loss = train_lms(spec, ids, lengths, len(vocab), cfg, init=_init_seed(cfg, m))
+            t = lap(f"training {fam}", t)
             for s in range(cfg.seeds):
-                name = f"{arch} seed{s}"
-                base, impls, summary = analyse(name, stack[s], task, cfg, cfg.seed + s, log)
-                models[name] = (base, impls)
-                results["models"][name] = {"train_loss": float(loss[s]), **summary}
-            lap("circuits and implementations", t)
-    names = list(models)
+                name = f"{fam}-{size} s{s}"
+                nets[name], tasks[name] = stack[s], task
+                base, imp, summary = analyse(name, stack[s], task, cfg, log)
+                acc = task_accuracy(stack[s], vocab, mix, 100, cfg.seed + 3, fact_seed)
+                families.append(fam)
+                bases.append(base)
+                imps.append(imp)
+                results["models"][name] = {"family": fam, "size": size, "seed": s, "train_loss": float(loss[s]),
+                                           "task_accuracy": acc, **summary}
+            lap("circuits", t)
+    names = list(nets)
+    results["names"], results["family_of"] = names, families
+
+    # 1. the structure congruity is meant to find: within-family vs across-family representational similarity
     t = time.time()
-    mat, ci = congruity_matrix(models, cfg.rounds, cfg.seed + 7)
-    lap("congruity", t)
-    results["names"], results["congruity"], results["congruity_ci95"] = names, mat.tolist(), ci.tolist()
+    simil = similarity_matrices(bases, cfg.ridge_splits, cfg.seed + 5)
+    results["similarity"] = {m: {"matrix": v.tolist(), **(family_contrast(v, families) if len(set(families)) > 1
+                                                           and len(families) > len(set(families)) else {})}
+                             for m, v in simil.items()}
+    if "within" in results["similarity"]["linear_cka"]:
+        results["similarity"]["linear_cka"].update(cka_bootstrap(bases, families, cfg.n_boot, cfg.seed + 6))
+    lap("similarity", t)
+
+    # 2. congruity at the default setting, and 3. its sensitivity, one factor at a time
+    results["sensitivity"] = []
+    cache = {}
+    for factor, value, st in _settings(cfg):
+        t = time.time()
+        impl_key = (st["p"], st["circuit_frac"], st["source"])
+        if impl_key not in cache:
+            cache[impl_key] = {}
+            for k, name in enumerate(names):
+                z_names, _ = head_sites(nets[name])
+                circuit = circuit_units(imps[k], st["circuit_frac"], z_names)
+                task = tasks[name]
+                cache[impl_key][name] = implementation_reprs(nets[name], task["clean"], task["corrupt"],
+                                                             task["lengths"], circuit, cfg.impls, cfg.seed + k,
+                                                             st["p"], st["source"])
+        models = cache[impl_key]
+        t = lap("implementations", t)
+        measure = sim.get_measure(st["measure"])
+        rounds = cfg.rounds if factor == "default" else cfg.sweep_rounds
+        cm = eq.congruity_matrix(models, key=cfg.seed + 7, n_rounds=rounds, measure=measure, n_boot=cfg.n_boot)
+        means = family_means(cm, families, cfg.n_boot, cfg.seed + 8)
+        moved = [float(np.linalg.norm(imp - base[None], axis=(1, 2)).mean() /
+                       np.linalg.norm(base - base.mean(0)))
+                 for base, imp in models.values()]
+        entry = {"factor": factor, "value": value, "setting": st, "rounds": rounds, "family_means": means,
+                 "impl_distance": float(np.mean(moved)),
+                 "impl_similarity": impl_similarity(models, families, measure, cfg.seed + 9)}
+        if factor == "default":
+            results["congruity"], results["congruity_ci95"] = cm.score.tolist(), np.stack(
+                [cm.ci_low, cm.ci_high], -1).tolist()
+            results["congruity_family_means"] = means
+        results["sensitivity"].append(entry)
+        log(f"{factor}={value}: " + ", ".join(f"{g} {m['mean']:.2f}" for g, m in means.items()))
+        lap("congruity", t)
     results["seconds"] = round(time.time() - t0, 1)
     results["timings_s"] = {**timings, "total": results["seconds"]}
     results["provenance"] = provenance(
-        cfg, seeds={"run": cfg.seed, "model init": [cfg.seed * 100 + s for s in range(cfg.seeds)]}, started=t0)
-    _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", mat)], names)
+        cfg, seeds={"run": cfg.seed, "model init": [_init_seed(cfg, m) + s for m in range(len(model_specs(cfg)))
+                                                for s in range(cfg.seeds)]}, started=t0)
+    _figures(out_dir, results)
     write_json(os.path.join(out_dir, "results.json"), results)
-    log(f"congruity:\n{np.round(mat, 2)}\ndone in {results['seconds']}s")
+    log(f"congruity:\n{np.round(np.asarray(results['congruity']), 2)}\ndone in {results['seconds']}s")
     return results
+
+
+def _figures(out_dir: str, res: dict) -> None:
+    """``congruity.png`` (default setting), ``similarity.png`` (CKA, ridge) and, for a sweep, ``sensitivity.png``
+    (family-mean congruity per setting)."""
+    from experiments.equiv_toy.run import _heatmaps
+    from jaxequiv.io.figures import save_figure, subplots
+
+    names = [n.replace(" ", "/") for n in res["names"]]
+    _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", np.asarray(res["congruity"]))], names)
+    _heatmaps(os.path.join(out_dir, "similarity.png"),
+              [(f"{m} (base models)", np.asarray(v["matrix"])) for m, v in res["similarity"].items()], names)
+    sweep = res["sensitivity"]
+    groups = [g for g in sweep[0]["family_means"] if g != "self"]
+    fig, ax = subplots(1, 1, figsize=(max(5.0, 0.6 * len(sweep)), 3.4))
+    x = np.arange(len(sweep))
+    for k, g in enumerate(groups):
+        m = np.array([e["family_means"][g]["mean"] for e in sweep])
+        ci = np.array([e["family_means"][g]["ci95"] for e in sweep])
+        ax.errorbar(x + 0.12 * (k - (len(groups) - 1) / 2), m, yerr=[m - ci[:, 0], ci[:, 1] - m], fmt="o",
+                    capsize=2, label=g)
+    ax.set_xticks(x, [e["factor"] if e["value"] is None else f"{e['factor']}={e['value']}" for e in sweep],
+                  rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("mean congruity")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, os.path.join(out_dir, "sensitivity.png"), dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,30 +67,70 @@ def test_congruity_of_models_with_different_widths():
     np.testing.assert_array_equal(same.indicators, r.indicators)
 
 
-def test_quick_run_trains_and_scores(tmp_path):
-    """One --quick run through the CLI (one test, so that pytest-xdist never runs it twice): its results and
-    provenance, and the across-family claim at quick size: an attention-only and an MLP transformer are told apart
-    (congruity's 95% bootstrap interval lies below each model's congruity with itself, whose interval reaches 1)."""
-    with pytest.raises(ValueError, match="unknown architecture"):
-        ioi.train_lms("cnn", np.zeros((4, 3), np.int32), np.full(4, 3), 10, ioi.QUICK)
+def test_family_contrast_is_an_exact_permutation_test():
+    fams = ["a", "a", "b", "b"]
+    mat = np.array([[1, .9, .1, .2], [.9, 1, .3, .1], [.1, .3, 1, .8], [.2, .1, .8, 1]])
+    r = ioi.family_contrast(mat, fams)
+    assert r["within"] == pytest.approx(0.85) and r["across"] == pytest.approx(0.175)
+    # 6 distinct relabellings; the observed one and its a<->b swap are the largest
+    assert r["relabellings"] == 6 and r["p_permutation"] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="within and across"):
+        ioi.family_contrast(mat[:2, :2], ["a", "b"])
+
+
+def test_family_means_bootstrap_the_rounds():
+    rng = np.random.default_rng(0)
+    ind = rng.choice([0.0, 0.5, 1.0], size=(3, 3, 40, 2))
+    score = 1 - np.abs(ind.sum(-1).mean(-1) - 1)
+    cm = eq.CongruityMatrix(("x", "y", "z"), score, score, score, ind)
+    m = ioi.family_means(cm, ["a", "a", "b"], n_boot=300, seed=0)
+    assert set(m) == {"within a", "across", "self"} and m["within a"]["pairs"] == 1 and m["across"]["pairs"] == 2
+    assert m["within a"]["mean"] == pytest.approx(score[0, 1])
+    assert m["across"]["mean"] == pytest.approx((score[0, 2] + score[1, 2]) / 2)
+    for g in ("within a", "across"):
+        assert m[g]["ci95"][0] <= m[g]["mean"] <= m[g]["ci95"][1]
+    assert m["self"]["min"] == pytest.approx(np.diag(score).min())
+
+
+@pytest.mark.timeout(600)
+def test_quick_run_shows_family_structure(tmp_path):
+    """One --quick run through the CLI (one test, so that pytest-xdist never runs it twice): provenance, and the
+    claims the quick size shows: (1) the family structure exists: within-family linear CKA of the base models
+    exceeds across-family CKA, with a prompt-bootstrap interval of the difference above 0; (2) models of
+    different families are told apart by congruity (interval below each model's congruity with itself);
+    (3) mean ablation moves the representation further than the counterfactual patch, and every sweep setting
+    is scored."""
+    with pytest.raises(ValueError, match="TransformerConfig keywords"):
+        ioi.train_lms({"n_layer": 1, "width": 3}, np.zeros((4, 3), np.int32), np.full(4, 3), 10, ioi.QUICK)
     assert ioi.main(["--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    k = len(ioi.ARCHS) * ioi.QUICK.seeds
-    assert len(res["names"]) == k
-    mat, ci = np.array(res["congruity"]), np.array(res["congruity_ci95"])
-    assert mat.shape == (k, k) and ((0 <= mat) & (mat <= 1)).all() and (tmp_path / "congruity.png").exists()
-    for m in res["models"].values():
-        assert 0 <= m["accuracy"] <= 1 and np.isfinite(m["train_loss"]) and m["circuit"] and m["kl_clean_corrupt"] > 0
+    k = len(ioi.model_specs(ioi.QUICK)) * ioi.QUICK.seeds
+    assert len(res["names"]) == k and sorted(set(res["family_of"])) == sorted(ioi.FAMILIES)
+    for f in ("congruity.png", "similarity.png", "sensitivity.png"):
+        assert (tmp_path / f).exists()
     prov = res["provenance"]
     assert prov["config"]["steps"] == ioi.QUICK.steps and prov["seeds"]["run"] == ioi.QUICK.seed
+    assert len(set(prov["seeds"]["model init"])) == k  # no two models share an initialisation
     assert prov["git"]["commit"] and prov["versions"]["flax"] and prov["wall_s"] >= res["seconds"]
+    for m in res["models"].values():
+        assert m["accuracy"] > 0.5 and np.isfinite(m["train_loss"]) and m["circuit"] and m["kl_clean_corrupt"] > 0
 
-    arch = [n.rsplit(" ", 1)[0] for n in res["names"]]
-    across = [(i, j) for i in range(k) for j in range(k) if arch[i] != arch[j]]
-    assert across
-    for i, j in across:
-        assert ci[i, j, 1] < min(ci[i, i, 0], ci[j, j, 0]), (res["names"][i], res["names"][j])
-    assert all(ci[i, i, 1] == 1.0 for i in range(k))
+    cka = res["similarity"]["linear_cka"]
+    assert cka["within"] > cka["across"] and cka["difference_ci95"][0] > 0, cka
+
+    mat, ci = np.array(res["congruity"]), np.array(res["congruity_ci95"])
+    fam = res["family_of"]
+    for i in range(k):
+        for j in range(k):
+            if fam[i] != fam[j]:
+                assert ci[i, j, 1] < min(ci[i, i, 0], ci[j, j, 0]), (res["names"][i], res["names"][j])
+    sweep = {(e["factor"], e["value"]): e for e in res["sensitivity"]}
+    assert set(sweep) == {("default", None), ("source", "mean"), ("measure", "linear_cka")}
+    assert sweep[("source", "mean")]["impl_distance"] > sweep[("default", None)]["impl_distance"]
+    for e in sweep.values():
+        assert all(0 <= g["mean"] <= 1 for g in e["family_means"].values() if "mean" in g)
+        sim = e["impl_similarity"]
+        assert sim["own"] > sim["across"]  # a model is closer to its own implementations than to another family's
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +173,7 @@ def test_checkpoints_end_to_end(tmp_path, hf_folders):
     assert any(c.startswith("layers.") for c in res["models"]["pythia-tiny"]["circuit"])  # NeoX head sites
     mat = np.array(res["congruity"])
     assert mat.shape == (2, 2) and ((0 <= mat) & (mat <= 1)).all()
+    assert res["family_of"] == ["gpt2", "pythia"] and "across" in res["congruity_family_means"]
     # a model without tokenizer.json whose vocabulary is smaller than the word-level IOI vocabulary
     with pytest.raises(ValueError, match="does not cover the task's tokens"):
         ioi.main(["--quick", "--checkpoint", str(small), "--out", str(tmp_path / "bad")])
