@@ -234,9 +234,10 @@ def family_contrast(mat: np.ndarray, families: list[str]) -> dict:
         within, across = _pairs(list(labels))
         return np.mean([mat[p] for p in within]) - np.mean([mat[p] for p in across]), within, across
 
-    diff, within, across = stat(families)
+    within, across = _pairs(families)
     if not within or not across:
         raise ValueError(f"family_contrast needs pairs within and across families, got families {families}")
+    diff = stat(families)[0]
     perms = set(itertools.permutations(families))
     null = np.array([stat(q)[0] for q in perms])
     return {"within": float(np.mean([mat[p] for p in within])), "across": float(np.mean([mat[p] for p in across])),
