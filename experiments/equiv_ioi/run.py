@@ -22,8 +22,9 @@ kept) and grouped into families by the folder name's first part (``gpt2-medium``
 * GetImpl: :func:`~jaxequiv.equivalence.get_impl`: each implementation patches every non-circuit head with
   probability ``p`` with its activation on the counterfactual prompts (or mean / resample ablation, ``source``).
 * representation: residual stream (``embed`` and after every block) at the last *real* prompt token.
-* :func:`~jaxequiv.equivalence.congruity_matrix` (Algorithm 1, ridge score; the comparator is a fresh
-  implementation of the other model, ties count 1/2), family means with a bootstrap interval over rounds, and a
+* :func:`~jaxequiv.equivalence.congruity_matrix` (Algorithm 1, ridge score on one fixed 90/10 split of the
+  prompts, so each (model, implementation) pair is fitted once; the comparator is a fresh implementation of the
+  other model, ties count 1/2), family means with a bootstrap interval over rounds, and a
   one-factor-at-a-time sweep of ``p``, ``circuit_frac``, ``source`` and the measure.
 """
 
@@ -71,7 +72,7 @@ class IOIConfig:
     source: str = "counterfactual"  # GetImpl's patch source
     impls: int = 10  # implementations per model (the paper's 10)
     rounds: int = 100  # congruity rounds (default setting)
-    sweep_rounds: int = 30  # congruity rounds of each sensitivity setting
+    sweep_rounds: int = 100  # congruity rounds of each sensitivity setting
     sweep_p: tuple = (0.1, 0.3, 0.7, 0.9)
     sweep_circuit_frac: tuple = (0.1, 0.5)
     sweep_source: tuple = ("mean", "resample")
@@ -83,7 +84,7 @@ class IOIConfig:
 
 
 QUICK = IOIConfig(n_train=600, n_eval=60, steps=150, batch_size=32, sizes=((1, 16),), seeds=2, impls=4, rounds=10,
-                  sweep_rounds=6, sweep_p=(), sweep_circuit_frac=(), sweep_source=("mean",),
+                  sweep_rounds=10, sweep_p=(), sweep_circuit_frac=(), sweep_source=("mean",),
                   sweep_measure=("linear_cka",), ridge_splits=2, n_boot=200)
 
 
@@ -527,6 +528,7 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
     # 2. congruity at the default setting, and 3. its sensitivity, one factor at a time
     results["sensitivity"] = []
     cache = {}
+    ridge_fixed = sim.get_measure("ridge", split=cfg.seed + 11)  # one 90/10 split: each pair scored once
     for factor, value, st in _settings(cfg):
         t = time.time()
         impl_key = (st["p"], st["circuit_frac"], st["source"])
@@ -541,7 +543,7 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
                                                              st["p"], st["source"])
         models = cache[impl_key]
         t = lap("implementations", t)
-        measure = sim.get_measure(st["measure"])
+        measure = ridge_fixed if st["measure"] == "ridge" else sim.get_measure(st["measure"])
         rounds = cfg.rounds if factor == "default" else cfg.sweep_rounds
         cm = eq.congruity_matrix(models, key=cfg.seed + 7, n_rounds=rounds, measure=measure, n_boot=cfg.n_boot)
         means = family_means(cm, families, cfg.n_boot, cfg.seed + 8)
