@@ -565,8 +565,8 @@ def run_experiment(cfg: IOIConfig, out_dir: str, checkpoints: list[str] | None =
     results["provenance"] = provenance(
         cfg, seeds={"run": cfg.seed, "model init": [_init_seed(cfg, m) + s for m in range(len(model_specs(cfg)))
                                                 for s in range(cfg.seeds)]}, started=t0)
+    write_json(os.path.join(out_dir, "results.json"), results)  # before the figures: a plotting error loses nothing
     _figures(out_dir, results)
-    write_json(os.path.join(out_dir, "results.json"), results)
     log(f"congruity:\n{np.round(np.asarray(results['congruity']), 2)}\ndone in {results['seconds']}s")
     return results
 
@@ -588,7 +588,9 @@ def _figures(out_dir: str, res: dict) -> None:
     for k, g in enumerate(groups):
         m = np.array([e["family_means"][g]["mean"] for e in sweep])
         ci = np.array([e["family_means"][g]["ci95"] for e in sweep])
-        ax.errorbar(x + 0.12 * (k - (len(groups) - 1) / 2), m, yerr=[m - ci[:, 0], ci[:, 1] - m], fmt="o",
+        # the score 1 - |s/n - 1| is concave, so a mean can lie outside its percentile interval: bars clipped at 0
+        yerr = np.clip([m - ci[:, 0], ci[:, 1] - m], 0, None)
+        ax.errorbar(x + 0.12 * (k - (len(groups) - 1) / 2), m, yerr=yerr, fmt="o",
                     capsize=2, label=g)
     ax.set_xticks(x, [e["factor"] if e["value"] is None else f"{e['factor']}={e['value']}" for e in sweep],
                   rotation=45, ha="right", fontsize=7)
