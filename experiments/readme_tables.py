@@ -399,8 +399,9 @@ def _toy_grid_explanation(s: dict, T: int, impls: int) -> str:
 # IOI
 
 
-def _mean_ci(m: dict) -> str:
-    return f"{f2(m['mean'])} [{f2(m['ci95'][0])}, {f2(m['ci95'][1])}]"
+def _family_ci(m: dict) -> str:
+    """A family mean ``{"mean", "ci95"}`` with its interval."""
+    return ci([m["mean"], *m["ci95"]])
 
 
 def ioi_blocks(res: dict) -> dict[str, str]:
@@ -450,15 +451,15 @@ def ioi_blocks(res: dict) -> dict[str, str]:
     groups = [g for g in fm if g.startswith("within")]
     out["ioi-summary"] = table(
         ["mean congruity [95% CI over rounds]", "paper (GPT-2 / Pythia, pretrained)", "here (two trained families)"],
-        [*([g, IOI_PAPER["within family"] if k == 0 else "", _mean_ci(fm[g])] for k, g in enumerate(groups)),
-         ["across families", IOI_PAPER["across families"], _mean_ci(fm["across"])],
+        [*([g, IOI_PAPER["within family"] if k == 0 else "", _family_ci(fm[g])] for k, g in enumerate(groups)),
+         ["across families", IOI_PAPER["across families"], _family_ci(fm["across"])],
          ["model with itself", IOI_PAPER["model with itself"], f"{f2(fm['self']['min'])}–{f2(fm['self']['max'])}"]])
     rows = []
     for e in res["sensitivity"]:
         st, sim = e["setting"], e["impl_similarity"]
         rows.append([f"{e['factor']}" + ("" if e["value"] is None else f" = {e['value']}"),
                      f"p {st['p']:g}, circuit {100 * st['circuit_frac']:g} %, {st['source']}, {st['measure']}",
-                     e["rounds"], *(_mean_ci(e["family_means"][g]) for g in [*groups, "across"]),
+                     e["rounds"], *(_family_ci(e["family_means"][g]) for g in [*groups, "across"]),
                      f2(e["family_means"]["self"]["mean"]), f2(e["impl_distance"]),
                      f"{f2(sim['own'])} / {f2(sim['within'])} / {f2(sim['across'])}"])
     out["ioi-sensitivity"] = table(
