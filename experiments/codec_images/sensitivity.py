@@ -513,6 +513,8 @@ def draw(cfg: SensitivityConfig, widths: list[dict], summaries: list[dict], out_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jaxequiv.io.figures import interval_yerr
+
     names = []
     fig, axes = plt.subplots(2, len(widths), figsize=(5 * len(widths), 7.5), squeeze=False)
     mid = cfg.thetas[len(cfg.thetas) // 2]
@@ -560,7 +562,7 @@ def draw(cfg: SensitivityConfig, widths: list[dict], summaries: list[dict], out_
             rows = [g for g in s["grid"] if g["epochs"] == epochs]
             ratio = [g["alive"]["contribution"] / max(g["alive"]["activation"], 1) for g in rows]
             gap = np.asarray([g["deep_gap"] for g in rows], np.float64)
-            axes[0].errorbar(ratio, gap[:, 0], yerr=np.abs(gap[:, 1:].T - gap[:, 0]), fmt="o", color=f"C{k}",
+            axes[0].errorbar(ratio, gap[:, 0], yerr=interval_yerr(gap[:, 0], gap[:, 1:]), fmt="o", color=f"C{k}",
                              label=f"{epochs:g} epochs")
             axes[1].plot([g["r2"]["contribution"] for g in rows], gap[:, 0], "o", color=f"C{k}",
                          label=f"{epochs:g} epochs")

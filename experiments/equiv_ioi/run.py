@@ -575,7 +575,7 @@ def _figures(out_dir: str, res: dict) -> None:
     """``congruity.png`` (default setting), ``similarity.png`` (CKA, ridge) and, for a sweep, ``sensitivity.png``
     (family-mean congruity per setting)."""
     from experiments.equiv_toy.run import _heatmaps
-    from jaxequiv.io.figures import save_figure, subplots
+    from jaxequiv.io.figures import interval_yerr, save_figure, subplots
 
     names = [n.replace(" ", "/") for n in res["names"]]
     _heatmaps(os.path.join(out_dir, "congruity.png"), [("IOI congruity", np.asarray(res["congruity"]))], names)
@@ -588,9 +588,7 @@ def _figures(out_dir: str, res: dict) -> None:
     for k, g in enumerate(groups):
         m = np.array([e["family_means"][g]["mean"] for e in sweep])
         ci = np.array([e["family_means"][g]["ci95"] for e in sweep])
-        # the score 1 - |s/n - 1| is concave, so a mean can lie outside its percentile interval: bars clipped at 0
-        yerr = np.clip([m - ci[:, 0], ci[:, 1] - m], 0, None)
-        ax.errorbar(x + 0.12 * (k - (len(groups) - 1) / 2), m, yerr=yerr, fmt="o",
+        ax.errorbar(x + 0.12 * (k - (len(groups) - 1) / 2), m, yerr=interval_yerr(m, ci), fmt="o",
                     capsize=2, label=g)
     ax.set_xticks(x, [e["factor"] if e["value"] is None else f"{e['factor']}={e['value']}" for e in sweep],
                   rotation=45, ha="right", fontsize=7)

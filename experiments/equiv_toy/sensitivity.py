@@ -37,7 +37,7 @@ from math import comb
 import numpy as np
 
 from experiments.equiv_toy import run as toy
-from jaxequiv.io.figures import save_figure, subplots
+from jaxequiv.io.figures import interval_yerr, save_figure, subplots
 from jaxequiv.io.files import write_json
 
 __all__ = ["SensitivityConfig", "QUICK", "grid_power", "shared_blocks", "analyse", "run_n", "merge", "main"]
@@ -237,7 +237,7 @@ def _figure(path: str, res: dict) -> None:
             xs = [x for x, _ in pts]
             m = np.array([s["congruity_family_means"][k] for _, s in pts])
             ci = np.array([s["congruity_family_ci95"][k] for _, s in pts])
-            ax.errorbar(xs, m, yerr=[m - ci[:, 0], ci[:, 1] - m], marker="o", color=c, label=k, capsize=3)
+            ax.errorbar(xs, m, yerr=interval_yerr(m, ci), marker="o", color=c, label=k, capsize=3)
         ax.set_xlabel(label + (" (sequence length)" if label == "n" else " (task inputs)"))
         ax.set_ylabel("mean congruity, trained imitators")
         ax.set_ylim(-0.02, 1.02)

@@ -9,12 +9,13 @@ bars and figures. Every artefact jaxequiv writes goes through it.
   dataclasses.
 * :mod:`.generated`: :func:`replace_block`, :func:`regenerate` (README blocks written from results files).
 * :mod:`.provenance`: :func:`provenance` (config, seeds, commit, versions, machine, times of a run).
-* :mod:`.progress`: :func:`progress_bar`. :mod:`.figures`: :func:`subplots`, :func:`save_figure` (matplotlib).
+* :mod:`.progress`: :func:`progress_bar`. :mod:`.figures`: :func:`subplots`, :func:`save_figure` (matplotlib),
+  :func:`interval_yerr`.
 """
 
 from jaxequiv.io.arrays import CorruptFileError, read_arrays, read_npy, read_npz
 from jaxequiv.io.config import DictConfig, from_dict, from_preset, to_dict
-from jaxequiv.io.figures import save_figure, subplots
+from jaxequiv.io.figures import interval_yerr, save_figure, subplots
 from jaxequiv.io.files import (OutputLockedError, atomic_path, check_output, output_lock, publish, publishing,
                                write_json, write_text)
 from jaxequiv.io.generated import regenerate, replace_block
@@ -26,4 +27,4 @@ __all__ = ["atomic_path", "write_text", "write_json", "publishing", "publish", "
            "OutputLockedError",
            "read_npy", "read_npz", "read_arrays", "CorruptFileError", "read_safetensors", "write_safetensors",
            "SafetensorsError", "to_dict", "from_dict", "from_preset", "DictConfig", "progress_bar", "provenance", "replace_block", "regenerate",
-           "subplots", "save_figure"]
+           "subplots", "save_figure", "interval_yerr"]

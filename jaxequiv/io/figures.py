@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from jaxequiv.io.files import atomic_path
 
-__all__ = ["subplots", "save_figure"]
+__all__ = ["subplots", "save_figure", "interval_yerr"]
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs: Any):
@@ -30,3 +32,11 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
     ``bbox_inches``, ...)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **savefig_kwargs)
+
+
+def interval_yerr(mean, ci) -> np.ndarray:
+    """``yerr [2, n]`` for ``errorbar`` from means ``[n]`` and intervals ``[n, 2]``: the distances down to each
+    lower end and up to each upper end, 0 where a mean lies outside its interval (a percentile interval of a
+    non-linear statistic, e.g. congruity's ``1 - |s - 1|``, need not contain the statistic's mean)."""
+    mean, ci = np.asarray(mean, float), np.asarray(ci, float)
+    return np.clip(np.stack([mean - ci[:, 0], ci[:, 1] - mean]), 0, None)

@@ -2,9 +2,10 @@
 
 import os
 
+import numpy as np
 import pytest
 
-from jaxequiv.io import save_figure, subplots
+from jaxequiv.io import interval_yerr, save_figure, subplots
 
 pytest.importorskip("matplotlib")
 
@@ -35,3 +36,10 @@ def test_failed_save_keeps_the_old_file(tmp_path):
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "f.png", format="no-such-format")
     assert (tmp_path / "f.png").read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
+
+
+def test_interval_yerr_is_never_negative():
+    """Distances from each mean to its interval's ends; a mean outside its interval (possible for a percentile
+    interval of a non-linear statistic) gets a zero-length bar on that side instead of matplotlib's error."""
+    yerr = interval_yerr([0.5, 0.0, 1.0], [[0.25, 1.0], [0.1, 0.3], [0.2, 0.9]])
+    np.testing.assert_array_equal(yerr, [[0.25, 0.0, 0.8], [0.5, 0.3, 0.0]])
