@@ -64,7 +64,8 @@ def run_line(res: dict) -> str:
     stages = ", ".join(f"{k} {t:.0f} s" for k, t in res["timings_s"].items() if k != "total")
     load = "/".join(f"{x:.1f}" for x in m["load_avg"])
     command = " ".join(["/".join(Path(p["argv"][0]).parts[-3:]), *p["argv"][1:]])
-    return (f"Run: commit `{git['short']}`{' (with uncommitted changes)' if git['dirty'] else ''}, "
+    late = " (committed after the run started)" if git.get("committed_after_start") else ""
+    return (f"Run: commit `{git['short']}`{' (with uncommitted changes)' if git['dirty'] else ''}{late}, "
             f"{p['started'][:10]}, `{command}`, {m['cpu']['model']} "
             f"({m['cpu']['cores']} cores, shared; load average {load} over 1/5/15 min at the end), {libs}. "
             f"Wall time **{p['wall_s']:.0f} s** ({stages}).")

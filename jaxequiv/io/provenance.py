@@ -84,11 +84,13 @@ def provenance(config: Any = None, *, seeds: Any = None, started: float | None =
       optax, numpy, + torch / tracr / ... when imported}, "machine": {"cpu": {"model", "vector", "cores"},
       "platform", "backend", "devices", "load_avg" (1, 5, 15 minutes, when called)}, "argv", "started", "finished",
       "wall_s"}``. The git state is read when this is called (``commit`` None outside a git checkout; ``dirty``
-      when tracked files differ from it, listed in ``changed``).
+      when tracked files differ from it, listed in ``changed``; ``committed_after_start`` when HEAD was committed
+      after ``started``, so the code that ran may be an earlier commit's: None without ``started``).
     """
     import jax
 
     head = _git("rev-parse", "HEAD")
+    committed = _git("log", "-1", "--format=%ct")  # HEAD's commit time (seconds since the epoch)
     status = _git("status", "--porcelain", "--untracked-files=no")
     changed = [line[3:] for line in (status or "").splitlines()]
     versions = {"python": platform.python_version(), **{d: _version(d) for d in CORE}}
@@ -99,7 +101,9 @@ def provenance(config: Any = None, *, seeds: Any = None, started: float | None =
         "config": _json_config(config),
         "seeds": seeds,
         "git": {"commit": head.strip() if head else None, "short": head.strip()[:7] if head else None,
-                "dirty": bool(changed) if status is not None else None, "changed": changed[:50]},
+                "dirty": bool(changed) if status is not None else None, "changed": changed[:50],
+                "committed_after_start": (int(committed) > started
+                                          if committed and committed.strip() and started is not None else None)},
         "versions": versions,
         "machine": {"cpu": _cpu(), "platform": platform.platform(), "backend": jax.default_backend(),
                     "devices": [str(d) for d in jax.devices()], "load_avg": [round(v, 2) for v in os.getloadavg()]},

@@ -27,6 +27,12 @@ def test_provenance_records_config_code_versions_machine_and_times():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert p["git"]["commit"] == head and p["git"]["short"] == head[:7]
     assert isinstance(p["git"]["dirty"], bool) and p["git"]["dirty"] == bool(p["git"]["changed"])
+    # a run that began before HEAD was committed may have run an earlier commit's code: flagged
+    committed = int(subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=REPO, capture_output=True,
+                                   text=True).stdout)
+    assert p["git"]["committed_after_start"] is (committed > t0)
+    assert provenance(started=committed - 1.0)["git"]["committed_after_start"] is True
+    assert provenance(started=committed + 1.0)["git"]["committed_after_start"] is False
     v = p["versions"]
     assert v["jax"] == jax.__version__ and v["python"] == ".".join(map(str, sys.version_info[:3]))
     assert all(v[k] for k in ("jaxlib", "flax", "optax", "numpy"))
@@ -38,6 +44,7 @@ def test_provenance_records_config_code_versions_machine_and_times():
 def test_provenance_takes_dicts_and_namespaces_and_reports_imported_extras():
     p = provenance(argparse.Namespace(quick=True, runs=(1, 2)))
     assert p["config"] == {"quick": True, "runs": [1, 2]} and p["wall_s"] is None and p["started"] is None
+    assert p["git"]["committed_after_start"] is None
     assert provenance({"a": (1,)})["config"] == {"a": [1]}
     # torch is reported only when the run imported it
     assert ("torch" in provenance()["versions"]) == ("torch" in sys.modules)
