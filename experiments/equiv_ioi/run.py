@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-__all__ = ["IOIConfig", "QUICK", "FAMILIES", "model_specs", "train_lms", "head_sites", "check_vocab",
+__all__ = ["IOIConfig", "QUICK", "WIDE", "FAMILIES", "model_specs", "train_lms", "head_sites", "check_vocab",
            "head_importance", "circuit_units", "implementation_reprs", "similarity_matrices", "family_contrast",
            "cka_bootstrap", "impl_similarity", "family_means", "clean_corrupt_kl", "io_accuracy", "task_accuracy", "Tokenizer",
            "tokenize_task", "analyse", "run_experiment", "main"]
@@ -82,6 +82,12 @@ class IOIConfig:
     lr: float = 3e-3
     seed: int = 0
 
+
+# the paper's representations have far more dimensions than prompts (D = 9,984-84,480 for 200); these wider
+# models (D = 384 and 768) test whether the measure's regime moves congruity, at the default GetImpl setting and
+# with resample ablation
+WIDE = IOIConfig(sizes=((2, 128), (3, 192)), sweep_p=(), sweep_circuit_frac=(), sweep_source=("resample",),
+                 sweep_measure=("linear_cka",))
 
 QUICK = IOIConfig(n_train=600, n_eval=60, steps=150, batch_size=32, sizes=((1, 16),), seeds=2, impls=4, rounds=10,
                   sweep_rounds=10, sweep_p=(), sweep_circuit_frac=(), sweep_source=("mean",),
@@ -602,14 +608,16 @@ def _figures(out_dir: str, res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for tests")
+    parser.add_argument("--wide", action="store_true", help="the wider models of WIDE -> results/wide")
     parser.add_argument("--checkpoint", nargs="+", metavar="DIR",
                         help="Hugging Face GPT-2 / Pythia folders to compare (instead of training models here)")
     parser.add_argument("--out", default=None,
-                        help="output folder (default: results/full, results/quick or results/checkpoints here)")
+                        help="output folder (default: results/full, results/wide, results/quick or "
+                        "results/checkpoints here)")
     args = parser.parse_args(argv)
-    preset = "checkpoints" if args.checkpoint else "quick" if args.quick else "full"
+    preset = "checkpoints" if args.checkpoint else "quick" if args.quick else "wide" if args.wide else "full"
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", preset)
-    run_experiment(QUICK if args.quick else IOIConfig(), out, checkpoints=args.checkpoint)
+    run_experiment(QUICK if args.quick else WIDE if args.wide else IOIConfig(), out, checkpoints=args.checkpoint)
     return 0
 
 
