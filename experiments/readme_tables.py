@@ -29,6 +29,7 @@ from jaxequiv.io.generated import regenerate  # noqa: E402
 RESULTS = "results/full/results.json"
 SENSITIVITY = "results/sensitivity/results.json"  # the experiments' sensitivity.py
 FASHION = "results/sensitivity_fashion/results.json"  # CODEC's sensitivity.py --preset fashion
+WIDE = "results/wide/results.json"  # equiv_ioi/run.py --wide
 
 # values the papers report, quoted beside ours (equivalence paper, Fig. 2)
 TOY_PAPER = {"within sorting": "0.43", "within counting": "—", "across families": "0.01"}
@@ -548,7 +549,8 @@ EXPERIMENTS: dict[str, dict[str, Callable[[dict], dict[str, str]]]] = {
     "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks,
                      FASHION: lambda res: renamed(codec_sensitivity_blocks(res), "codec-sens", "codec-fashion")},
     "equiv_toy": {RESULTS: toy_blocks, SENSITIVITY: toy_sensitivity_blocks},
-    "equiv_ioi": {RESULTS: ioi_blocks}, "codec_retina": {RESULTS: retina_blocks}}
+    "equiv_ioi": {RESULTS: ioi_blocks, WIDE: lambda res: renamed(ioi_blocks(res), "ioi", "ioi-wide")},
+    "codec_retina": {RESULTS: retina_blocks}}
 
 
 def renamed(blocks: dict[str, str], prefix: str, new: str) -> dict[str, str]:
