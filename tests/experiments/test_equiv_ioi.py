@@ -119,7 +119,7 @@ def test_quick_run_shows_family_structure(tmp_path):
     cka = res["similarity"]["linear_cka"]
     assert cka["within"] > cka["across"] and cka["difference_ci95"][0] > 0, cka
 
-    mat, ci = np.array(res["congruity"]), np.array(res["congruity_ci95"])
+    ci = np.array(res["congruity_ci95"])
     fam = res["family_of"]
     for i in range(k):
         for j in range(k):
