@@ -28,6 +28,7 @@ from jaxequiv.io.generated import regenerate  # noqa: E402
 
 RESULTS = "results/full/results.json"
 SENSITIVITY = "results/sensitivity/results.json"  # the experiments' sensitivity.py
+FASHION = "results/sensitivity_fashion/results.json"  # CODEC's sensitivity.py --preset fashion
 
 # values the papers report, quoted beside ours (equivalence paper, Fig. 2)
 TOY_PAPER = {"within sorting": "0.43", "within counting": "—", "across families": "0.01"}
@@ -156,11 +157,15 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
                 "included)." if resumed else ""), "",
         f"Networks: the `{cfg['base']}` preset of `config.json` with {json.dumps(cfg['network'])} "
         f"({ws[0]['network']['dataset']}, {net['n_train']:,} training images, {net['epochs']} epochs, "
-        f"{ws[0]['network']['n_analysed']:,} analysed test images); {nets}. SAE grid: expansion "
-        f"{cfg['expansions']} x theta {cfg['thetas']} x lambda_D {cfg['l1s']} x seeds {cfg['seeds']} on "
-        f"contributions and on activations (one `train_many` job per block and budget) at widths "
-        f"{cfg['grid_widths']}; the paper's slice (expansion {cfg['slice_expansion']}, lambda_D {cfg['slice_l1']:g}, "
-        f"every theta and seed) at the others. Budgets: "
+        f"{ws[0]['network']['n_analysed']:,} analysed test images); {nets}. "
+        + (f"SAE grid: expansion {cfg['expansions']} x theta {cfg['thetas']} x lambda_D {cfg['l1s']} x seeds "
+           f"{cfg['seeds']} on contributions and on activations (one `train_many` job per block and budget) at widths "
+           f"{cfg['grid_widths']}; the paper's slice (expansion {cfg['slice_expansion']}, lambda_D "
+           f"{cfg['slice_l1']:g}, every theta and seed) at the others. " if cfg["grid_widths"] else
+           f"SAEs: the paper's slice (expansion {cfg['slice_expansion']}, lambda_D {cfg['slice_l1']:g}, theta "
+           f"{cfg['thetas']} x seeds {cfg['seeds']}) on contributions and on activations at every width (one "
+           f"`train_many` job per block and budget). ")
+        + "Budgets: "
         f"{', '.join(f'{e:g} epochs ({steps[e]} steps)' for e in cfg['budgets'])} of batch {cfg['sae_batch']}, Adam "
         f"lr {cfg['sae_lr']:g}. Finding (f): the slice SAEs with theta {cfg['intervention_thetas']} at the largest "
         f"budget, {cfg['trials']} trials x percentages {cfg['percentages']}, {cfg['images_per_class']} images per "
@@ -202,9 +207,11 @@ def codec_sensitivity_blocks(res: dict) -> dict[str, str]:
                          f"{f2n(g['alive']['contribution'])} / {f2n(g['alive']['activation'])}",
                          f"{f2n(g['r2']['contribution'])} / {f2n(g['r2']['activation'])}", ci(g["deep_gap"]),
                          f"{g['holds']}/{g['n']}"])
-    out["codec-sens-grid"] = table(
-        ["width", "SAE epochs", "expansion", "theta", f"alive modes contrib. / act., {deep}",
-         f"R² (CODEC) contrib. / act., {deep}", "(e) gap, deep blocks [CI]", "(e) holds (seeds x lambda_D)"], rows)
+    if rows:  # only a sweep with grid widths has this table
+        out["codec-sens-grid"] = table(
+            ["width", "SAE epochs", "expansion", "theta", f"alive modes contrib. / act., {deep}",
+             f"R² (CODEC) contrib. / act., {deep}", "(e) gap, deep blocks [CI]", "(e) holds (seeds x lambda_D)"],
+            rows)
     parts = []
     for w in ws:
         s = w["summary"]
@@ -511,8 +518,16 @@ def retina_blocks(res: dict) -> dict[str, str]:
 
 # experiment folder -> {results file in it: the renderer of the README blocks made from it}
 EXPERIMENTS: dict[str, dict[str, Callable[[dict], dict[str, str]]]] = {
-    "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks}, "equiv_toy": {RESULTS: toy_blocks, SENSITIVITY: toy_sensitivity_blocks},
+    "codec_images": {RESULTS: codec_blocks, SENSITIVITY: codec_sensitivity_blocks,
+                     FASHION: lambda res: renamed(codec_sensitivity_blocks(res), "codec-sens", "codec-fashion")},
+    "equiv_toy": {RESULTS: toy_blocks, SENSITIVITY: toy_sensitivity_blocks},
     "equiv_ioi": {RESULTS: ioi_blocks}, "codec_retina": {RESULTS: retina_blocks}}
+
+
+def renamed(blocks: dict[str, str], prefix: str, new: str) -> dict[str, str]:
+    """``blocks`` with the name prefix ``prefix`` replaced by ``new``: one renderer for two results files of a
+    README (e.g. two presets of one sweep)."""
+    return {new + k.removeprefix(prefix) if k.startswith(prefix) else k: v for k, v in blocks.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,10 @@ def test_retina_findings_follow_the_results():
     assert "does not hold" in rows["the clusters of contribution-mode usage match the cell types above chance"]
     assert "**holds**" in rows["contribution modes recover the types better than activation modes of the same layer"]
     assert "0.90 vs 0.10" in rows["contribution modes recover the types better than activation modes of the same layer"]
+
+
+def test_one_renderer_serves_two_results_files_of_a_readme():
+    """``renamed`` gives a second results file (another preset of a sweep) its own block names."""
+    blocks = {"codec-sens-run": "run", "codec-sens-f": "f", "other": "x"}
+    assert readme_tables.renamed(blocks, "codec-sens", "codec-fashion") == {
+        "codec-fashion-run": "run", "codec-fashion-f": "f", "other": "x"}
