@@ -311,8 +311,8 @@ def toy_blocks(res: dict) -> dict[str, str]:
 
 
 def _mean_ci(s: dict, k: str) -> str:
-    lo, hi = s["congruity_family_ci95"][k]
-    return f"{f2(s['congruity_family_means'][k])} [{f2(lo)}, {f2(hi)}]"
+    """Family ``k``'s mean congruity of the toy setting ``s`` with its interval."""
+    return ci([s["congruity_family_means"][k], *s["congruity_family_ci95"][k]])
 
 
 def toy_sensitivity_blocks(sens: dict) -> dict[str, str]:

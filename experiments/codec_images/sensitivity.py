@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``experiments.codec_image
 
 from experiments.codec_images.paper import e_holds, f_holds  # noqa: E402
 from experiments.codec_images.run import CodecConfig, load_dataset  # noqa: E402
-from jaxequiv.io.config import from_dict, from_preset  # noqa: E402
+from jaxequiv.io.config import from_preset  # noqa: E402
 
 SOURCES = ("contribution", "activation")
 DEEP = 2  # the deepest blocks, where (e) reverses in the committed run
@@ -81,12 +81,7 @@ class SensitivityConfig:
 
     def network_config(self, width: int, config_path: str = os.path.join(HERE, "config.json")) -> CodecConfig:
         """The :class:`CodecConfig` of the network of ``width``: the base preset with this sweep's overrides."""
-        with open(config_path) as f:
-            raw = json.load(f)
-        if self.base not in raw:
-            raise ValueError(f"{config_path} has no preset {self.base!r}; it has {sorted(raw)}")
-        return from_dict(CodecConfig, {**raw[self.base], **self.network, "width": width},
-                         where=f"{config_path}[{self.base!r}] with the sweep's network overrides")
+        return from_preset(CodecConfig, config_path, self.base, **{**self.network, "width": width})
 
     def axes(self, width: int) -> dict[str, tuple]:
         """The SAE grid trained at ``width`` as :func:`jaxequiv.sae.codec_sweep` arguments."""

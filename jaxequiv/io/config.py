@@ -80,8 +80,9 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str | None = None) -
     return cls(**values)
 
 
-def from_preset(cls: type[T], path: str, preset: str) -> T:
-    """Dataclass ``cls`` from the ``preset`` entry (e.g. ``"quick"``, ``"full"``) of the JSON file ``path``.
+def from_preset(cls: type[T], path: str, preset: str, **overrides: Any) -> T:
+    """Dataclass ``cls`` from the ``preset`` entry (e.g. ``"quick"``, ``"full"``) of the JSON file ``path``, with
+    ``overrides`` replacing entries of the preset.
 
     Raises:
       ValueError: the file has no such preset, or the entry does not fit ``cls`` (see :func:`from_dict`).
@@ -90,7 +91,8 @@ def from_preset(cls: type[T], path: str, preset: str) -> T:
         raw = json.load(f)
     if preset not in raw:
         raise ValueError(f"{path} has no preset {preset!r}; it has {sorted(raw)}")
-    return from_dict(cls, raw[preset], where=f"{path}[{preset!r}]")
+    return from_dict(cls, {**raw[preset], **overrides},
+                     where=f"{path}[{preset!r}]" + (f" with overrides {sorted(overrides)}" if overrides else ""))
 
 
 class DictConfig:

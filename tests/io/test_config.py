@@ -76,6 +76,10 @@ def test_from_preset_reads_one_entry_and_names_the_presets(tmp_path):
     path.write_text(json.dumps({"quick": {"steps": 2, "sizes": [1, 2]}, "full": {"steps": 9}}))
     assert from_preset(Settings, str(path), "quick") == Settings(2, (1, 2))
     assert from_preset(Settings, str(path), "full") == Settings(9)
+    assert from_preset(Settings, str(path), "quick", steps=5) == Settings(5, (1, 2))  # overrides win
+    unknown = r"unknown Settings field\(s\) \['stepz'\] in .*\['quick'\] with overrides \['stepz'\]"
+    with pytest.raises(ValueError, match=unknown):
+        from_preset(Settings, str(path), "quick", stepz=5)
     with pytest.raises(ValueError, match=r"no preset 'paper'; it has \['full', 'quick'\]"):
         from_preset(Settings, str(path), "paper")
     path.write_text(json.dumps({"quick": {"step": 2}}))
